@@ -1,0 +1,190 @@
+"""Readers of the supported data sources: each returns (name, columns, rows of (location, record)).
+
+Locations name the row within the source (`row 12 (line 15)`, `record 3`, `line 7`), so that
+every later error can point at the row. Unreadable, empty and non-UTF-8 files raise [`DataError`] here; a malformed CSV row
+is returned as a [`BadRow`] so that the caller decides whether to raise or to skip it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DATA_DIR_ENV = "TRAINER_EXT_DATA_DIR"
+Rows = Iterator[tuple[str, Any]]
+
+
+class DataError(ValueError):
+    """Input data that cannot be used; the message names file, row and column and what to do."""
+
+
+class BadRow(str):
+    """A row that could not be parsed; its text says why."""
+
+
+@dataclass(frozen=True)
+class ClassValue:
+    """A `datasets.ClassLabel` value: its id and its name."""
+
+    index: int
+    names: Sequence[str]
+
+
+def _decode_utf8(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"Cannot read {path}: {err.strerror or err}; check the path and its permissions.") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: not UTF-8 (byte 0x{data[err.start]:02x} at line {line}, byte offset {err.start}); "
+            "re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`."
+        ) from None
+
+
+def _read_csv(path: Path, delimiter: str) -> tuple[list[str], Rows]:
+    reader = csv.reader(io.StringIO(_decode_utf8(path), newline=""), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{path}: the file is empty; it needs a header row naming the columns.") from None
+    except csv.Error as err:
+        raise DataError(f"{path}: malformed header row: {err}.") from None
+    duplicates = sorted({column for column in header if header.count(column) > 1})
+    if duplicates:
+        raise DataError(f"{path}: the header names column(s) {duplicates} more than once; rename them.")
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        row_number, start_line = 0, reader.line_num + 1
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise DataError(f"{path}: malformed CSV at line {reader.line_num}: {err}; check its quotes.") from None
+            location = f"row {row_number + 1} (line {start_line})"
+            start_line = reader.line_num + 1
+            if not row:
+                continue  # a blank line is not a record
+            row_number += 1
+            if len(row) != len(header):
+                yield (
+                    location,
+                    BadRow(f"expected {len(header)} fields, found {len(row)}; quote fields that contain '{delimiter}'"),
+                )
+            else:
+                yield location, dict(zip(header, row))
+
+    return header, rows()
+
+
+def _read_json_records(path: Path) -> tuple[list[str], Rows]:
+    text = _decode_utf8(path)
+    records: list[tuple[str, Any]] = []
+    try:
+        whole = json.loads(text)
+    except json.JSONDecodeError:
+        whole = None  # not one JSON document: read it as JSON Lines
+    if isinstance(whole, list):
+        records = [(f"record {i + 1}", record) for i, record in enumerate(whole)]
+    elif isinstance(whole, dict) and all(isinstance(v, list) for v in whole.values()):
+        keys, columns = list(whole), list(whole.values())
+        records = [(f"record {i + 1}", dict(zip(keys, vals))) for i, vals in enumerate(zip(*columns))]
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:line {number}: invalid JSON ({err.msg} at column {err.colno}).") from None
+    for location, record in records:
+        if not isinstance(record, dict):
+            raise DataError(f"{path}: {location} is a {type(record).__name__}, expected an object of columns.")
+    columns = list(dict.fromkeys(key for _, record in records for key in record))
+    return columns, iter(records)
+
+
+def _frame_rows(frame: Any, name: str) -> tuple[list[str], Rows]:
+    columns = [str(column) for column in frame.columns]
+    records = frame.to_dict("records")
+    return columns, ((f"row {index}", record) for index, record in zip(frame.index, records))
+
+
+def _dataset_rows(dataset: Any, name: str, label_column: str) -> tuple[list[str], Rows]:
+    feature = dataset.features.get(label_column) if dataset.features else None
+    names = getattr(feature, "names", None)  # a ClassLabel: its ids become names unless mapped
+
+    def rows() -> Iterator[tuple[str, Any]]:
+        for index, record in enumerate(dataset):
+            if names is not None and isinstance(record.get(label_column), int):
+                record = {**record, label_column: ClassValue(record[label_column], names)}
+            yield f"row {index}", record
+
+    return list(dataset.column_names), rows()
+
+
+def load_dataset_dict(source: str) -> Any:
+    """Load a Hub dataset id or a local dataset directory with `datasets` (a `DatasetDict` or `Dataset`)."""
+    import datasets
+
+    try:
+        if Path(source, "dataset_dict.json").is_file() or Path(source, "state.json").is_file():
+            return datasets.load_from_disk(source)
+        return datasets.load_dataset(source)
+    except (OSError, ValueError, ImportError, RuntimeError) as err:  # offline, not found, bad files
+        raise DataError(
+            f"Could not load the dataset {source!r}: {type(err).__name__}: {err}. Without internet, point to "
+            f"local files instead (data_dir / train_file or ${DATA_DIR_ENV})."
+        ) from None
+
+
+def pick_split(loaded: Any, source: str, split: str) -> Any:
+    """The `split` of a loaded `DatasetDict` (a plain `Dataset` is returned as is)."""
+    if hasattr(loaded, "keys") and not hasattr(loaded, "column_names"):
+        if split not in loaded:
+            raise DataError(f"Dataset {source!r} has no split {split!r}; its splits are {list(loaded)}.")
+        return loaded[split]
+    return loaded
+
+
+def open_source(source: Any, label_column: str, split: str) -> tuple[str, list[str], Rows]:
+    """Return (name, columns, rows) for any supported source."""
+    if hasattr(source, "to_dict") and hasattr(source, "columns") and hasattr(source, "index"):
+        return "DataFrame", *_frame_rows(source, "DataFrame")
+    if hasattr(source, "features") and hasattr(source, "column_names"):
+        name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"
+        return name, *_dataset_rows(source, name, label_column)
+    path = Path(source)
+    suffix = path.suffix.lower()
+    if path.is_file():
+        if suffix in (".csv", ".tsv"):
+            return str(path), *_read_csv(path, "\t" if suffix == ".tsv" else ",")
+        if suffix in (".jsonl", ".json"):
+            return str(path), *_read_json_records(path)
+        if suffix == ".parquet":
+            import pandas
+
+            try:
+                frame = pandas.read_parquet(path)
+            except (OSError, ValueError, ImportError) as err:  # ArrowInvalid is a ValueError
+                raise DataError(f"{path}: cannot read as Parquet ({err}).") from None
+            return str(path), *_frame_rows(frame, path.name)
+        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .json or .parquet.")
+    if suffix in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
+        raise DataError(f"{path}: no such file; check the path (relative paths are read from {Path.cwd()}).")
+    if isinstance(source, str | os.PathLike):
+        name = str(source)
+        dataset = pick_split(load_dataset_dict(name), name, split)
+        return name, *_dataset_rows(dataset, name, label_column)
+    raise DataError(f"Unsupported data source of type {type(source).__name__}; pass a path, DataFrame or Dataset.")
