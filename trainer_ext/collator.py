@@ -58,7 +58,9 @@ class LabelCollator:
     ```
     """
 
-    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None, padding_side: str = "right") -> None:
+    def __init__(
+        self, tokenizer: Any, pad_to_multiple_of: int | None = None, padding_side: str = "right"
+    ) -> None:
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}.")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
@@ -90,7 +92,9 @@ class LabelCollator:
         with_labels = "labels" in features[0]
         for index, feature in enumerate(features):
             if "input_ids" not in feature:
-                raise ValueError(f"Sample {index} of the batch has no 'input_ids'; encode it with encode_example.")
+                raise ValueError(
+                    f"Sample {index} of the batch has no 'input_ids'; encode it with encode_example."
+                )
             if ("labels" in feature) != with_labels:
                 raise ValueError(f"Sample {index} of the batch differs from sample 0 in having 'labels'.")
             if with_labels and len(feature["labels"]) != len(feature["input_ids"]):

@@ -81,7 +81,9 @@ def _parse_mapping(value: Mapping[Any, Any] | str | None) -> dict[str, str] | No
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            raise DataError(f'label_mapping is not valid JSON ({err}); pass e.g. \'{{"0": "hate"}}\'.') from None
+            raise DataError(
+                f'label_mapping is not valid JSON ({err}); pass e.g. \'{{"0": "hate"}}\'.'
+            ) from None
     if not isinstance(value, Mapping):
         raise DataError(f"label_mapping must map raw label values to labels, got {type(value).__name__}.")
     return {_key(raw): str(label) for raw, label in value.items()}
@@ -93,7 +95,9 @@ class DataSettings:
 
     data_dir: str | None = field(
         default_factory=default_data_dir,
-        metadata={"help": f"Local data directory (default: ${DATA_DIR_ENV}, else ../shared/data if present)."},
+        metadata={
+            "help": f"Local data directory (default: ${DATA_DIR_ENV}, else ../shared/data if present)."
+        },
     )
     train_file: str | None = field(
         default="seed_split/train.csv", metadata={"help": "Training file, relative to data_dir or absolute."}
@@ -111,9 +115,13 @@ class DataSettings:
     label_mapping: dict[str, str] | str | None = field(
         default=None, metadata={"help": 'Raw label value -> label, dict or JSON (e.g. {"0": "hate"}).'}
     )
-    decode_html: bool = field(default=True, metadata={"help": "Decode HTML entities (&amp;, &#8220;) in text."})
+    decode_html: bool = field(
+        default=True, metadata={"help": "Decode HTML entities (&amp;, &#8220;) in text."}
+    )
     train_samples: int | None = field(default=None, metadata={"help": "Balanced training sample size (all)."})
-    eval_samples: int | None = field(default=None, metadata={"help": "Balanced evaluation sample size (all)."})
+    eval_samples: int | None = field(
+        default=None, metadata={"help": "Balanced evaluation sample size (all)."}
+    )
     seed: int = field(default=42, metadata={"help": "Seed of the balanced samples."})
 
     def __post_init__(self) -> None:
@@ -139,7 +147,9 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _convert_label(value: Any, mapping: dict[str, str] | None, labels: Sequence[str] | None, column: str) -> str:
+def _convert_label(
+    value: Any, mapping: dict[str, str] | None, labels: Sequence[str] | None, column: str
+) -> str:
     if _is_missing(value) or (isinstance(value, str) and not value.strip()):
         raise _RowError(f"column {column!r}: missing label")
     keys = [_key(value.index), value.names[value.index]] if isinstance(value, ClassValue) else [_key(value)]
@@ -212,7 +222,8 @@ def load_examples(
     missing = [c for c in (text_column, *([label_column] if labels is not None else [])) if c not in columns]
     if missing:
         raise DataError(
-            f"{name}: missing column(s) {missing}; found {columns}. Set text_column / label_column to the right names."
+            f"{name}: missing column(s) {missing}; found {columns}. "
+            "Set text_column / label_column to the right names."
         )
     examples: list[Example] = []
     skipped = 0
@@ -241,7 +252,9 @@ def _quotas(groups: dict[str, list[Example]], n: int, rng: random.Random) -> dic
     order = list(groups)
     rng.shuffle(order)  # which labels get the remainder
     quotas = {label: n // len(order) + (i < n % len(order)) for i, label in enumerate(order)}
-    short = {label: quotas[label] - len(groups[label]) for label in order if quotas[label] > len(groups[label])}
+    short = {
+        label: quotas[label] - len(groups[label]) for label in order if quotas[label] > len(groups[label])
+    }
     if short:
         logger.warning(
             "Balanced sample of %d: labels %s have too few examples; taking more of the others.",
@@ -301,7 +314,12 @@ def _local_pool(settings: DataSettings, file: str, labels: Sequence[str] | None)
     path = _resolve(settings, file)
     logger.info("Reading %s", path)
     return load_examples(
-        path, settings.text_column, settings.label_column, settings.label_mapping, settings.decode_html, labels
+        path,
+        settings.text_column,
+        settings.label_column,
+        settings.label_mapping,
+        settings.decode_html,
+        labels,
     )
 
 
@@ -331,7 +349,9 @@ def _pool(settings: DataSettings, split: str, labels: Sequence[str] | None) -> t
     if train_path is not None and train_path.is_file():
         if split == "eval" and settings.eval_file:
             return _local_pool(settings, settings.eval_file, labels), True
-        return _local_pool(settings, settings.train_file, labels), split == "train" and bool(settings.eval_file)
+        return _local_pool(settings, settings.train_file, labels), split == "train" and bool(
+            settings.eval_file
+        )
     if settings.hub_dataset:
         if train_path is not None:
             logger.warning("%s not found; using the Hub dataset %s.", train_path, settings.hub_dataset)
@@ -345,8 +365,8 @@ def _pool(settings: DataSettings, split: str, labels: Sequence[str] | None) -> t
 def _held_out(settings: DataSettings, pool: list[Example]) -> list[Example]:
     if settings.eval_samples is None:
         raise DataError(
-            "No evaluation file or split: set eval_file, or eval_samples to hold a balanced sample out of the "
-            "training data."
+            "No evaluation file or split: set eval_file, or eval_samples to hold a balanced sample out of "
+            "the training data."
         )
     # A seed of its own, so that the held-out set does not depend on train_samples.
     return balanced_sample(pool, settings.eval_samples, settings.seed + 1)

@@ -1,8 +1,9 @@
 """Readers of the supported data sources: each returns (name, columns, rows of (location, record)).
 
 Locations name the row within the source (`row 12 (line 15)`, `record 3`, `line 7`), so that
-every later error can point at the row. Unreadable, empty and non-UTF-8 files raise [`DataError`] here; a malformed CSV row
-is returned as a [`BadRow`] so that the caller decides whether to raise or to skip it.
+every later error can point at the row. Unreadable, empty and non-UTF-8 files raise [`DataError`]
+here; a malformed CSV row is returned as a [`BadRow`] so that the caller decides whether to raise
+or to skip it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ def _decode_utf8(path: Path) -> str:
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise DataError(f"Cannot read {path}: {err.strerror or err}; check the path and its permissions.") from None
+        raise DataError(
+            f"Cannot read {path}: {err.strerror or err}; check the path and its permissions."
+        ) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -71,7 +74,9 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[str], Rows]:
             except StopIteration:
                 return
             except csv.Error as err:
-                raise DataError(f"{path}: malformed CSV at line {reader.line_num}: {err}; check its quotes.") from None
+                raise DataError(
+                    f"{path}: malformed CSV at line {reader.line_num}: {err}; check its quotes."
+                ) from None
             location = f"row {row_number + 1} (line {start_line})"
             start_line = reader.line_num + 1
             if not row:
@@ -80,10 +85,13 @@ def _read_csv(path: Path, delimiter: str) -> tuple[list[str], Rows]:
             if len(row) != len(header):
                 yield (
                     location,
-                    BadRow(f"expected {len(header)} fields, found {len(row)}; quote fields that contain '{delimiter}'"),
+                    BadRow(
+                        f"expected {len(header)} fields, found {len(row)}; "
+                        f"quote fields that contain '{delimiter}'"
+                    ),
                 )
             else:
-                yield location, dict(zip(header, row))
+                yield location, dict(zip(header, row, strict=True))
 
     return header, rows()
 
@@ -99,7 +107,13 @@ def _read_json_records(path: Path) -> tuple[list[str], Rows]:
         records = [(f"record {i + 1}", record) for i, record in enumerate(whole)]
     elif isinstance(whole, dict) and all(isinstance(v, list) for v in whole.values()):
         keys, columns = list(whole), list(whole.values())
-        records = [(f"record {i + 1}", dict(zip(keys, vals))) for i, vals in enumerate(zip(*columns))]
+        if len({len(column) for column in columns}) > 1:
+            sizes = {key: len(column) for key, column in whole.items()}
+            raise DataError(f"{path}: the columns have different lengths {sizes}; make them equal.")
+        records = [
+            (f"record {i + 1}", dict(zip(keys, vals, strict=True)))
+            for i, vals in enumerate(zip(*columns, strict=False))
+        ]
     else:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
@@ -107,10 +121,14 @@ def _read_json_records(path: Path) -> tuple[list[str], Rows]:
             try:
                 records.append((f"line {number}", json.loads(line)))
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}:line {number}: invalid JSON ({err.msg} at column {err.colno}).") from None
+                raise DataError(
+                    f"{path}:line {number}: invalid JSON ({err.msg} at column {err.colno})."
+                ) from None
     for location, record in records:
         if not isinstance(record, dict):
-            raise DataError(f"{path}: {location} is a {type(record).__name__}, expected an object of columns.")
+            raise DataError(
+                f"{path}: {location} is a {type(record).__name__}, expected an object of columns."
+            )
     columns = list(dict.fromkeys(key for _, record in records for key in record))
     return columns, iter(records)
 
@@ -118,7 +136,7 @@ def _read_json_records(path: Path) -> tuple[list[str], Rows]:
 def _frame_rows(frame: Any, name: str) -> tuple[list[str], Rows]:
     columns = [str(column) for column in frame.columns]
     records = frame.to_dict("records")
-    return columns, ((f"row {index}", record) for index, record in zip(frame.index, records))
+    return columns, ((f"row {index}", record) for index, record in zip(frame.index, records, strict=True))
 
 
 def _dataset_rows(dataset: Any, name: str, label_column: str) -> tuple[list[str], Rows]:
@@ -180,11 +198,15 @@ def open_source(source: Any, label_column: str, split: str) -> tuple[str, list[s
             except (OSError, ValueError, ImportError) as err:  # ArrowInvalid is a ValueError
                 raise DataError(f"{path}: cannot read as Parquet ({err}).") from None
             return str(path), *_frame_rows(frame, path.name)
-        raise DataError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .json or .parquet.")
+        raise DataError(
+            f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .json or .parquet."
+        )
     if suffix in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
         raise DataError(f"{path}: no such file; check the path (relative paths are read from {Path.cwd()}).")
     if isinstance(source, str | os.PathLike):
         name = str(source)
         dataset = pick_split(load_dataset_dict(name), name, split)
         return name, *_dataset_rows(dataset, name, label_column)
-    raise DataError(f"Unsupported data source of type {type(source).__name__}; pass a path, DataFrame or Dataset.")
+    raise DataError(
+        f"Unsupported data source of type {type(source).__name__}; pass a path, DataFrame or Dataset."
+    )

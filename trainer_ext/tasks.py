@@ -32,7 +32,8 @@ TASK_FILE = "task.json"
 TASK_FORMAT_VERSION = 1
 
 INSTRUCTION_TEMPLATE = (
-    "Classify the following messages into one of the following categories: {labels}\n\nMessage: {text}\n\nCategory:"
+    "Classify the following messages into one of the following categories: {labels}"
+    "\n\nMessage: {text}\n\nCategory:"
 )
 RAW_TEMPLATE = "{text}{separator}"
 DEFAULT_SEPARATOR = " ###"
@@ -100,9 +101,13 @@ class TaskSettings:
             try:
                 self.verbalizers = json.loads(self.verbalizers)
             except json.JSONDecodeError as err:
-                raise TaskError(f'verbalizers is not valid JSON ({err}); pass e.g. \'{{"hate": " hateful"}}\'.')
+                raise TaskError(
+                    f'verbalizers is not valid JSON ({err}); pass e.g. \'{{"hate": " hateful"}}\'.'
+                ) from None
             if not isinstance(self.verbalizers, dict):
-                raise TaskError("verbalizers must be a JSON object mapping each label to its completion text.")
+                raise TaskError(
+                    "verbalizers must be a JSON object mapping each label to its completion text."
+                )
         if self.shots < 0:
             raise TaskError(f"shots must be >= 0, got {self.shots}.")
         if self.max_length < 8:
@@ -119,12 +124,14 @@ def _validate_labels(labels: Sequence[str]) -> None:
         if not isinstance(label, str) or not label.strip():
             raise TaskError(f"Empty or non-string label {label!r} in labels {list(labels)!r}.")
         if label != label.strip():
-            raise TaskError(f"Label {label!r} has leading or trailing whitespace; write it as {label.strip()!r}.")
+            raise TaskError(
+                f"Label {label!r} has leading or trailing whitespace; write it as {label.strip()!r}."
+            )
         key = label.casefold()
         if key in seen:
             raise TaskError(
-                f"Duplicate label {label!r} (same as {seen[key]!r} ignoring case) in labels {list(labels)!r}; "
-                "each label must be distinct."
+                f"Duplicate label {label!r} (same as {seen[key]!r} ignoring case) in labels "
+                f"{list(labels)!r}: make each label distinct."
             )
         seen[key] = label
 
@@ -187,7 +194,9 @@ class LabelTask:
         by_text: dict[str, str] = {}
         for label, text in self.verbalizers.items():
             if not isinstance(text, str) or not text.strip():
-                raise TaskError(f"The verbalizer of label {label!r} is empty: {text!r}; give it visible text.")
+                raise TaskError(
+                    f"The verbalizer of label {label!r} is empty: {text!r}; give it visible text."
+                )
             if text.strip().casefold() in by_text:
                 raise TaskError(
                     f"Labels {by_text[text.strip().casefold()]!r} and {label!r} have the same verbalizer "
@@ -198,7 +207,9 @@ class LabelTask:
         self.shots = [(str(text), str(label)) for text, label in self.shots]
         for text, label in self.shots:
             if label not in self.labels:
-                raise TaskError(f"Shot example {text[:40]!r} has label {label!r}, not in labels {self.labels}.")
+                raise TaskError(
+                    f"Shot example {text[:40]!r} has label {label!r}, not in labels {self.labels}."
+                )
 
     # Prompts and completions
 
@@ -277,7 +288,9 @@ class LabelTask:
         verbalizers = {label: self.verbalizers[label] for label in labels if label in self.verbalizers}
         shots = self.shots
         if any(label not in labels for _, label in shots):
-            logger.warning("Dropping %d k-shot examples whose labels are not in %s.", len(shots), list(labels))
+            logger.warning(
+                "Dropping %d k-shot examples whose labels are not in %s.", len(shots), list(labels)
+            )
             shots = []
         return LabelTask(list(labels), verbalizers, self.template, list(shots))
 
@@ -321,7 +334,9 @@ class LabelTask:
     def from_dict(cls, data: dict[str, Any]) -> LabelTask:
         """Build a task from `to_dict()` output."""
         if not isinstance(data, dict) or "labels" not in data:
-            raise TaskError(f"A task dict needs at least 'labels'; got {type(data).__name__} {str(data)[:80]}.")
+            raise TaskError(
+                f"A task dict needs at least 'labels'; got {type(data).__name__} {str(data)[:80]}."
+            )
         version = data.get("format_version", TASK_FORMAT_VERSION)
         if version > TASK_FORMAT_VERSION:
             raise TaskError(
@@ -351,7 +366,9 @@ class LabelTask:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise TaskError(f"No {TASK_FILE} at {path}; is this a directory written by a training run?") from None
+            raise TaskError(
+                f"No {TASK_FILE} at {path}; is this a directory written by a training run?"
+            ) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise TaskError(f"{path} is not a valid task file: {err}.") from None
         return cls.from_dict(data)
@@ -374,7 +391,9 @@ class LabelTask:
         task = cls(list(settings.labels), dict(settings.verbalizers or {}), template)
         if settings.shots:
             if shot_examples is None:
-                raise TaskError(f"shots={settings.shots} needs examples to draw from (e.g. the training split).")
+                raise TaskError(
+                    f"shots={settings.shots} needs examples to draw from (e.g. the training split)."
+                )
             task = task.with_shots(shot_examples, settings.shots, seed)
         return task
 

@@ -28,7 +28,6 @@ from trainer_ext.tasks import LabelTask
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-_ANCHOR = "\n"
 
 
 class EncodingError(ValueError):
@@ -51,11 +50,10 @@ class _PieceEncoder:
             )
         self.eos_id = int(tokenizer.eos_token_id)
         self.bos_ids = self._special_prefix()
-        probe = _raw_ids(tokenizer, "a")
-        # Tokenizers that mark a word start on every encoded string (SentencePiece "▁") would insert
-        # spaces between pieces; those pieces are encoded after an anchor that is then removed.
-        joined = tokenizer.decode(probe + probe, clean_up_tokenization_spaces=False)
-        self.anchor_ids = _raw_ids(tokenizer, _ANCHOR) if joined != "aa" else None
+        # Pieces after the first are encoded after the EOS token, then the EOS is removed: a special
+        # token ends the previous split, so tokenizers that mark a word start on every encoded string
+        # (SentencePiece "▁") do not insert a space there; byte-level BPE encodes them unchanged.
+        self.anchor = str(tokenizer.eos_token)
 
     def _special_prefix(self) -> list[int]:
         plain = _raw_ids(self.tokenizer, "a")
@@ -66,12 +64,12 @@ class _PieceEncoder:
         return []
 
     def piece(self, text: str, first: bool) -> list[int]:
-        """Ids of `text`; `first` when it starts the sequence (no anchor needed)."""
-        if not text or first or self.anchor_ids is None:
+        """Ids of `text`; `first` when it starts the sequence (encoded as is)."""
+        if not text or first:
             return _raw_ids(self.tokenizer, text)
-        ids = _raw_ids(self.tokenizer, _ANCHOR + text)
-        if ids[: len(self.anchor_ids)] == self.anchor_ids:
-            return ids[len(self.anchor_ids) :]
+        ids = _raw_ids(self.tokenizer, self.anchor + text)
+        if ids[:1] == [self.eos_id]:
+            return ids[1:]
         return _raw_ids(self.tokenizer, text)
 
     def completion(self, task: LabelTask, label: str) -> list[int]:
@@ -157,7 +155,9 @@ def encode_example(
     return encoded
 
 
-def encode_prompt(tokenizer: Any, task: LabelTask, text: str, max_length: int, source: str | None = None) -> list[int]:
+def encode_prompt(
+    tokenizer: Any, task: LabelTask, text: str, max_length: int, source: str | None = None
+) -> list[int]:
     """Encode the prompt of `text` for inference, leaving room for the longest completion.
 
     Truncation follows [`encode_example`]: only the message is shortened, and the prompt ids are
@@ -211,6 +211,9 @@ def encode_dataset(
         truncated += cut
     if truncated:
         logger.info(
-            "Shortened the message of %d of %d samples to fit max_length=%d.", truncated, len(encoded), max_length
+            "Shortened the message of %d of %d samples to fit max_length=%d.",
+            truncated,
+            len(encoded),
+            max_length,
         )
     return encoded
