@@ -1,0 +1,213 @@
+"""The models behind the demo: which ones, loaded once on first use, cached, shared by every request.
+
+The demo runs a *trained* classifier (a base model plus the adapter a training run saved, whose
+`task.json` gives the labels and the prompt template) and, for comparison and for free generation,
+the *base* model alone. Where no trained adapter exists the base model answers every tab and the page
+says so.
+
+Settings come from the command line of `app.py` or from environment variables (a Hugging Face Space
+sets them under *Settings -> Variables*):
+
+- `TRAINER_EXT_SPACE_ADAPTER`: a run directory or a Hub id of a pushed run; empty for the base model
+  only. Default: `runs/moderation-lora-all` in the repository, when that directory exists.
+- `TRAINER_EXT_SPACE_REVISION`: the Hub revision (branch, tag or commit) of the adapter.
+- `TRAINER_EXT_SPACE_BASE_MODEL`: the base model when no adapter is used (default `smollm2-135m`, the
+  embedded SmolLM2-135M-Instruct); with an adapter the base model is the one its run was trained on.
+- `TRAINER_EXT_SPACE_QUANTIZATION`: `auto` (default), `8bit`, `4bit` or `none`. `auto` is `8bit` on a
+  GPU and `none` on a CPU, where bitsandbytes' 8-bit matrix products are several times slower than
+  fp32 and a model of this size fits in memory anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ADAPTER_DIR = REPO_ROOT / "runs" / "moderation-lora-all"
+DEFAULT_BASE_MODEL = "smollm2-135m"
+QUANTIZATIONS = ("auto", "8bit", "4bit", "none")
+
+ENV_ADAPTER = "TRAINER_EXT_SPACE_ADAPTER"
+ENV_REVISION = "TRAINER_EXT_SPACE_REVISION"
+ENV_BASE_MODEL = "TRAINER_EXT_SPACE_BASE_MODEL"
+ENV_QUANTIZATION = "TRAINER_EXT_SPACE_QUANTIZATION"
+
+T = TypeVar("T")
+
+
+class ModelSetupError(ValueError):
+    """The configured models cannot be used (missing directory, unknown quantization, failed load)."""
+
+
+def _is_local_spec(spec: str) -> bool:
+    """Whether an adapter spec names a local path rather than a Hub id (`owner/name`)."""
+    path = Path(spec).expanduser()
+    return path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1
+
+
+@dataclass
+class SpaceSettings:
+    """Which models the demo serves.
+
+    Args:
+        adapter (`str`, *optional*):
+            Local run directory or Hub id of the trained adapter; `None` runs the base model untrained.
+        base_model (`str`, *optional*, defaults to `"smollm2-135m"`):
+            Model name or path used when there is no adapter.
+        revision (`str`, *optional*):
+            Hub revision of the adapter.
+        quantization (`str`, *optional*, defaults to `"auto"`):
+            Weight quantization of every model: `8bit`, `4bit`, `none`, or `auto` (`8bit` on a GPU,
+            `none` on a CPU); `auto` is resolved when the settings are made.
+    """
+
+    adapter: str | None = None
+    base_model: str = DEFAULT_BASE_MODEL
+    revision: str | None = None
+    quantization: str = "auto"
+    adapter_is_default: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.quantization not in QUANTIZATIONS:
+            raise ModelSetupError(
+                f"Unknown quantization {self.quantization!r} (from --quantization or ${ENV_QUANTIZATION}); "
+                f"use one of {', '.join(QUANTIZATIONS)}."
+            )
+        if self.quantization == "auto":
+            import torch
+
+            self.quantization = "8bit" if torch.cuda.is_available() else "none"
+        self.adapter = (self.adapter or "").strip() or None
+        if self.adapter and _is_local_spec(self.adapter) and not Path(self.adapter).expanduser().is_dir():
+            raise ModelSetupError(
+                f"The adapter directory {self.adapter} (from --adapter or ${ENV_ADAPTER}) does not exist; "
+                "point it at a training run's output directory, a Hub id such as 'user/moderation-lora', "
+                "or set it empty to run the base model."
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SpaceSettings:
+        """Settings from environment variables, then `overrides` (command-line values that are not `None`).
+
+        Without `TRAINER_EXT_SPACE_ADAPTER` the adapter is the repository's default run directory
+        (`runs/moderation-lora-all`) when it exists, else none.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            "base_model": environ.get(ENV_BASE_MODEL) or DEFAULT_BASE_MODEL,
+            "revision": environ.get(ENV_REVISION) or None,
+            "quantization": environ.get(ENV_QUANTIZATION) or "auto",
+        }
+        if ENV_ADAPTER in environ:
+            values["adapter"] = environ[ENV_ADAPTER]
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        if "adapter" not in values:
+            has_default = DEFAULT_ADAPTER_DIR.is_dir()
+            values["adapter"] = str(DEFAULT_ADAPTER_DIR) if has_default else None
+            values["adapter_is_default"] = has_default
+        return cls(**values)
+
+
+class ModelStore:
+    """Loads each model of the demo once, on first use, and keeps it.
+
+    Loading is serialised by one lock, so two first requests do not load the same model twice.
+    `inference_lock` is held by the handlers around every forward pass: the models are shared
+    by all requests and the 8-bit layers keep per-layer state that is not safe to initialise from
+    two threads at once; on a CPU Space one pass at a time is also the fastest order.
+
+    Args:
+        settings (`SpaceSettings`): Which models to serve.
+    """
+
+    def __init__(self, settings: SpaceSettings) -> None:
+        self.settings = settings
+        self.inference_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+
+    @property
+    def has_adapter(self) -> bool:
+        """Whether a trained adapter is configured (the model itself loads on first use)."""
+        return self.settings.adapter is not None
+
+    def is_loaded(self, key: str) -> bool:
+        """Whether the model cached under `key` (`trained` or `base`) is in memory."""
+        return key in self._cache
+
+    def _cached(self, key: str, what: str, load: Callable[[], T]) -> T:
+        if key in self._cache:
+            return self._cache[key]
+        with self._load_lock:
+            if key not in self._cache:
+                logger.info("Loading %s ...", what)
+                try:
+                    self._cache[key] = load()
+                except ModelSetupError:
+                    raise
+                except Exception as err:  # any loader failure becomes one message that says what to check
+                    logger.exception("Loading %s failed", what)
+                    raise ModelSetupError(
+                        f"Could not load {what}: {type(err).__name__}: {err}. Check the model settings "
+                        f"(${ENV_ADAPTER}, ${ENV_BASE_MODEL}, ${ENV_QUANTIZATION}) and the server log."
+                    ) from err
+                logger.info("Loaded %s.", what)
+        return self._cache[key]
+
+    def trained(self) -> Any | None:
+        """The trained classifier (base model + adapter), or `None` when no adapter is configured."""
+        if not self.has_adapter:
+            return None
+        from trainer_ext.classifier import Classifier
+
+        adapter, revision, quantization = (
+            self.settings.adapter,
+            self.settings.revision,
+            self.settings.quantization,
+        )
+        return self._cached(
+            "trained",
+            f"the trained classifier from {adapter} ({quantization})",
+            lambda: Classifier.from_pretrained(adapter, revision=revision, quantization=quantization),
+        )
+
+    def base_model_name(self) -> str:
+        """The base model: the adapter's own base model when there is an adapter, else the configured one."""
+        trained = self.trained()
+        return trained.base_model if trained is not None else self.settings.base_model
+
+    def base(self) -> Any:
+        """The base model as a zero-shot classifier with the moderation task (labels changed per request)."""
+        from trainer_ext.classifier import Classifier
+
+        from trainer_ext.tasks import moderation_task
+
+        name, quantization = self.base_model_name(), self.settings.quantization
+        return self._cached(
+            "base",
+            f"the base model {name} ({quantization})",
+            lambda: Classifier.from_base(name, moderation_task(), quantization=quantization),
+        )
+
+    def moderation(self) -> Any:
+        """The classifier of the moderation tab: the trained one, else the untrained base model."""
+        trained = self.trained()
+        return trained if trained is not None else self.base()
+
+    def topics(self, labels: list[str], use_trained: bool) -> Any:
+        """A classifier over `labels` with the instruction prompt, from the trained or the base model."""
+        trained = self.trained() if use_trained else None
+        return (trained if trained is not None else self.base()).with_labels(labels)
+
+    def generator(self) -> tuple[Any, Any]:
+        """The base model and its tokenizer for free generation (the base classifier's own weights)."""
+        base = self.base()
+        return base.model, base.tokenizer
