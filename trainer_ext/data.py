@@ -26,7 +26,6 @@ from trainer_ext.data_readers import (
     DataError,
     load_dataset_dict,
     open_source,
-    pick_split,
 )
 
 logger = logging.getLogger(__name__)
@@ -328,17 +327,18 @@ def _hub_pool(settings: DataSettings, split: str, labels: Sequence[str] | None) 
     name = str(settings.hub_dataset)
     preset = HUB_PRESETS.get(name, {})
     loaded = load_dataset_dict(name)
-    available = list(loaded) if hasattr(loaded, "keys") and not hasattr(loaded, "column_names") else ["train"]
+    available = list(loaded) if isinstance(loaded, dict) else ["train"]  # a DatasetDict is a dict
     eval_split = next((s for s in ("validation", "test") if s in available), None)
     chosen = eval_split if split == "eval" and eval_split else "train"
     logger.info("Reading the Hub dataset %s (split %s)", name, chosen)
     examples = load_examples(
-        pick_split(loaded, name, chosen),
+        name,
         preset.get("text_column", settings.text_column),
         preset.get("label_column", settings.label_column),
         settings.label_mapping or preset.get("label_mapping"),
         settings.decode_html,
         labels,
+        split=chosen,
     )
     return examples, eval_split is not None
 

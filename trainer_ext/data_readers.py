@@ -169,20 +169,40 @@ def load_dataset_dict(source: str) -> Any:
 
 def pick_split(loaded: Any, source: str, split: str) -> Any:
     """The `split` of a loaded `DatasetDict` (a plain `Dataset` is returned as is)."""
-    if hasattr(loaded, "keys") and not hasattr(loaded, "column_names"):
+    import datasets
+
+    if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DataError(f"Dataset {source!r} has no split {split!r}; its splits are {list(loaded)}.")
         return loaded[split]
     return loaded
 
 
-def open_source(source: Any, label_column: str, split: str) -> tuple[str, list[str], Rows]:
-    """Return (name, columns, rows) for any supported source."""
+def _in_memory_source(source: Any, label_column: str, split: str) -> tuple[str, list[str], Rows] | None:
+    """(name, columns, rows) of a DataFrame, Dataset or DatasetDict; None for anything else."""
     if hasattr(source, "to_dict") and hasattr(source, "columns") and hasattr(source, "index"):
         return "DataFrame", *_frame_rows(source, "DataFrame")
-    if hasattr(source, "features") and hasattr(source, "column_names"):
-        name = getattr(getattr(source, "info", None), "dataset_name", None) or "dataset"
-        return name, *_dataset_rows(source, name, label_column)
+    if not type(source).__module__.startswith("datasets"):
+        return None
+    import datasets
+
+    name = "dataset"
+    if isinstance(source, datasets.DatasetDict):
+        source, name = pick_split(source, name, split), f"dataset[{split!r}]"
+    if not isinstance(source, datasets.Dataset):
+        raise DataError(f"Unsupported dataset type {type(source).__name__}; pass a Dataset or a DatasetDict.")
+    return name, *_dataset_rows(source, name, label_column)
+
+
+def open_source(source: Any, label_column: str, split: str) -> tuple[str, list[str], Rows]:
+    """Return (name, columns, rows) for any supported source."""
+    in_memory = _in_memory_source(source, label_column, split)
+    if in_memory is not None:
+        return in_memory
+    if not isinstance(source, str | os.PathLike):
+        raise DataError(
+            f"Unsupported data source of type {type(source).__name__}; pass a path, a DataFrame or a Dataset."
+        )
     path = Path(source)
     suffix = path.suffix.lower()
     if path.is_file():
@@ -203,10 +223,6 @@ def open_source(source: Any, label_column: str, split: str) -> tuple[str, list[s
         )
     if suffix in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
         raise DataError(f"{path}: no such file; check the path (relative paths are read from {Path.cwd()}).")
-    if isinstance(source, str | os.PathLike):
-        name = str(source)
-        dataset = pick_split(load_dataset_dict(name), name, split)
-        return name, *_dataset_rows(dataset, name, label_column)
-    raise DataError(
-        f"Unsupported data source of type {type(source).__name__}; pass a path, DataFrame or Dataset."
-    )
+    dataset = pick_split(load_dataset_dict(str(source)), str(source), split)
+    name = f"{source}[{split}]"
+    return name, *_dataset_rows(dataset, name, label_column)
