@@ -59,9 +59,12 @@ INVALID_TOKEN = "Invalid credentials in Authorization header"
 class HubHTTPError(Exception):
     """An error answered the way the Hub answers it: status, ``X-Error-Code`` and a message."""
 
-    def __init__(self, status: int, message: str, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self, status: int, message: str, code: str | None = None, headers: dict | None = None, **body
+    ):
         super().__init__(message)
         self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.body = {"error": message, **body}
 
 
 def git_blob_sha1(content: bytes) -> str:
@@ -257,8 +260,12 @@ def route_create_repo(state: HubState, request: Request) -> Response:
         raise HubHTTPError(400, "A Space needs an sdk")
     private = body.get("visibility") in ("private", "protected") or body.get("private") is True
     repo_id = f"{namespace}/{body['name']}"
-    state.create_repo(repo_type, repo_id, private, body.get("sdk"))
-    return Response(payload={"url": request.repo_url(repo_id, repo_type), "name": repo_id})
+    url = request.repo_url(repo_id, repo_type)
+    try:
+        state.create_repo(repo_type, repo_id, private, body.get("sdk"))
+    except HubHTTPError as error:  # the Hub names the existing repo's URL in a 409
+        raise HubHTTPError(error.status, error.message, url=url) from None
+    return Response(payload={"url": url, "name": repo_id})
 
 
 def route_validate_yaml(state: HubState, request: Request) -> Response:
@@ -512,7 +519,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             headers = {**error.headers, "X-Error-Message": error.message}
             if error.code:
                 headers["X-Error-Code"] = error.code
-            response = Response(error.status, {"error": error.message}, headers)
+            response = Response(error.status, error.body, headers)
         self.answer(method, response)
 
     def user(self, state: HubState) -> str | None:
