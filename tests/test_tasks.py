@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 
 import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import HfArgumentParser, PreTrainedTokenizerFast
 
+import trainer_ext.tasks
 from trainer_ext.tasks import (
     INSTRUCTION_TEMPLATE,
     LabelTask,
@@ -76,6 +78,10 @@ def test_custom_verbalizers_and_parsing():
         ("   \n", None),
         (" sport", None),
         ("\nneutral", "neutral"),
+        ("hate<|endoftext|>", "hate"),
+        (" hateful", None),
+        (" hate_speech", None),
+        ("neutrally", None),
     ],
 )
 def test_label_from_completion(generated, expected):
@@ -197,6 +203,11 @@ def _word_tokenizer(vocab: dict[str, int], strip: str | None = None) -> PreTrain
     if strip:
         backend.normalizer = normalizers.Replace(strip, "")
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+
+
+def test_docstring_example_runs():
+    result = doctest.testmod(trainer_ext.tasks)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_check_label_tokens_accepts_distinct_labels(gpt2_tokenizer):

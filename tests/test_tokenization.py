@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from trainer_ext.data import Example
-from trainer_ext.tasks import LabelTask, TaskSettings, moderation_task
+from trainer_ext.tasks import LabelTask, TaskError, TaskSettings, moderation_task
 from trainer_ext.tokenization import (
     IGNORE_INDEX,
     EncodingError,
@@ -212,3 +212,11 @@ def test_property_unmasked_tokens_decode_to_verbalizer_and_eos(request, name, te
     assert len(encoded["input_ids"]) <= max_length
     assert tokenizer.decode(completion) == task.completion(label) + tokenizer.eos_token
     assert tokenizer.decode(prompt).endswith("\n\nCategory:")
+
+
+def test_encode_dataset_checks_label_tokens_first():
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<eos>": 1, "hi": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+    with pytest.raises(TaskError, match="Labels 'spam' and 'ham' tokenise to the same ids"):
+        encode_dataset(tokenizer, LabelTask(["spam", "ham"]), [Example("hi", "spam", "s:1")], 32)

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import logging
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,7 +253,8 @@ class LabelTask:
         """Parse a generated completion back into a label.
 
         The first line is stripped and matched case-insensitively against the labels and their
-        verbalizers, then its first word is; trailing punctuation is ignored.
+        verbalizers; the longest one it starts with wins, provided a word ends there (so `"Hate."`
+        and `"hate<|endoftext|>"` give `hate`, `"hateful"` gives nothing).
 
         Args:
             generated_text (`str`): The text generated after the prompt.
@@ -262,18 +262,15 @@ class LabelTask:
         Returns:
             `str | None`: The label, or `None` when the completion is not one of the labels.
         """
-        stripped = generated_text.strip()
-        if not stripped:
-            return None
+        lines = generated_text.strip().casefold().splitlines()
+        first_line = lines[0].strip() if lines else ""
         lookup: dict[str, str] = {}
         for label in self.labels:
             lookup[label.casefold()] = label
             lookup.setdefault(self.verbalizers[label].strip().casefold(), label)
-        first_line = stripped.splitlines()[0].strip()
-        candidates = [first_line, first_line.split()[0] if first_line.split() else ""]
-        for candidate in candidates:
-            key = re.sub(r"[\s.,;:!?'\"]+$", "", candidate).casefold()
-            if key in lookup:
+        for key in sorted(lookup, key=len, reverse=True):
+            after = first_line[len(key) : len(key) + 1]
+            if first_line.startswith(key) and not (after.isalnum() or after == "_"):
                 return lookup[key]
         return None
 

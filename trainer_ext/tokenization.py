@@ -23,7 +23,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from trainer_ext.tasks import LabelTask
+from trainer_ext.tasks import LabelTask, check_label_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,10 @@ def encode_dataset(
 
     Raises:
         `EncodingError`: naming the first sample (its `source`) that cannot be encoded.
+        `TaskError`: when two labels tokenise to the same ids or a verbalizer to none
+            ([`~tasks.check_label_tokens`]).
     """
+    check_label_tokens(task, tokenizer)
     encoder = _PieceEncoder(tokenizer)
     encoded: list[dict[str, list[int]]] = []
     truncated = 0
