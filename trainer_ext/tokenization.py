@@ -14,7 +14,10 @@ tokenizer would merge across it. Layout of one encoded sample::
   [`EncodingError`] names the sample.
 
 Spaces that end the prefix (`"Message: "`) are tokenised with the message, as a tokenizer would
-see them in running text (`" hello"` rather than `" "` + `"hello"`).
+see them in running text (`" hello"` rather than `" "` + `"hello"`). A message that contains the
+text of a special token (`"<|endoftext|>"`) gets it as plain text, not as the special token, for
+tokenizers that encode pieces independently (byte-level BPE: GPT-2, GPT-J, SmolLM2); templates and
+verbalizers may use special tokens on purpose (chat markers) and keep them.
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ class EncodingError(ValueError):
     """A sample that cannot be encoded within `max_length` (or with this tokenizer); names the sample."""
 
 
-def _raw_ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+def _raw_ids(tokenizer: Any, text: str, split_special_tokens: bool = False) -> list[int]:
+    if not text:
+        return []
+    encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
+    return list(encoded["input_ids"])
 
 
 class _PieceEncoder:
@@ -50,10 +56,15 @@ class _PieceEncoder:
             )
         self.eos_id = int(tokenizer.eos_token_id)
         self.bos_ids = self._special_prefix()
-        # Pieces after the first are encoded after the EOS token, then the EOS is removed: a special
-        # token ends the previous split, so tokenizers that mark a word start on every encoded string
-        # (SentencePiece "▁") do not insert a space there; byte-level BPE encodes them unchanged.
+        # Tokenizers that mark a word start on every encoded string (SentencePiece "▁") would put a
+        # space between pieces. For them, pieces after the first are encoded after the EOS token,
+        # which is then removed: a special token ends the previous split, so no marker is added.
         self.anchor = str(tokenizer.eos_token)
+        self.needs_anchor = self._anchored("a") != _raw_ids(tokenizer, "a")
+
+    def _anchored(self, text: str) -> list[int]:
+        ids = _raw_ids(self.tokenizer, self.anchor + text)
+        return ids[1:] if ids[:1] == [self.eos_id] else _raw_ids(self.tokenizer, text)
 
     def _special_prefix(self) -> list[int]:
         plain = _raw_ids(self.tokenizer, "a")
@@ -64,13 +75,16 @@ class _PieceEncoder:
         return []
 
     def piece(self, text: str, first: bool) -> list[int]:
-        """Ids of `text`; `first` when it starts the sequence (encoded as is)."""
-        if not text or first:
+        """Ids of template text; `first` when it starts the sequence (encoded as is)."""
+        if first or not self.needs_anchor:
             return _raw_ids(self.tokenizer, text)
-        ids = _raw_ids(self.tokenizer, self.anchor + text)
-        if ids[:1] == [self.eos_id]:
-            return ids[1:]
-        return _raw_ids(self.tokenizer, text)
+        return self._anchored(text) if text else []
+
+    def message(self, text: str, first: bool) -> list[int]:
+        """Ids of user text: special-token text stays plain text where pieces encode independently."""
+        if first or not self.needs_anchor:
+            return _raw_ids(self.tokenizer, text, split_special_tokens=True)
+        return self._anchored(text) if text else []
 
     def completion(self, task: LabelTask, label: str) -> list[int]:
         return self.piece(task.completion(label), first=False) + [self.eos_id]
@@ -83,7 +97,7 @@ class _PieceEncoder:
         core = prefix.rstrip(" ")
         message = prefix[len(core) :] + message
         prefix_ids = self.piece(core, first=True)
-        message_ids = self.piece(message, first=not prefix_ids)
+        message_ids = self.message(message, first=not prefix_ids)
         suffix_ids = self.piece(suffix, first=False)
         fixed = len(self.bos_ids) + len(prefix_ids) + len(suffix_ids) + reserve
         budget = max_length - fixed
