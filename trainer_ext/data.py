@@ -179,6 +179,26 @@ def _convert_text(value: Any, column: str, decode_html: bool) -> str:
     return text
 
 
+def _convert_record(
+    record: Any,
+    columns: tuple[str, str | None],
+    mapping: dict[str, str] | None,
+    labels: Sequence[str] | None,
+    decode_html: bool,
+) -> tuple[str, str | None]:
+    """(text, label) of one record; `columns` is (text column, label column or None when absent)."""
+    if isinstance(record, BadRow):
+        raise _RowError(str(record))
+    text_column, label_column = columns
+    text = _convert_text(record.get(text_column), text_column, decode_html)
+    if label_column is None:
+        return text, None
+    value = record.get(label_column)
+    if labels is None and (_is_missing(value) or value == ""):
+        return text, None  # unlabelled rows are fine in prediction input
+    return text, _convert_label(value, mapping, labels, label_column)
+
+
 def load_examples(
     source: Any,
     text_column: str = "text",
@@ -217,7 +237,7 @@ def load_examples(
     mapping = _parse_mapping(label_mapping)
     name, columns, rows = open_source(source, label_column, split)
     short = Path(name).name if Path(name).is_file() else name
-    has_labels = label_column in columns
+    columns_spec = (text_column, label_column if label_column in columns else None)
     missing = [c for c in (text_column, *([label_column] if labels is not None else [])) if c not in columns]
     if missing:
         raise DataError(
@@ -228,12 +248,7 @@ def load_examples(
     skipped = 0
     for location, record in rows:
         try:
-            if isinstance(record, BadRow):
-                raise _RowError(str(record))
-            text = _convert_text(record.get(text_column), text_column, decode_html)
-            value = record.get(label_column)
-            unlabelled = not has_labels or (labels is None and (_is_missing(value) or value == ""))
-            label = None if unlabelled else _convert_label(value, mapping, labels, label_column)
+            text, label = _convert_record(record, columns_spec, mapping, labels, decode_html)
         except _RowError as err:
             if on_bad_row == "raise":
                 raise DataError(f"{name}, {location}, {err}.") from None
