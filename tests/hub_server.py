@@ -5,9 +5,9 @@ on 127.0.0.1 (``HF_ENDPOINT`` points at it, Xet storage disabled, a temporary ``
 what the client relies on: users and tokens, model/dataset/Space repos (public or private), real commits
 (each a new sha, with a parent), branches, regular and LFS files (LFS content goes through the batch API
 and a presigned upload URL that takes no auth header), repo info with siblings, trees, refs, ``resolve``
-downloads with ``X-Repo-Commit``/``ETag``/``Content-Length``, README metadata validation, and the Hub's
-error conventions (``X-Error-Code``/``X-Error-Message``; 401 for an anonymous caller and 404 for another
-user on a private repo; 401 "Invalid credentials" for an unknown token).
+downloads with ``X-Repo-Commit``/``ETag``/``Content-Length``, Space variables, README metadata
+validation, and the Hub's error conventions (``X-Error-Code``/``X-Error-Message``; 401 for an anonymous
+caller and 404 for another user on a private repo; 401 "Invalid credentials" for an unknown token).
 
 File contents live in a temporary directory (content-addressed); the commit graph is kept in memory.
 
@@ -103,6 +103,7 @@ class Repo:
     created: str
     branches: dict[str, str] = field(default_factory=dict)
     commits: dict[str, Commit] = field(default_factory=dict)
+    variables: dict[str, dict] = field(default_factory=dict)  # Space variables: key -> {value, description}
 
     def resolve(self, revision: str) -> Commit:
         """The commit a branch name or a full commit sha points to."""
@@ -356,6 +357,14 @@ def route_create_branch(state: HubState, request: Request) -> Response:
     return Response(payload={})
 
 
+def route_space_variables(state: HubState, request: Request) -> Response:
+    repo = state.writable_repo("space", request.args["repo"], request.user)
+    if request.method == "POST":
+        body = request.json()
+        repo.variables[body["key"]] = {"value": body["value"], "description": body.get("description")}
+    return Response(payload={key: {**value, "updatedAt": now()} for key, value in repo.variables.items()})
+
+
 def upload_mode(path: str, size: int, sample: bytes) -> str:
     return "lfs" if path.endswith(LFS_SUFFIXES) or size > LFS_THRESHOLD or b"\0" in sample else "regular"
 
@@ -469,6 +478,7 @@ ROUTES = [
     ({"GET"}, rf"/api{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", route_tree),
     ({"GET"}, rf"/api{_REPO}/refs", route_refs),
     ({"POST"}, rf"/api{_REPO}/branch/(?P<rev>[^/]+)", route_create_branch),
+    ({"GET", "POST"}, r"/api/spaces/(?P<repo>[^/]+/[^/]+)/variables", route_space_variables),
     ({"POST"}, rf"/api{_REPO}/preupload/(?P<rev>[^/]+)", route_preupload),
     ({"POST"}, rf"/api{_REPO}/commit/(?P<rev>[^/]+)", route_commit),
     ({"POST"}, rf"{_GIT_REPO}\.git/info/lfs/objects/batch", route_lfs_batch),

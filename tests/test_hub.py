@@ -38,8 +38,8 @@ RUN = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="tiny_base")
+def tiny_base_fixture(tmp_path_factory) -> Path:
     """A saved 2-layer GPT-2 (random weights) with the GPT-2 tokenizer."""
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
@@ -52,8 +52,8 @@ def tiny_base(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def run_template(tiny_base, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", name="run_template")
+def run_template_fixture(tiny_base, tmp_path_factory) -> Path:
     """An output directory like a LoRA training run writes: a tiny GPT-2 adapter and the run's files."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -77,8 +77,8 @@ def run_template(tiny_base, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture
-def run_dir(run_template, tmp_path) -> Path:
+@pytest.fixture(name="run_dir")
+def run_dir_fixture(run_template, tmp_path) -> Path:
     """A fresh copy of the run directory, free to modify."""
     return Path(shutil.copytree(run_template, tmp_path / "run"))
 
@@ -307,11 +307,14 @@ def test_space_push_uploads_the_app_with_its_card(fake_hub, tmp_path):
         "gradio",
         ["alice/tiny"],
     )
-    assert "[alice/tiny](https://huggingface.co/alice/tiny)" in str(card)
+    assert "old body" in str(card) and "- [alice/tiny](https://huggingface.co/alice/tiny)" in str(card)
 
-    result = push_space(space, "alice/demo", model_repo_id="alice/tiny", token=fake_hub.add_user("alice"))
+    token = fake_hub.add_user("alice")
+    result = push_space(space, "alice/demo", model_repo_id="alice/tiny", token=token)
     remote = set(HfApi().list_repo_files("alice/demo", repo_type="space"))
     assert {"app.py", "requirements.txt", "README.md", "trainer_ext/hub.py"} <= remote
     assert not any("__pycache__" in name for name in remote)
     assert HfApi().space_info("alice/demo").sdk == "gradio"
     assert result.commit_oid == fake_hub.branch_head("alice/demo", repo_type="space")
+    variables = HfApi(token=token).get_space_variables("alice/demo")
+    assert variables["TRAINER_EXT_SPACE_ADAPTER"].value == "alice/tiny"

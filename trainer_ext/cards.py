@@ -350,7 +350,8 @@ def render_space_card(
     """Render the card (README.md with the Space configuration) of the Gradio demo.
 
     The front matter of an existing `space_dir/README.md` is kept; missing keys get defaults (Gradio SDK,
-    the installed Gradio version, `app.py`) and `model_repo_id` is added to `models`.
+    the installed Gradio version, `app.py`) and `model_repo_id` is added to `models`. The template shows
+    the README's text when there is one, a generic description otherwise, and links the models.
 
     Args:
         space_dir (`str` or `Path`): The directory of the app (`app.py`, `requirements.txt`, ...).
@@ -365,9 +366,10 @@ def render_space_card(
     space_dir = Path(space_dir)
     if not (space_dir / "app.py").is_file():
         raise CardError(f"{space_dir} has no app.py; pass the directory of the Gradio app (e.g. space/).")
-    existing = {}
+    existing, body = {}, None
     if (space_dir / "README.md").is_file():
-        existing = SpaceCard.load(space_dir / "README.md", ignore_metadata_errors=True).data.to_dict()
+        readme = SpaceCard.load(space_dir / "README.md", ignore_metadata_errors=True)
+        existing, body = readme.data.to_dict(), readme.text.strip() or None
     metadata = {
         "title": (repo_id or "trainer_ext demo").split("/")[-1],
         "emoji": "🏷️",
@@ -383,7 +385,7 @@ def render_space_card(
     if model_repo_id and model_repo_id not in models:
         models.append(model_repo_id)
     card_data = SpaceCardData(models=models or None, **metadata)
-    variables = {**card_data.to_dict(), "models": models}
+    variables = {**card_data.to_dict(), "models": models, "body": body}
     return SpaceCard.from_template(
         card_data, template_path=str(template_path or SPACE_CARD_TEMPLATE), **variables
     )

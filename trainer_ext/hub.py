@@ -48,6 +48,8 @@ TRAINER_STATE_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng
 TOKENIZER_SUFFIXES = (".txt", ".model", ".jinja", ".tiktoken")
 RUN_EXTRA_FILES = ("confusion_matrix.png",)
 DOWNLOAD_PATTERNS = ["*.safetensors", "*.json", "*.md", *(f"*{suffix}" for suffix in TOKENIZER_SUFFIXES)]
+# The variable through which the demo app (space/model_store.py) learns which model repo to load.
+SPACE_ADAPTER_VARIABLE = "TRAINER_EXT_SPACE_ADAPTER"
 SPACE_SKIPPED_PARTS = ("__pycache__", ".git", "flagged", ".gradio")
 TOKEN_HELP = "set HF_TOKEN or run `hf auth login` with a token that has write access"
 
@@ -70,6 +72,7 @@ class PushResult:
         dry_run (`bool`): Whether nothing was sent.
         commit_url (`str`, *optional*): URL of the commit.
         commit_oid (`str`, *optional*): Sha of the commit.
+        space_variables (`dict[str, str]`, *optional*): Variables set on the Space after the commit.
     """
 
     repo_id: str
@@ -80,6 +83,7 @@ class PushResult:
     dry_run: bool = False
     commit_url: str | None = None
     commit_oid: str | None = None
+    space_variables: dict[str, str] = field(default_factory=dict)
 
     @property
     def files(self) -> list[str]:
@@ -263,6 +267,8 @@ def _commit(
         info = api.create_commit(
             repo_id, operations, commit_message=message, revision=revision, repo_type=repo_type
         )
+        for key, value in result.space_variables.items():
+            api.add_space_variable(repo_id, key, value, description="Set by trainer-ext push --space")
     result.commit_url, result.commit_oid = info.commit_url, info.oid
     logger.info("Pushed %d files to %s@%s: %s", len(operations), repo_id, revision, info.commit_url)
 
@@ -350,7 +356,8 @@ def push_space(
     Args:
         space_dir (`str` or `Path`): The app directory (`app.py`, `requirements.txt`, ...).
         repo_id (`str`): `NAMESPACE/NAME` of the Space; created (Gradio SDK) if missing.
-        model_repo_id (`str`, *optional*): The model repo the app loads, linked from the card.
+        model_repo_id (`str`, *optional*): The model repo the app loads: linked from the card and set as the
+            Space variable `TRAINER_EXT_SPACE_ADAPTER`.
         private (`bool`, *optional*, defaults to `False`): Create the Space private.
         token (`str`, *optional*): Write token; defaults to `HF_TOKEN` or the `huggingface_hub` login.
         dry_run (`bool`, *optional*, defaults to `False`): Render the card and list the files, send nothing.
@@ -370,6 +377,8 @@ def push_space(
     uploads = _space_files(space_dir, include_package)
     uploads["README.md"] = str(card).encode()
     result = PushResult(repo_id, "space", constants.DEFAULT_REVISION, card, uploads, dry_run)
+    if model_repo_id:
+        result.space_variables[SPACE_ADAPTER_VARIABLE] = model_repo_id
     if not dry_run:
         _commit(result, token, private, commit_message or "Upload trainer_ext demo", space_sdk=card.data.sdk)
     return result

@@ -1,0 +1,11 @@
+"""Publish a training run (or the demo Space) on the Hugging Face Hub: same as `trainer-ext push`.
+
+Usage: python scripts/push_to_hub.py OUTPUT_DIR --repo-id USER/NAME [--private] [--revision B] [--dry-run]
+"""
+
+import sys
+
+from trainer_ext.cli.push import main
+
+if __name__ == "__main__":
+    sys.exit(main())
