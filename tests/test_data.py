@@ -172,6 +172,9 @@ def test_bad_input_is_a_clear_error(tmp_path, name, content, kwargs, match):
 def test_missing_file_duplicate_labels_and_bad_sources(tmp_path):
     with pytest.raises(DataError, match=r"nope\.csv: no such file"):
         load_examples(tmp_path / "nope.csv")
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DataError, match=r"folder\.csv: not a regular file"):
+        load_examples(tmp_path / "folder.csv")
     with pytest.raises(DataError, match="Duplicate labels"):
         load_examples(write(tmp_path, "a.csv", "text,label\nhi,hate\n"), labels=["hate", "hate"])
     with pytest.raises(DataError, match="Unsupported data source"):

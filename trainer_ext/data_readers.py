@@ -222,6 +222,8 @@ def open_source(source: Any, label_column: str, split: str) -> tuple[str, list[s
             f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl, .json or .parquet."
         )
     if suffix in (".csv", ".tsv", ".jsonl", ".json", ".parquet"):
+        if path.exists():
+            raise DataError(f"{path}: not a regular file (a directory?); pass the data file itself.")
         raise DataError(f"{path}: no such file; check the path (relative paths are read from {Path.cwd()}).")
     dataset = pick_split(load_dataset_dict(str(source)), str(source), split)
     name = f"{source}[{split}]"
