@@ -53,7 +53,7 @@ def test_wrong_token_fails_with_one_clear_line(fake_hub, run_dir, monkeypatch, c
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(
-        "trainer-ext push: error: Cannot push to alice/tiny: the Hugging Face token was rejected"
+        "trainer-ext push: error: Cannot push to alice/tiny: the token in HF_TOKEN was rejected (401"
     )
     assert wrong not in err
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,7 @@ DOWNLOAD_PATTERNS = ["*.safetensors", "*.json", "*.md", *(f"*{suffix}" for suffi
 # The variable through which the demo app (space/model_store.py) learns which model repo to load.
 SPACE_ADAPTER_VARIABLE = "TRAINER_EXT_SPACE_ADAPTER"
 SPACE_SKIPPED_PARTS = ("__pycache__", ".git", "flagged", ".gradio")
-TOKEN_HELP = "set HF_TOKEN or run `hf auth login` with a token that has write access"
+TOKEN_HELP = "set HF_TOKEN or run `hf auth login` with a token that has {access} access"
 
 
 class HubError(RuntimeError):
@@ -108,6 +109,7 @@ def hub_errors(
         revision (`str`, *optional*): The revision concerned.
     """
     endpoint = constants.ENDPOINT
+    token_help = TOKEN_HELP.format(access="write" if what.startswith("push") else "read")
     try:
         yield
     except HubError:
@@ -116,7 +118,7 @@ def hub_errors(
         message = f"{repo_id!r} is neither a local directory nor a valid Hub repo id (namespace/name): {err}"
         raise HubError(message) from None
     except LocalTokenNotFoundError:
-        raise HubError(f"Cannot {what} {repo_id}: no Hugging Face token found; {TOKEN_HELP}.") from None
+        raise HubError(f"Cannot {what} {repo_id}: no Hugging Face token found; {token_help}.") from None
     except RevisionNotFoundError as err:
         message = f"Revision {revision!r} not found in {repo_id} on {endpoint}; check the branch, tag or sha."
         raise HubError(message) from err
@@ -126,7 +128,7 @@ def hub_errors(
     except RepositoryNotFoundError as err:
         message = (
             f"Cannot {what} {repo_id}: repository not found on {endpoint}. Check the repo id; if it is "
-            f"private, {TOKEN_HELP} (read access is enough to download)."
+            f"private, {token_help}."
         )
         raise HubError(message) from err
     except (
@@ -141,28 +143,37 @@ def hub_errors(
         )
         raise HubError(message) from err
     except HfHubHTTPError as err:
-        raise HubError(_http_message(err, what, repo_id, token)) from err
+        raise HubError(_http_message(err, what, repo_id, token, token_help)) from err
     except ValueError as err:
         if "Invalid metadata in README.md" not in str(err):
             raise
         raise HubError(f"The Hub rejected the card of {repo_id}: {_scrub(str(err), token)}") from err
 
 
-def _http_message(err: HfHubHTTPError, what: str, repo_id: str, token: str | None) -> str:
+def _token_source(token: str | None) -> str:
+    if token and token == os.environ.get("HF_TOKEN"):
+        return "the token in HF_TOKEN"
+    if token and token == get_token():
+        return "the token saved by `hf auth login`"
+    return "the token given"
+
+
+def _http_message(err: HfHubHTTPError, what: str, repo_id: str, token: str | None, token_help: str) -> str:
     status = err.response.status_code if err.response is not None else None
+    detail = " ".join(_scrub(str(err), token).split()) or type(err).__name__
     if status == 401:
-        return f"Cannot {what} {repo_id}: the Hugging Face token was rejected (401); {TOKEN_HELP}."
+        source = _token_source(token)
+        return f"Cannot {what} {repo_id}: {source} was rejected (401: invalid or expired); {token_help}."
     if status == 403:
-        return f"Cannot {what} {repo_id}: the token has no write access to it (403); {TOKEN_HELP}."
-    first_line = _scrub(str(err), token).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"Cannot {what} {repo_id}: the Hub answered HTTP {status}: {first_line}"
+        return f"Cannot {what} {repo_id}: the token has no write access to it (403); {token_help}."
+    return f"Cannot {what} {repo_id}: the Hub answered HTTP {status}: {detail}"
 
 
 def resolve_token(token: str | None = None) -> str:
     """The token to write with: `token`, else `HF_TOKEN`, else the `huggingface_hub` login."""
     token = token or get_token()
     if not token:
-        raise HubError(f"No Hugging Face token found; {TOKEN_HELP}.")
+        raise HubError(f"No Hugging Face token found; {TOKEN_HELP.format(access='write')}.")
     return token
 
 
