@@ -45,7 +45,7 @@ LORA_SETTINGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 METRIC_NAMES = {
     "eval_accuracy": "accuracy",
     "eval_macro_f1": "macro-F1",
-    "eval_invalid_rate": "invalid answers",
+    "eval_invalid_rate": "invalid rate",
 }
 
 
@@ -93,9 +93,9 @@ hate-speech lexicon, each labelled by crowd workers as hate speech, offensive la
   classifiers trained on it repeat the skew. Expect this model to over-flag African-American English and
   other dialects that the annotators judged harshly.
 - **Sampling.** Tweets were selected by lexicon keywords, so slurs used in reclaimed or quoted senses are
-  common, and hate expressed without those words is rare: the model leans on surface words.
-- **Subjective labels.** The line between "hate" and "offensive" is where annotators disagreed most, and it
-  is where this model errs most.
+  likely common, and hate expressed without those words is rare: expect the model to lean on surface words.
+- **Subjective labels.** The line between "hate" and "offensive" is where annotators disagreed most;
+  expect most confusions between these two labels (see the confusion matrix above).
 - **Small, balanced split.** The moderation split has 1,000 training and 200 validation tweets with the three
   classes in roughly equal shares; in the full data set hate is about 6% of tweets, offensive about 77% and
   neither about 17%. Scores on real traffic will differ, with lower precision for "hate".""",
