@@ -320,3 +320,12 @@ def test_space_push_uploads_the_app_with_its_card(fake_hub, tmp_path):
     assert result.commit_oid == fake_hub.branch_head("alice/demo", repo_type="space")
     variables = HfApi(token=token).get_space_variables("alice/demo")
     assert variables["TRAINER_EXT_SPACE_ADAPTER"].value == "alice/tiny"
+
+
+def test_a_downloaded_run_loads_offline_from_the_cache(fake_hub, run_dir, tmp_path, monkeypatch):
+    push_run(run_dir, "alice/tiny", token=fake_hub.add_user("alice"))
+    online = download_model_dir("alice/tiny", cache_dir=tmp_path / "cache")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert download_model_dir("alice/tiny", cache_dir=tmp_path / "cache") == online
+    with pytest.raises(HubError, match="cannot be reached and no cached copy fits"):
+        download_model_dir("alice/tiny", cache_dir=tmp_path / "empty-cache")
