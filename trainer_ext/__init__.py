@@ -1,0 +1,61 @@
+"""trainer_ext: fine-tune a causal LM into a text classifier that generates the label.
+
+The public API is re-exported here lazily, so that ``import trainer_ext`` stays cheap (no torch import)
+until one of these names is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "load_model": "loading",
+    "load_tokenizer": "loading",
+    "LabelTask": "tasks",
+    "LabelTrainer": "trainer",
+    "LabelTrainingArguments": "trainer",
+    "Classifier": "classifier",
+    "LabelCollator": "collator",
+    "load_examples": "data",
+    "classification_metrics": "metrics",
+    "estimate_memory": "estimate",
+}
+
+__all__ = [
+    "Classifier",
+    "LabelCollator",
+    "LabelTask",
+    "LabelTrainer",
+    "LabelTrainingArguments",
+    "__version__",
+    "classification_metrics",
+    "estimate_memory",
+    "load_examples",
+    "load_model",
+    "load_tokenizer",
+]
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
+    from .collator import LabelCollator
+    from .data import load_examples
+    from .estimate import estimate_memory
+    from .loading import load_model, load_tokenizer
+    from .metrics import classification_metrics
+    from .tasks import LabelTask
+    from .trainer import LabelTrainer, LabelTrainingArguments
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'trainer_ext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
