@@ -121,7 +121,7 @@ class DataSettings:
     eval_samples: int | None = field(
         default=None, metadata={"help": "Balanced evaluation sample size (all)."}
     )
-    seed: int = field(default=42, metadata={"help": "Seed of the balanced samples."})
+    sample_seed: int = field(default=42, metadata={"help": "Seed of the balanced samples and k-shot draws."})
 
     def __post_init__(self) -> None:
         self.label_mapping = _parse_mapping(self.label_mapping)
@@ -384,7 +384,7 @@ def _held_out(settings: DataSettings, pool: list[Example]) -> list[Example]:
             "the training data."
         )
     # A seed of its own, so that the held-out set does not depend on train_samples.
-    return balanced_sample(pool, settings.eval_samples, settings.seed + 1)
+    return balanced_sample(pool, settings.eval_samples, settings.sample_seed + 1)
 
 
 def load_split(settings: DataSettings, split: str, labels: Sequence[str] | None = None) -> list[Example]:
@@ -411,9 +411,9 @@ def load_split(settings: DataSettings, split: str, labels: Sequence[str] | None 
     size = settings.train_samples if split == "train" else settings.eval_samples
     pool, own = _pool(settings, split, labels)
     if own:
-        return balanced_sample(pool, size, settings.seed)
+        return balanced_sample(pool, size, settings.sample_seed)
     held = _held_out(settings, pool)
     if split == "eval":
         return held
     held_sources = {example.source for example in held}
-    return balanced_sample([e for e in pool if e.source not in held_sources], size, settings.seed)
+    return balanced_sample([e for e in pool if e.source not in held_sources], size, settings.sample_seed)
