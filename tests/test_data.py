@@ -231,7 +231,7 @@ def test_balanced_sample_is_seeded_and_fills_short_labels(caplog):
 
 
 def test_load_split_from_the_shared_seed_split(data_dir):
-    settings = DataSettings(data_dir=str(data_dir), train_samples=90, eval_samples=30, seed=0)
+    settings = DataSettings(data_dir=str(data_dir), train_samples=90, eval_samples=30, sample_seed=0)
     train, evaluation = load_split(settings, "train", LABELS), load_split(settings, "eval", LABELS)
     assert Counter(e.label for e in train) == {"hate": 30, "offensive": 30, "neutral": 30}
     assert len(evaluation) == 30 and all(e.source.startswith("val.csv:") for e in evaluation)
