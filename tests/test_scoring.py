@@ -1,0 +1,55 @@
+"""Constrained scoring and greedy generation against straightforward reference computations."""
+
+import pytest
+import torch
+
+from trainer_ext.scoring import contextual_calibration, generate_labels, score_labels
+from trainer_ext.tasks import LabelTask
+from trainer_ext.tokenization import encode_prompt, label_token_ids
+
+TEXTS = ["you are wonderful", "I hate mondays so much!!", "ok", "the game last night was a total disaster 😡"]
+
+
+def naive_logprobs(model, prompt, completions):
+    """Sum of log p(completion tokens | prompt) from one full forward pass per (prompt, label)."""
+    scores = []
+    for completion in completions:
+        ids = torch.tensor([prompt + completion])
+        logp = model(input_ids=ids).logits[0].float().log_softmax(-1)  # (T, V)
+        start = len(prompt)
+        scores.append(sum(logp[start + i - 1, tok].item() for i, tok in enumerate(completion)))
+    return torch.tensor(scores)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_constrained_scores_match_full_forward(tiny_model, arch):
+    model, tokenizer = tiny_model(arch)
+    # Labels of different token lengths exercise the padded label grid.
+    task = LabelTask(["hate", "offensive", "neutral", "very long label name"])
+    prompts = [encode_prompt(tokenizer, task, text, max_length=128) for text in TEXTS]
+    completions = label_token_ids(tokenizer, task)
+    result = score_labels(model, tokenizer, task, prompts, batch_size=3)  # batches of mixed lengths
+    expected = torch.stack(
+        [naive_logprobs(model, p, [completions[lb] for lb in task.labels]) for p in prompts]
+    )
+    torch.testing.assert_close(result.probs, expected.softmax(-1), atol=1e-4, rtol=1e-3)
+    assert result.labels == [task.labels[i] for i in expected.argmax(-1).tolist()]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_generation_does_not_depend_on_batching(tiny_model, arch):
+    model, tokenizer = tiny_model(arch)
+    task = LabelTask(["hate", "offensive", "neutral"])
+    prompts = [encode_prompt(tokenizer, task, text, max_length=128) for text in TEXTS]
+    together = generate_labels(model, tokenizer, task, prompts, batch_size=4)
+    alone = [generate_labels(model, tokenizer, task, [p], batch_size=1).completions[0] for p in prompts]
+    assert together.completions == alone
+    # A random tiny model does not answer with a label: those answers are invalid, not guessed.
+    assert all(label is None or label in task.labels for label in together.labels)
+
+
+def test_contextual_calibration_removes_a_constant_bias():
+    probs = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.9, 0.1]])
+    calibrated = contextual_calibration(probs, torch.tensor([0.7, 0.3]))
+    assert calibrated.argmax(-1).tolist() == [0, 1, 0]
+    torch.testing.assert_close(calibrated.sum(-1), torch.ones(3))

@@ -1,0 +1,117 @@
+"""Fast 8-bit linear layers on the CPU.
+
+bitsandbytes stores an 8-bit layer as int8 weights with one absmax scale per output row (``CB``,
+``SCB``) and runs LLM.int8(): activations quantized to int8, outlier columns split off in float16.
+On a CPU this is slow for training: the outlier part and the backward pass run float16 matmuls,
+and CPUs have no fast float16 path (a SmolLM2-135M LoRA step measured 10-20x slower than bf16).
+
+On the CPU we therefore keep bitsandbytes' int8 storage (same ``Linear8bitLt`` modules, same memory)
+and compute each matmul as *weight-only* int8: the weight is dequantized row-scale by row-scale to
+the activation dtype (bf16 where the CPU has AVX-512 BF16) right before the matmul and dropped right
+after; the backward pass dequantizes it again instead of keeping it. The activations are never
+quantized, so the result is at least as accurate as LLM.int8(). CUDA layers are left untouched.
+
+>>> import torch, bitsandbytes as bnb
+>>> layer = bnb.nn.Linear8bitLt(4, 3, bias=False, has_fp16_weights=False)
+>>> layer.weight = bnb.nn.Int8Params(torch.eye(3, 4), requires_grad=False, has_fp16_weights=False)
+>>> layer = layer.to("cpu")
+>>> use_weight_only_int8(layer)
+1
+>>> layer(torch.ones(1, 4)).round().tolist()
+[[1.0, 1.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+try:  # one availability guard for the optional backend
+    import bitsandbytes as bnb
+
+    _Linear8bitLt = bnb.nn.Linear8bitLt
+except ImportError:  # pragma: no cover - bitsandbytes is a hard dependency, kept optional here
+    bnb = None
+    _Linear8bitLt = None
+
+
+def dequantize_rows(int8_weight: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Turns bitsandbytes' row-wise int8 weights back into floating point.
+
+    Args:
+        int8_weight (`torch.Tensor` of dtype int8, shape `(out, in)`): the quantized weight (``CB``).
+        row_scale (`torch.Tensor`, shape `(out,)`): the absmax of each row (``SCB``).
+        dtype (`torch.dtype`): the dtype of the result.
+
+    Returns:
+        `torch.Tensor` of shape `(out, in)`: ``int8_weight * row_scale / 127`` in `dtype`.
+    """
+    # int8 values are exact in bf16 (8 significant bits), so only the scale rounds.
+    return int8_weight.to(dtype) * (row_scale.to(torch.float32) / 127.0).to(dtype).unsqueeze(1)
+
+
+class _WeightOnlyInt8Matmul(torch.autograd.Function):
+    """``x @ dequant(W).T + b`` that recomputes ``dequant(W)`` in the backward pass instead of saving it."""
+
+    @staticmethod
+    def forward(ctx, x, int8_weight, row_scale, bias):
+        ctx.save_for_backward(int8_weight, row_scale)
+        weight = dequantize_rows(int8_weight, row_scale, x.dtype)  # (out, in)
+        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        int8_weight, row_scale = ctx.saved_tensors
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, grad_out.dtype)  # (..., in)
+        # The int8 weight, its scale and the bias are frozen in 8-bit training.
+        return grad_x, None, None, None
+
+
+if _Linear8bitLt is not None:
+
+    class WeightOnlyInt8Linear(_Linear8bitLt):
+        """A bitsandbytes ``Linear8bitLt`` whose matmul runs as weight-only int8 (see the module docstring)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.device.type != "cpu":
+                return super().forward(x)
+            row_scale = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
+            return _WeightOnlyInt8Matmul.apply(x, self.weight.data, row_scale, self.bias)
+
+
+def use_weight_only_int8(model: nn.Module) -> int:
+    """Switches every CPU ``Linear8bitLt`` of `model` to the weight-only int8 matmul, in place.
+
+    The modules keep their class hierarchy (they stay ``bnb.nn.Linear8bitLt`` instances, so PEFT still
+    wraps them with its 8-bit LoRA layers) and their int8 storage; only ``forward`` changes.
+
+    Args:
+        model (`torch.nn.Module`): a model loaded with ``BitsAndBytesConfig(load_in_8bit=True)``, or a layer.
+
+    Returns:
+        `int`: the number of layers switched.
+    """
+    if _Linear8bitLt is None:
+        return 0
+    switched = 0
+    for module in model.modules():
+        if type(module) is _Linear8bitLt and module.weight.device.type == "cpu":
+            if module.weight.dtype != torch.int8:
+                raise ValueError(
+                    f"8-bit layer {module} holds {module.weight.dtype} weights, not int8; "
+                    "load the model with BitsAndBytesConfig(load_in_8bit=True) before switching it."
+                )
+            module.__class__ = WeightOnlyInt8Linear
+            switched += 1
+    if switched:
+        logger.info(
+            "8-bit layers on the CPU: %d run as weight-only int8 matmuls in the activation dtype", switched
+        )
+    return switched
