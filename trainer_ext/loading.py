@@ -38,7 +38,7 @@ DTYPE_NAMES: dict[str, str] = {
 }
 # bitsandbytes backends: int8 and NF4 layers run on these device types only.
 _BNB_DEVICE_TYPES = ("cuda", "cpu", "xpu")
-# On the CPU, bitsandbytes' int8 matmul computes in fp16 whatever the model dtype: see `resolve_dtype`.
+# On the CPU, 8-bit layers run as weight-only int8 in the model dtype (see `trainer_ext.int8_cpu`).
 CPU_8BIT_DTYPE = "bfloat16"
 
 
@@ -381,6 +381,10 @@ def load_model(
     # embedded short name), not the cache directory it resolved to.
     model.config.name_or_path = model_name_or_path
     model.config.pad_token_id = tokenizer.pad_token_id
+    if quantization == "8bit":
+        from trainer_ext.int8_cpu import use_weight_only_int8
+
+        use_weight_only_int8(model)  # CPU layers only: bitsandbytes' fp16 LLM.int8 path is slow on CPUs
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     try:
