@@ -50,7 +50,7 @@ def user_facing(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
         except ModelSetupError as err:
             raise gr.Error(
-                html.escape(str(err)), title="Model not available", print_exception=False
+                html.escape(str(err), quote=False), title="Model not available", print_exception=False
             ) from None
         except Exception as err:  # the last line of defence between a bug and the page
             logger.exception("Handler %s failed", fn.__name__)
@@ -160,7 +160,7 @@ def _batch_tab(handlers: DemoHandlers) -> None:
             with gr.Column():
                 download = gr.File(label="Predictions", elem_id="batch-output")
                 counts = gr.Markdown(elem_id="batch-summary")
-        preview = gr.Dataframe(label="First rows", interactive=False, wrap=True)
+        preview = gr.Dataframe(label="First rows", interactive=False, wrap=True, elem_id="batch-preview")
         gr.Examples([[str(EXAMPLES_DIR / "messages.csv")]], inputs=[upload], api_name="batch_example")
     upload.change(
         user_facing(handlers.csv_columns),
@@ -192,7 +192,9 @@ def _generate_tab(handlers: DemoHandlers) -> None:
                     elem_id="generate-input",
                 )
                 decoding = gr.Radio(list(DECODING_STYLES), value="greedy", label="Decoding")
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=40, step=1, label="Max new tokens")
+                max_new_tokens = gr.Slider(
+                    1, MAX_NEW_TOKENS, value=40, step=1, label="Max new tokens", elem_id="generate-tokens"
+                )
                 with gr.Accordion("Beam search and sampling settings", open=False):
                     num_beams = gr.Slider(2, MAX_BEAMS, value=4, step=1, label="Beams (beam search)")
                     temperature = gr.Slider(0.05, 2.0, value=0.8, step=0.05, label="Temperature (sampling)")

@@ -24,7 +24,12 @@ TEXT_COLUMN_HINTS = ("text", "message", "tweet", "comment", "content", "headline
 
 
 def _name(path: str | Path) -> str:
-    return html.escape(Path(path).name)
+    return html.escape(Path(path).name, quote=False)
+
+
+def _quoted(value: object) -> str:
+    """`repr(value)`, safe inside an error message that the page renders as HTML."""
+    return html.escape(repr(value), quote=False)
 
 
 def _rows(indices: list[int]) -> str:
@@ -84,7 +89,7 @@ def read_table(path: str | Path, max_bytes: int = MAX_FILE_BYTES, max_rows: int 
         ) from None
     except (pd.errors.ParserError, ValueError) as err:
         raise gr.Error(
-            f"{_name(path)} is not a readable CSV file: {html.escape(_parser_message(err))}."
+            f"{_name(path)} is not a readable CSV file: {html.escape(_parser_message(err), quote=False)}."
         ) from None
     if table.empty:
         raise gr.Error(f"{_name(path)} has a header but no rows; add at least one message.")
@@ -114,22 +119,22 @@ def texts_of(table: pd.DataFrame, column: str | None, path: str | Path, max_char
     """
     columns = [str(name) for name in table.columns]
     if not column or column not in columns:
-        listed = ", ".join(html.escape(repr(name)) for name in columns)
+        listed = ", ".join(_quoted(name) for name in columns)
         raise gr.Error(
-            f"{_name(path)} has no column {html.escape(repr(column or ''))}; its columns are {listed}. "
+            f"{_name(path)} has no column {_quoted(column or '')}; its columns are {listed}. "
             "Choose the column that holds the messages."
         )
     texts = [text.strip() for text in table[column].tolist()]
     empty = [index for index, text in enumerate(texts) if not text]
     if empty:
         raise gr.Error(
-            f"{_name(path)}, column {html.escape(repr(column))}: {_rows(empty)} (header not counted) "
+            f"{_name(path)}, column {_quoted(column)}: {_rows(empty)} (header not counted) "
             "are empty. Fill them in or delete those rows."
         )
     too_long = [index for index, text in enumerate(texts) if len(text) > max_chars]
     if too_long:
         raise gr.Error(
-            f"{_name(path)}, column {html.escape(repr(column))}: {_rows(too_long)} (header not counted) are "
+            f"{_name(path)}, column {_quoted(column)}: {_rows(too_long)} (header not counted) are "
             f"longer than {max_chars} characters. Shorten them."
         )
     return texts

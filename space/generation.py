@@ -46,7 +46,8 @@ class DecodingRequest:
     def __post_init__(self) -> None:
         if self.style not in DECODING_STYLES:
             raise gr.Error(
-                f"Unknown decoding style {html.escape(str(self.style))!r}; use one of {DECODING_STYLES}."
+                f"Unknown decoding style {html.escape(repr(self.style), quote=False)}; "
+                f"use one of {', '.join(DECODING_STYLES)}."
             )
         _check_range("Max new tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         if self.style == "beam search":

@@ -65,11 +65,13 @@ def parse_categories(text: str | None) -> list[str]:
     for label in labels:
         if len(label) > MAX_CATEGORY_CHARS:
             raise gr.Error(
-                f"The category {html.escape(label[:50])!r}... is longer than {MAX_CATEGORY_CHARS} "
-                "characters; use a short name."
+                f"The category {html.escape(label[:50], quote=False)!r}... is longer than "
+                f"{MAX_CATEGORY_CHARS} characters; use a short name."
             )
         if label.casefold() in seen:
-            raise gr.Error(f"The category {html.escape(label)!r} is listed twice; list each category once.")
+            raise gr.Error(
+                f"The category {html.escape(label, quote=False)!r} is listed twice; list each category once."
+            )
         seen[label.casefold()] = label
     return labels
 
@@ -122,7 +124,9 @@ class DemoHandlers:
         text = check_message(headline, what="headline")
         labels = parse_categories(categories)
         if model not in {value for _, value in MODEL_CHOICES}:
-            raise gr.Error(f"Unknown model choice {html.escape(str(model))!r}; use 'trained' or 'base'.")
+            raise gr.Error(
+                f"Unknown model choice {html.escape(str(model), quote=False)!r}; use 'trained' or 'base'."
+            )
         if model == "trained" and not self.store.has_adapter:
             raise gr.Error(
                 f"No trained adapter is configured (set ${ENV_ADAPTER} or --adapter); choose the base model."

@@ -1,0 +1,195 @@
+"""The demo over HTTP: launched on 127.0.0.1, every API endpoint called with `gradio_client`, then closed.
+
+One app serves the embedded SmolLM2-135M-Instruct base model in 8-bit (no adapter: the untrained
+path the page warns about); the load test uses a second app on a tiny model so that 50 requests stay
+fast. Latency is not asserted here: `scripts/bench_space.py` measures it.
+"""
+
+from __future__ import annotations
+
+import csv
+import socket
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "space"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+import app  # noqa: E402
+import bench_space  # noqa: E402
+import handlers  # noqa: E402
+import model_store  # noqa: E402
+
+MESSAGES_CSV = REPO_ROOT / "space" / "examples" / "messages.csv"
+ENDPOINTS = {"/moderate", "/classify_topic", "/csv_columns", "/classify_csv", "/generate", "/model_info"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(settings: model_store.SpaceSettings):
+    """Launch the demo on a free loopback port; returns the Blocks, the URL and in-process handlers."""
+    store = model_store.ModelStore(settings)
+    demo = app.build_demo(store)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/", handlers.DemoHandlers(store)
+
+
+@pytest.fixture(scope="module")
+def smollm2_app(smollm2_path):
+    settings = model_store.SpaceSettings(adapter=None, base_model=smollm2_path, quantization="8bit")
+    demo, url, local = launch(settings)
+    client = Client(url, verbose=False, analytics_enabled=False)
+    yield SimpleNamespace(url=url, client=client, handlers=local)
+    demo.close()
+
+
+def confidences(answer: dict) -> dict[str, float]:
+    """`{label: probability}` from the answer of a `gr.Label` endpoint."""
+    return {item["label"]: item["confidence"] for item in answer["confidences"]}
+
+
+def test_every_endpoint_is_named(smollm2_app):
+    api = smollm2_app.client.view_api(print_info=False, return_format="dict")
+    assert set(api["named_endpoints"]) >= ENDPOINTS
+    assert not api["unnamed_endpoints"]
+
+
+def test_moderate(smollm2_app):
+    message = "Thank you all for the birthday wishes, it was a wonderful day!"
+    answer = smollm2_app.client.predict(message, api_name="/moderate")
+    probs = confidences(answer)
+    assert set(probs) == {"hate", "offensive", "neutral"}
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+    assert answer["label"] == max(probs, key=probs.get)
+    local = smollm2_app.handlers.moderate(message)
+    assert probs == pytest.approx(local, abs=1e-4), "the server answers what the handler computes"
+
+
+def test_classify_topic_with_own_categories(smollm2_app):
+    answer = smollm2_app.client.predict(
+        "Striker scores twice as the league leaders win again",
+        "sport, politics, cooking",
+        "base",
+        api_name="/classify_topic",
+    )
+    probs = confidences(answer)
+    assert set(probs) == {"sport", "politics", "cooking"}
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_classify_topic_without_adapter_refuses_the_trained_model(smollm2_app):
+    with pytest.raises(AppError, match="No trained adapter is configured"):
+        smollm2_app.client.predict(
+            "A headline", handlers.DEFAULT_CATEGORIES, "trained", api_name="/classify_topic"
+        )
+
+
+def test_csv_columns_and_batch(smollm2_app, tmp_path):
+    client = smollm2_app.client
+    assert client.predict(handle_file(str(MESSAGES_CSV)), api_name="/csv_columns") == "message"
+    small = tmp_path / "three.csv"
+    small.write_text('id,text\n1,"Lovely weather, isn\'t it?"\n2,You are an idiot\n3,See you at lunch\n')
+    path, preview, summary = client.predict(handle_file(str(small)), "text", api_name="/classify_csv")
+    assert Path(path).name == "three_predictions.csv"
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["id"] for row in rows] == ["1", "2", "3"]
+    assert rows[0]["text"] == "Lovely weather, isn't it?"
+    for row in rows:
+        probs = {label: float(row[f"prob_{label}"]) for label in ("hate", "offensive", "neutral")}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+        assert row["predicted_label"] == max(probs, key=probs.get)
+    assert preview["headers"][-4:] == ["predicted_label", "prob_hate", "prob_offensive", "prob_neutral"]
+    assert len(preview["data"]) == 3
+    assert summary.startswith("Classified 3 messages")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "column", "fragment"),
+    [
+        (
+            "table.csv",
+            "id,text\n1,hello\n",
+            "message",
+            "table.csv has no column 'message'; its columns are 'id', 'text'",
+        ),
+        (
+            "table.csv",
+            "text\n" + "x" * 1001 + "\n",
+            "text",
+            "row 1 \\(header not counted\\) are longer than 1000",
+        ),
+        ("empty.csv", "", "text", "empty.csv is empty"),
+    ],
+)
+def test_batch_errors_are_clear(smollm2_app, tmp_path, name, content, column, fragment):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(AppError, match=fragment):
+        smollm2_app.client.predict(handle_file(str(path)), column, api_name="/classify_csv")
+
+
+def test_batch_refuses_a_file_that_is_not_csv(smollm2_app, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("text\nhello\n")
+    with pytest.raises(AppError, match=r"notes.txt|\.csv"):
+        smollm2_app.client.predict(handle_file(str(path)), "text", api_name="/classify_csv")
+
+
+def test_generate_greedy_matches_the_handler(smollm2_app):
+    prompt = "The capital of France is"
+    answer = smollm2_app.client.predict(prompt, "greedy", 3, 4, 0.8, 0.95, 0, api_name="/generate")
+    assert answer and answer == smollm2_app.handlers.generate(prompt, "greedy", 3)
+
+
+def test_input_length_is_capped(smollm2_app):
+    with pytest.raises(AppError, match="has 1001 characters; this demo classifies up to 1000"):
+        smollm2_app.client.predict("a" * 1001, api_name="/moderate")
+    with pytest.raises(AppError, match="Max new tokens must be a whole number from 1 to 200"):
+        smollm2_app.client.predict("Hello", "greedy", 500, 4, 0.8, 0.95, 0, api_name="/generate")
+
+
+def test_model_info(smollm2_app):
+    info = smollm2_app.client.predict(api_name="/model_info")
+    assert info["trained"] is False and info["adapter"] is None
+    assert info["quantization"] == "8bit"
+
+
+# Load: many clients at once, none lost or mixed up
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tiny_model_dir):
+    settings = model_store.SpaceSettings(
+        adapter=None, base_model=str(tiny_model_dir("llama")), quantization="none"
+    )
+    demo, url, local = launch(settings)
+    yield SimpleNamespace(url=url, handlers=local)
+    demo.close()
+
+
+def test_concurrent_requests_are_all_answered_with_their_own_answer(tiny_app):
+    messages = bench_space.make_messages(50)
+    expected = {index: tiny_app.handlers.moderate(message) for index, message in enumerate(messages)}
+    distinct = {tuple(round(p, 4) for p in probs.values()) for probs in expected.values()}
+    assert len(distinct) > 40, "the inputs must get distinguishable answers for a mix-up to show"
+
+    result = bench_space.run_load(tiny_app.url, messages, clients=10)
+
+    assert result.errors == {}
+    assert sorted(result.answers) == list(range(50))
+    for index, answer in result.answers.items():
+        assert confidences(answer) == pytest.approx(expected[index], abs=1e-4), (
+            f"request {index} got another answer"
+        )

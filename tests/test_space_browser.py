@@ -1,0 +1,168 @@
+"""The demo in a real browser: headless Chromium driven by Playwright, one classification in each tab.
+
+The app runs a tiny Llama-shaped model with a real LoRA adapter directory, so each click is quick;
+every label the page shows is checked against what the handler computes for the same input.
+Chromium comes from the Debian packages `chromium` and `chromium-driver` (the project's set-up installs
+them); Playwright's own browser download cannot work offline. A screenshot of each tab is saved under
+the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "space"))
+
+import app  # noqa: E402
+import handlers  # noqa: E402
+import model_store  # noqa: E402
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.is_file(),
+    reason="needs Chromium at /usr/bin/chromium: apt-get install chromium chromium-driver",
+)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir, tmp_path_factory):
+    """A real run directory: LoRA on the tiny model, its weights moved off zero so that it changes answers."""
+    import torch
+
+    from trainer_ext.loading import load_model
+    from trainer_ext.saving import save_run
+    from trainer_ext.tasks import moderation_task
+
+    base = str(tiny_model_dir("llama"))
+    loaded = load_model(base, quantization="none", method="lora-all", dtype="float32")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in loaded.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    run_info = {"base_model": base, "quantization": "none", "method": "lora-all"}
+    return save_run(
+        tmp_path_factory.mktemp("run"), loaded.model, loaded.tokenizer, moderation_task(), run_info
+    )
+
+
+@pytest.fixture(scope="module")
+def served(adapter_dir):
+    store = model_store.ModelStore(model_store.SpaceSettings(adapter=str(adapter_dir), quantization="none"))
+    demo = app.build_demo(store)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", handlers.DemoHandlers(store)
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(served[0])
+        yield page
+        browser.close()
+
+
+def top_label(probs: dict[str, float]) -> str:
+    return max(probs, key=probs.get)
+
+
+def shown_label(page, output_id: str, before: str = "") -> str:
+    """The top label a `gr.Label` shows, once it differs from `before`."""
+    locator = page.locator(f"#{output_id} [data-testid='label-output-value']")
+    page.wait_for_function(
+        "([sel, before]) => { const e = document.querySelector(sel); return e && e.innerText.trim() && "
+        "e.innerText.trim() !== before; }",
+        arg=[f"#{output_id} [data-testid='label-output-value']", before],
+    )
+    return locator.inner_text().strip()
+
+
+def screenshot(page, tmp_path_factory, name: str) -> Path:
+    path = tmp_path_factory.mktemp("screenshots") / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def test_page_shows_the_model(page, adapter_dir):
+    notice = page.locator("#model-notice").inner_text()
+    assert str(adapter_dir) in notice and "untrained" not in notice
+
+
+def test_moderation_tab(page, served, tmp_path_factory):
+    message = "Thanks to everyone who helped at the school fair today!"
+    page.locator("#moderation-input textarea").fill(message)
+    page.locator("#moderation-button").click()
+    assert shown_label(page, "moderation-output") == top_label(served[1].moderate(message))
+    screenshot(page, tmp_path_factory, "moderation")
+
+
+def test_moderation_tab_shows_a_clear_error(page):
+    page.locator("#moderation-input textarea").fill("   ")
+    page.locator("#moderation-button").click()
+    toast = page.locator("[data-testid='toast-body']").first
+    toast.wait_for()
+    text = toast.inner_text()
+    assert "The message is empty" in text and "Traceback" not in text
+    toast.locator("button").first.click()
+
+
+def test_topics_tab(page, served, tmp_path_factory):
+    page.get_by_role("tab", name="Zero-shot topics").click()
+    headline = "Parliament delays the vote on the housing bill"
+    page.locator("#topics-input textarea").fill(headline)
+    page.locator("#topics-categories textarea, #topics-categories input").first.fill("politics, sport, tech")
+    page.get_by_label("base model", exact=True).check()
+    page.locator("#topics-button").click()
+    expected = served[1].classify_topic(headline, "politics, sport, tech", "base")
+    assert shown_label(page, "topics-output") == top_label(expected)
+    screenshot(page, tmp_path_factory, "topics")
+
+
+def test_batch_tab(page, served, tmp_path_factory, tmp_path):
+    page.get_by_role("tab", name="Batch").click()
+    table = tmp_path / "inbox.csv"
+    table.write_text("id,message\n1,See you at the match tonight\n2,What a useless idiot\n", encoding="utf-8")
+    page.locator("#batch-file input[type='file']").set_input_files(str(table))
+    page.wait_for_function("() => document.querySelector('#batch-column input')?.value === 'message'")
+    page.locator("#batch-button").click()
+    summary = page.locator("#batch-summary")
+    summary.get_by_text("Classified 2 messages").wait_for()
+    _, preview, expected_summary = served[1].classify_csv(str(table), "message")
+    assert summary.inner_text().strip() == expected_summary.replace("**", "")
+    assert page.locator("#batch-output").get_by_text("inbox_predictions.csv").count() >= 1
+    for label in preview["predicted_label"]:
+        assert page.locator("#batch-preview").get_by_text(label, exact=True).count() >= 1
+    screenshot(page, tmp_path_factory, "batch")
+
+
+def test_generate_tab(page, served, tmp_path_factory):
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate-input textarea").fill("Once upon a time")
+    page.locator("#generate-tokens input[type='number']").fill("5")
+    page.locator("#generate-tokens input[type='number']").press("Enter")
+    page.locator("#generate-button").click()
+    expected = served[1].generate("Once upon a time", "greedy", 5)
+    page.wait_for_function("() => document.querySelector('#generate-output textarea')?.value.length > 0")
+    assert page.locator("#generate-output textarea").input_value() == expected
+    screenshot(page, tmp_path_factory, "generate")
