@@ -1,0 +1,182 @@
+"""`Classifier`: a trained run (local directory or Hub repo) as a text classifier in one line.
+
+>>> clf = Classifier.from_pretrained("runs/moderation-lora-all")  # doctest: +SKIP
+>>> clf.predict(["have a lovely day"])[0].label  # doctest: +SKIP
+'neutral'
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from trainer_ext.scoring import DECODINGS, contextual_calibration, generate_labels, score_labels
+from trainer_ext.tasks import LabelTask
+from trainer_ext.tokenization import encode_prompt
+
+logger = logging.getLogger(__name__)
+
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
+@dataclass
+class Prediction:
+    """One prediction.
+
+    Args:
+        text (`str`): The input text.
+        label (`str | None`): The predicted label; `None` when a generated answer is not a label.
+        probs (`dict[str, float] | None`): Probability of each label (constrained decoding only).
+        completion (`str | None`): The generated text (generate decoding only).
+    """
+
+    text: str
+    label: str | None
+    probs: dict[str, float] | None = None
+    completion: str | None = None
+
+
+class Classifier:
+    """A causal LM and a `LabelTask`: texts in, labels out.
+
+    Build it with `from_pretrained` (a training run) or `from_base` (a frozen model, zero- or few-shot).
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): The model, in eval mode.
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer.
+        task (`LabelTask`): Labels and prompt template.
+        base_model (`str`): Name of the base model (for display).
+        max_length (`int`, *optional*, defaults to 256): Prompt + completion budget; longer messages are shortened.
+    """
+
+    def __init__(self, model, tokenizer, task: LabelTask, base_model: str, max_length: int = 256) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.base_model = base_model
+        self.max_length = max_length
+        self._content_free: torch.Tensor | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        quantization: str | None = None,
+        device: str | None = None,
+        allow_pickle: bool = False,
+    ) -> Classifier:
+        """Load a run directory, or a Hub repo a run was pushed to.
+
+        Args:
+            path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
+            revision (`str`, *optional*): Hub branch, tag or commit to pin.
+            quantization (`str`, *optional*): Override the run's quantization (``"8bit"``, ``"4bit"``, ``"none"``).
+            device (`str`, *optional*): Defaults to CUDA when available.
+            allow_pickle (`bool`, *optional*, defaults to `False`): Accept pickled `.bin` weights.
+        """
+        from trainer_ext.saving import load_run
+
+        path = Path(path_or_repo_id)
+        if not path.is_dir():
+            if path.exists() or str(path_or_repo_id).count("/") != 1:
+                raise FileNotFoundError(
+                    f"{str(path_or_repo_id)!r} is neither a run directory nor a Hub repo id (user/name)."
+                )
+            from trainer_ext.hub import download_model_dir
+
+            path = download_model_dir(str(path_or_repo_id), revision=revision, allow_pickle=allow_pickle)
+        loaded, task, info = load_run(
+            path, quantization=quantization, device=device, allow_pickle=allow_pickle
+        )
+        max_length = int((info.get("task") or {}).get("max_length", 256))
+        return cls(loaded.model, loaded.tokenizer, task, info["base_model"], max_length)
+
+    @classmethod
+    def from_base(
+        cls,
+        model_name_or_path: str,
+        task: LabelTask,
+        quantization: str = "8bit",
+        device: str | None = None,
+        max_length: int = 256,
+    ) -> Classifier:
+        """A frozen base model with a task: zero-shot, or few-shot when the task has shots."""
+        from trainer_ext.loading import load_model
+
+        loaded = load_model(model_name_or_path, quantization=quantization, method="none", device=device)
+        loaded.model.eval()
+        return cls(loaded.model, loaded.tokenizer, task, model_name_or_path, max_length)
+
+    def with_labels(self, labels: Sequence[str]) -> Classifier:
+        """The same model and template over another label set (zero-shot topics)."""
+        return Classifier(
+            self.model, self.tokenizer, self.task.with_labels(labels), self.base_model, self.max_length
+        )
+
+    def prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Prompt ids of `texts` (messages shortened to fit `max_length`)."""
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"Texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}.")
+        return [encode_prompt(self.tokenizer, self.task, text, self.max_length) for text in texts]
+
+    def content_free_probs(self) -> torch.Tensor:
+        """Label probabilities of content-free inputs (``"N/A"``, ...), averaged: the model's label bias."""
+        if self._content_free is None:
+            scores = score_labels(
+                self.model, self.tokenizer, self.task, self.prompts(list(CONTENT_FREE_INPUTS))
+            )
+            self._content_free = scores.probs.mean(0)
+        return self._content_free
+
+    def predict(
+        self,
+        texts: Sequence[str] | str,
+        decoding: str = "constrained",
+        batch_size: int = 16,
+        calibrate: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        """Classify texts.
+
+        Args:
+            texts (`str` or `Sequence[str]`): The messages.
+            decoding (`str`, *optional*, defaults to `"constrained"`): ``"constrained"`` (label probabilities,
+                never invalid) or ``"generate"`` (greedy answer parsed to a label).
+            batch_size (`int`, *optional*, defaults to 16): Texts per forward pass.
+            calibrate (`bool`, *optional*, defaults to `False`): Contextual calibration of constrained scores
+                (divide out the bias measured on content-free inputs).
+            on_batch (`Callable[[int], None]`, *optional*): Progress callback, called with each batch's size.
+
+        Returns:
+            `list[Prediction]`, in input order.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding: unknown value {decoding!r}; choose one of {DECODINGS}.")
+        if not texts:
+            return []
+        prompts = self.prompts(texts)
+        if decoding == "generate":
+            result = generate_labels(
+                self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
+            )
+            return [Prediction(t, lb, None, c) for t, lb, c in zip(texts, result.labels, result.completions)]
+        result = score_labels(self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch)
+        probs = result.probs
+        if calibrate:
+            probs = contextual_calibration(probs, self.content_free_probs())
+        labels = self.task.labels
+        return [
+            Prediction(text, labels[int(row.argmax())], {lb: float(p) for lb, p in zip(labels, row.tolist())})
+            for text, row in zip(texts, probs)
+        ]
+
+    def __repr__(self) -> str:
+        return f"Classifier(base_model={self.base_model!r}, labels={self.task.labels})"
