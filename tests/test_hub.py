@@ -54,23 +54,27 @@ def tiny_base_fixture(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module", name="run_template")
 def run_template_fixture(tiny_base, tmp_path_factory) -> Path:
-    """An output directory like a LoRA training run writes: a tiny GPT-2 adapter and the run's files."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """A run directory as training writes it (through trainer_ext's own writers): a tiny GPT-2 with a
+    LoRA adapter whose weights are perturbed so that it changes the predictions."""
+    from trainer_ext.loading import load_model
+    from trainer_ext.methods import LoraSettings
+    from trainer_ext.reports import plot_confusion_matrix, write_metrics
+    from trainer_ext.saving import save_run
 
+    lora = LoraSettings(method="lora-attention", lora_r=4, lora_alpha=8)
+    loaded = load_model(str(tiny_base), quantization="none", method=lora.method, lora=lora, device="cpu")
     torch.manual_seed(1)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], init_lora_weights=False)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), config)
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.5)
     out = tmp_path_factory.mktemp("run")
-    model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(out)
-    moderation_task().save(out)
-    (out / "run.json").write_text(
-        json.dumps({**RUN, "base_model_hub_id": None, "base_model": str(tiny_base)})
-    )
-    (out / "metrics.json").write_text(json.dumps(METRICS))
-    (out / "predictions.csv").write_text("text,label,prediction\nsome tweet,neutral,neutral\n")
-    (out / "confusion_matrix.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    info = {**RUN, "base_model": str(tiny_base), "quantization": "none", "method": lora.method}
+    del info["base_model_hub_id"]  # a local base model has none
+    save_run(out, loaded.model, loaded.tokenizer, moderation_task(), info)
+    write_metrics(out, METRICS)
+    plot_confusion_matrix(out, [[30, 5, 3], [4, 20, 6], [2, 3, 27]], moderation_task().labels)
+    (out / "predictions.csv").write_text("text,gold,predicted\nsome tweet,neutral,neutral\n")
     torch.save({"not": "weights"}, out / "training_args.bin")
     (out / "checkpoint-10").mkdir()
     torch.save({}, out / "checkpoint-10" / "optimizer.pt")
@@ -329,3 +333,22 @@ def test_a_downloaded_run_loads_offline_from_the_cache(fake_hub, run_dir, tmp_pa
     assert download_model_dir("alice/tiny", cache_dir=tmp_path / "cache") == online
     with pytest.raises(HubError, match="cannot be reached and no cached copy fits"):
         download_model_dir("alice/tiny", cache_dir=tmp_path / "empty-cache")
+
+
+def test_a_pushed_run_predicts_exactly_what_the_local_run_predicts(fake_hub, run_dir, tmp_path, monkeypatch):
+    from trainer_ext.classifier import Classifier
+
+    token = fake_hub.add_user("alice")
+    push_run(run_dir, "alice/tiny", private=True, token=token)
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    texts = ["have a lovely day", "you are the worst", "what a match last night", ""]
+    local = Classifier.from_pretrained(run_dir, quantization="none", device="cpu").predict(texts)
+    remote = Classifier.from_pretrained("alice/tiny", quantization="none", device="cpu").predict(texts)
+    assert [(p.label, p.probs) for p in remote] == [(p.label, p.probs) for p in local]
+    base_model = json.loads((run_dir / "run.json").read_text())["base_model"]
+    base = Classifier.from_base(base_model, moderation_task(), quantization="none", device="cpu").predict(
+        texts
+    )
+    assert [p.probs for p in base] != [p.probs for p in local]  # the adapter was loaded, not just the base
+    assert (tmp_path / "cache").is_dir()  # and the weights came through the Hub cache

@@ -221,19 +221,30 @@ def select_run_files(output_dir: str | Path, allow_pickle: bool = False) -> list
     return chosen
 
 
+def _is_local_path(name: object) -> bool:
+    return bool(name) and (Path(str(name)).is_absolute() or Path(str(name)).exists())
+
+
 def _adapter_config_for_hub(output_dir: Path) -> bytes | None:
-    """`adapter_config.json` with a local base model path replaced by the base model's Hub id."""
-    config = read_json(output_dir / "adapter_config.json")
-    base = config.get("base_model_name_or_path")
-    if not base or not (Path(str(base)).is_absolute() or Path(str(base)).exists()):
-        return None
-    hub_id = base_model_id(read_json(output_dir / "run.json"), {})
-    if hub_id is None:
+    """`adapter_config.json` with a local base model path replaced by the base model's Hub id.
+
+    Warns when the base model is a local path with no known Hub id: the pushed run then only loads where
+    that path exists.
+    """
+    run, config = read_json(output_dir / "run.json"), read_json(output_dir / "adapter_config.json")
+    hub_id = base_model_id(run, {})
+    local = [
+        name
+        for name in (run.get("base_model"), config.get("base_model_name_or_path"))
+        if _is_local_path(name)
+    ]
+    if local and hub_id is None:
         logger.warning(
-            "adapter_config.json names the local base model %s and run.json records no base_model_hub_id: "
-            "the pushed adapter will only load where that path exists.",
-            base,
+            "The run's base model is the local path %s and run.json records no base_model_hub_id: the pushed "
+            "run will only load where that path exists.",
+            local[0],
         )
+    if not _is_local_path(config.get("base_model_name_or_path")) or hub_id is None:
         return None
     config["base_model_name_or_path"] = hub_id
     return (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
