@@ -352,3 +352,8 @@ def test_a_pushed_run_predicts_exactly_what_the_local_run_predicts(fake_hub, run
     )
     assert [p.probs for p in base] != [p.probs for p in local]  # the adapter was loaded, not just the base
     assert (tmp_path / "cache").is_dir()  # and the weights came through the Hub cache
+
+
+def test_a_missing_card_template_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"Card template .*nowhere\.md not found; pass template_path"):
+        render_model_card(_card_dir(tmp_path), template_path=tmp_path / "nowhere.md")

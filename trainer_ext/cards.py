@@ -145,6 +145,16 @@ def base_model_id(run: dict[str, Any], adapter_config: dict[str, Any]) -> str | 
     return None
 
 
+def _template(template_path: str | Path | None, default: Path) -> str:
+    path = Path(template_path or default)
+    if not path.is_file():
+        raise CardError(
+            f"Card template {path} not found; pass template_path, or use a source checkout of trainer_ext "
+            "(the templates live in its hub_cards/ directory)."
+        )
+    return str(path)
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e-3 else f"{value:.4f}".rstrip("0").rstrip(".")
@@ -329,7 +339,7 @@ def render_model_card(
         **_training_variables(run, metrics),
     }
     return ModelCard.from_template(
-        card_data, template_path=str(template_path or MODEL_CARD_TEMPLATE), **variables
+        card_data, template_path=_template(template_path, MODEL_CARD_TEMPLATE), **variables
     )
 
 
@@ -387,5 +397,5 @@ def render_space_card(
     card_data = SpaceCardData(models=models or None, **metadata)
     variables = {**card_data.to_dict(), "models": models, "body": body}
     return SpaceCard.from_template(
-        card_data, template_path=str(template_path or SPACE_CARD_TEMPLATE), **variables
+        card_data, template_path=_template(template_path, SPACE_CARD_TEMPLATE), **variables
     )
