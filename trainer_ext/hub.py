@@ -406,12 +406,8 @@ def push_space(
     return result
 
 
-def _has_weights(directory: Path, allow_pickle: bool) -> bool:
-    return any(
-        path.suffix == ".safetensors" or (allow_pickle and _is_pickled_weights(path))
-        for path in directory.rglob("*")
-        if path.is_file()
-    )
+def _has_safetensors(directory: Path) -> bool:
+    return any(path.is_file() for path in directory.rglob("*.safetensors"))
 
 
 def download_model_dir(
@@ -445,7 +441,7 @@ def download_model_dir(
                 repo_id, revision=revision, allow_patterns=patterns, token=token, cache_dir=cache_dir
             )
         )
-        if _has_weights(path, allow_pickle=False):
+        if _has_safetensors(path):
             return path
         remote = HfApi(token=token).list_repo_files(repo_id, revision=revision)
         pickled = [name for name in remote if _is_pickled_weights(Path(name))]
