@@ -23,7 +23,7 @@ from csv_batch import (
     texts_of,
     write_predictions,
 )
-from generation import DecodingRequest, continue_prompt
+from generation import DecodingRequest, check_prompt
 from model_store import ENV_ADAPTER, ModelStore
 
 logger = logging.getLogger(__name__)
@@ -91,10 +91,6 @@ class DemoHandlers:
     def __init__(self, store: ModelStore) -> None:
         self.store = store
 
-    def _classify(self, classifier: Any, texts: list[str]) -> list[Any]:
-        with self.store.inference_lock:
-            return classifier.predict(texts, decoding="constrained", batch_size=BATCH_SIZE)
-
     def moderate(self, message: str) -> dict[str, float]:
         """Classify one message as hate / offensive / neutral (or the adapter's own labels).
 
@@ -104,10 +100,8 @@ class DemoHandlers:
         Returns:
             `dict[str, float]`: Probability of each label.
         """
-        text = check_message(message)
-        classifier = self.store.moderation()
-        (prediction,) = self._classify(classifier, [text])
-        return probabilities(prediction, list(classifier.task.labels))
+        (prediction,) = self.store.predict([check_message(message)])
+        return probabilities(prediction, self.store.labels())
 
     def classify_topic(self, headline: str, categories: str, model: str = "trained") -> dict[str, float]:
         """Choose the category of a headline among categories given at request time (zero-shot).
@@ -131,8 +125,7 @@ class DemoHandlers:
             raise gr.Error(
                 f"No trained adapter is configured (set ${ENV_ADAPTER} or --adapter); choose the base model."
             )
-        classifier = self.store.topics(labels, use_trained=model == "trained")
-        (prediction,) = self._classify(classifier, [text])
+        (prediction,) = self.store.predict([text], labels=labels, use_trained=model == "trained")
         return probabilities(prediction, labels)
 
     def csv_columns(self, file: str | None) -> gr.Dropdown:
@@ -165,12 +158,12 @@ class DemoHandlers:
         table = read_table(file)
         texts = texts_of(table, column, file, MAX_MESSAGE_CHARS)
         progress(0.0, desc="Loading the model")
-        classifier = self.store.moderation()
+        labels = self.store.labels()
         predictions: list[Any] = []
         for start in range(0, len(texts), BATCH_SIZE):
+            # One batch per call, so that single messages from other people get their turn in between.
             progress(start / len(texts), desc=f"Classified {start} of {len(texts)} messages")
-            predictions.extend(self._classify(classifier, texts[start : start + BATCH_SIZE]))
-        labels = list(classifier.task.labels)
+            predictions.extend(self.store.predict(texts[start : start + BATCH_SIZE]))
         result = predictions_table(table, predictions, labels)
         path = write_predictions(result, file)
         logger.info("Classified %d messages from %s into %s", len(texts), Path(file).name, path)
@@ -201,17 +194,21 @@ class DemoHandlers:
             `str`: The generated continuation.
         """
         request = DecodingRequest(decoding, max_new_tokens, num_beams, temperature, top_p, int(seed or 0))
-        model, tokenizer = self.store.generator()
-        with self.store.inference_lock:
-            return continue_prompt(model, tokenizer, prompt, request)
+        return self.store.generate(check_prompt(prompt), request)
 
     def model_info(self) -> dict[str, Any]:
         """What the demo serves: adapter, base model, quantization, and which models are loaded."""
         settings = self.store.settings
+        if not self.store.has_adapter:
+            base_model = settings.base_model
+        elif self.store.is_loaded("trained"):
+            base_model = self.store.trained().base_model
+        else:
+            base_model = "the adapter's own (loaded on the first request)"
         return {
             "adapter": settings.adapter,
             "revision": settings.revision,
-            "base_model": settings.base_model,
+            "base_model": base_model,
             "quantization": settings.quantization,
             "trained": self.store.has_adapter,
             "loaded": [key for key in ("trained", "base") if self.store.is_loaded(key)],

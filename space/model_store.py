@@ -20,13 +20,16 @@ sets them under *Settings -> Variables*):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from generation import DecodingRequest, continue_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +120,12 @@ class SpaceSettings:
 
 
 class ModelStore:
-    """Loads each model of the demo once, on first use, and keeps it.
+    """The demo's models: each loaded once, on first use, kept, and run one request at a time.
 
-    Loading is serialised by one lock, so two first requests do not load the same model twice.
-    `inference_lock` is held by the handlers around every forward pass: the models are shared
-    by all requests and the 8-bit layers keep per-layer state that is not safe to initialise from
-    two threads at once; on a CPU Space one pass at a time is also the fastest order.
+    Loading is serialised by one lock, so two first requests do not load a model twice. Every forward
+    pass runs under a second lock: the weights are shared by all requests, the base model is the
+    trained model with its adapter switched off (one copy of the weights in memory), and on a CPU one
+    pass at a time is also the fastest order.
 
     Args:
         settings (`SpaceSettings`): Which models to serve.
@@ -130,7 +133,7 @@ class ModelStore:
 
     def __init__(self, settings: SpaceSettings) -> None:
         self.settings = settings
-        self.inference_lock = threading.Lock()
+        self._inference_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._cache: dict[str, Any] = {}
 
@@ -163,51 +166,87 @@ class ModelStore:
         return self._cache[key]
 
     def trained(self) -> Any | None:
-        """The trained classifier (base model + adapter), or `None` when no adapter is configured."""
+        """The trained `Classifier` (base model + adapter), or `None` when no adapter is configured."""
         if not self.has_adapter:
             return None
         from trainer_ext.classifier import Classifier
 
-        adapter, revision, quantization = (
-            self.settings.adapter,
-            self.settings.revision,
-            self.settings.quantization,
-        )
+        settings = self.settings
         return self._cached(
             "trained",
-            f"the trained classifier from {adapter} ({quantization})",
-            lambda: Classifier.from_pretrained(adapter, revision=revision, quantization=quantization),
+            f"the trained classifier from {settings.adapter} ({settings.quantization})",
+            lambda: Classifier.from_pretrained(
+                settings.adapter, revision=settings.revision, quantization=settings.quantization
+            ),
         )
 
-    def base_model_name(self) -> str:
-        """The base model: the adapter's own base model when there is an adapter, else the configured one."""
-        trained = self.trained()
-        return trained.base_model if trained is not None else self.settings.base_model
-
     def base(self) -> Any:
-        """The base model as a zero-shot classifier with the moderation task (labels changed per request)."""
-        from trainer_ext.classifier import Classifier
+        """The base model as a zero-shot `Classifier` (the trained task's template, or the moderation task).
 
+        With a LoRA adapter this is the trained model itself, run with the adapter switched off; with
+        no adapter, or trained weights that cannot be switched off, the base model is loaded on its own.
+        """
+        from trainer_ext.classifier import Classifier
         from trainer_ext.tasks import moderation_task
 
-        name, quantization = self.base_model_name(), self.settings.quantization
+        trained = self.trained()
+        if trained is not None and hasattr(trained.model, "disable_adapter"):
+            return self._cached(
+                "base",
+                "the base model (the trained model with its adapter off)",
+                lambda: Classifier(
+                    trained.model, trained.tokenizer, trained.task, trained.base_model, trained.max_length
+                ),
+            )
+        name = trained.base_model if trained is not None else self.settings.base_model
+        quantization = self.settings.quantization
         return self._cached(
             "base",
             f"the base model {name} ({quantization})",
             lambda: Classifier.from_base(name, moderation_task(), quantization=quantization),
         )
 
-    def moderation(self) -> Any:
-        """The classifier of the moderation tab: the trained one, else the untrained base model."""
-        trained = self.trained()
+    def classifier(self, use_trained: bool = True) -> Any:
+        """The trained classifier when `use_trained` and there is one, else the base model's."""
+        trained = self.trained() if use_trained else None
         return trained if trained is not None else self.base()
 
-    def topics(self, labels: list[str], use_trained: bool) -> Any:
-        """A classifier over `labels` with the instruction prompt, from the trained or the base model."""
-        trained = self.trained() if use_trained else None
-        return (trained if trained is not None else self.base()).with_labels(labels)
+    @contextlib.contextmanager
+    def _running(self, classifier: Any) -> Iterator[None]:
+        """Hold the inference lock; switch the adapter off while `classifier` is the base view of it."""
+        with self._inference_lock:
+            trained = self._cache.get("trained")
+            if trained is not None and classifier is not trained and classifier.model is trained.model:
+                with classifier.model.disable_adapter():
+                    yield
+            else:
+                yield
 
-    def generator(self) -> tuple[Any, Any]:
-        """The base model and its tokenizer for free generation (the base classifier's own weights)."""
+    def predict(
+        self, texts: list[str], labels: list[str] | None = None, use_trained: bool = True
+    ) -> list[Any]:
+        """Classify `texts` (constrained decoding: a probability for every label).
+
+        Args:
+            texts (`list[str]`): The messages.
+            labels (`list[str]`, *optional*): Another label set for the same prompt template (zero-shot);
+                default: the task's own labels.
+            use_trained (`bool`, *optional*, defaults to `True`): Use the trained model when there is one.
+
+        Returns:
+            `list[Prediction]`: with `.label` and `.probs`, in input order.
+        """
+        classifier = self.classifier(use_trained)
+        scorer = classifier.with_labels(labels) if labels is not None else classifier
+        with self._running(classifier):
+            return scorer.predict(texts, decoding="constrained", batch_size=len(texts))
+
+    def labels(self) -> list[str]:
+        """The labels of the trained task (of the moderation task without an adapter)."""
+        return list(self.classifier().task.labels)
+
+    def generate(self, prompt: str, request: DecodingRequest) -> str:
+        """Continue `prompt` with the base model (see `generation.continue_prompt`)."""
         base = self.base()
-        return base.model, base.tokenizer
+        with self._running(base):
+            return continue_prompt(base.model, base.tokenizer, prompt, request)
