@@ -1,0 +1,343 @@
+"""Measure the peak memory of training steps on the CPU and compare it with `trainer_ext.estimate`.
+
+Each configuration runs in a fresh Python process (so one run's allocator state cannot leak into the
+next), which loads the model with `trainer_ext.loading.load_model`, builds the optimizer and runs a few
+training steps (forward with the Transformers loss, backward, optimizer step) on a batch of random tokens
+with right padding. Two measurements of the peak:
+
+- **process (RSS)**: the bytes of the model's parameters and buffers plus what the steps add to the
+  resident set size: the peak during the steps (``VmHWM`` of ``/proc/self/status``, reset after loading
+  through ``/proc/self/clear_refs``) minus the resident size after loading. Heap left over by loading
+  (freed but not returned to the system) is left out; allocator overhead and kernels loaded lazily by
+  the first step are in.
+- **tensors**: the bytes of the model's parameters and buffers plus the peak of the tensor allocations
+  during the steps, as `torch.profiler` records them (``profile_memory=True``). It is what the estimator
+  models, without allocator overhead.
+
+Results go to ``docs/benchmarks/memory.json`` and a Markdown table ``docs/benchmarks/memory.md``.
+``--reestimate`` recomputes the estimates of an existing ``memory.json`` without measuring again.
+
+    python scripts/bench_memory.py                      # every configuration (about 15 minutes on 2 cores)
+    python scripts/bench_memory.py --only smollm2-8bit-lora-adam8bit
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+TOKENIZERS = REPO_ROOT.parent / "shared" / "tokenizers"
+
+# name -> (model, quantization, method, optimizer, gradient checkpointing)
+CONFIGS: dict[str, tuple[str, str, str, str, bool]] = {
+    "smollm2-8bit-lora-adam8bit": ("smollm2-135m", "8bit", "lora-all", "adamw_8bit", False),
+    "smollm2-8bit-lora-adamw32": ("smollm2-135m", "8bit", "lora-all", "adamw_torch", False),
+    "smollm2-8bit-lora-adam8bit-checkpointing": ("smollm2-135m", "8bit", "lora-all", "adamw_8bit", True),
+    "smollm2-4bit-lora-adam8bit": ("smollm2-135m", "4bit", "lora-all", "adamw_8bit", False),
+    "smollm2-bf16-lora-adam8bit": ("smollm2-135m", "none", "lora-all", "adamw_8bit", False),
+    "smollm2-fp32-full-adamw32": ("smollm2-135m", "none", "full", "adamw_torch", False),
+    "smollm2-fp32-full-adam8bit": ("smollm2-135m", "none", "full", "adamw_8bit", False),
+    "gptj-small-8bit-lora-adam8bit": ("gptj-small", "8bit", "lora-all", "adamw_8bit", False),
+    "neox-small-8bit-lora-adam8bit": ("neox-small", "8bit", "lora-all", "adamw_8bit", False),
+}
+# Random-weight models of the GPT-J and GPT-NeoX shapes, narrower and shallower (saved once per run).
+SMALL_MODELS = {
+    "gptj-small": ("gptj", dict(n_embd=1024, n_layer=4, n_head=16, rotary_dim=64, n_positions=512)),
+    "neox-small": (
+        "gpt_neox",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=4,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            max_position_embeddings=512,
+            rotary_pct=0.25,
+        ),
+    ),
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="Run these configurations only.")
+    parser.add_argument("--steps", type=int, default=2, help="Training steps per configuration.")
+    parser.add_argument("--seq-len", type=int, default=128, help="Tokens per example.")
+    parser.add_argument("--batch-size", type=int, default=2, help="Examples per step.")
+    parser.add_argument("--out-dir", default=str(REPO_ROOT / "docs" / "benchmarks"), help="Where results go.")
+    parser.add_argument(
+        "--reestimate",
+        action="store_true",
+        help="Recompute the estimates in OUT_DIR/memory.json (no measurement).",
+    )
+    parser.add_argument(
+        "--worker", help=argparse.SUPPRESS
+    )  # JSON spec: run one configuration in this process
+    return parser
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _storage_bytes(model) -> int:
+    storages = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _profiled_peak(prof) -> int:
+    """Peak of the running sum of tensor allocations and frees recorded by the profiler."""
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+        key=lambda e: e.start_ns(),
+    )
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def _optimizer(name: str, params):
+    import bitsandbytes as bnb
+    import torch
+
+    if name == "adamw_8bit":
+        return bnb.optim.AdamW8bit(params, lr=1e-4)
+    return torch.optim.AdamW(params, lr=1e-4)
+
+
+def _batch(vocab_size: int, batch_size: int, seq_len: int) -> dict:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1:, seq_len - seq_len // 8 :] = 0  # right padding on all but the first example
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": input_ids.masked_fill(attention_mask == 0, -100),
+    }
+
+
+def run_worker(spec: dict) -> dict:
+    """Load, train `steps` steps and measure, in this process (see the module docstring)."""
+    import gc
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from trainer_ext.loading import load_model
+
+    gc.collect()
+    rss_before = _status_kib("VmRSS") * 1024
+    start = time.perf_counter()
+    loaded = load_model(
+        spec["path"],
+        quantization=spec["quantization"],
+        method=spec["method"],
+        device="cpu",
+        gradient_checkpointing=spec["gradient_checkpointing"],
+    )
+    model = loaded.model
+    model.train()
+    optimizer = _optimizer(spec["optimizer"], [p for p in model.parameters() if p.requires_grad])
+    batch = _batch(model.config.vocab_size, spec["batch_size"], spec["seq_len"])
+    load_seconds = time.perf_counter() - start
+    gc.collect()
+    rss_loaded = _status_kib("VmRSS") * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        for _ in range(spec["steps"]):
+            model(**batch).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    step_seconds = (time.perf_counter() - start) / spec["steps"]
+    peak_rss = _status_kib("VmHWM") * 1024
+    weights = _storage_bytes(model)
+    return {
+        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "trainable_params": loaded.trainable_params,
+        "measured_weights_bytes": weights,
+        "measured_tensor_peak_bytes": weights + _profiled_peak(prof),
+        "measured_rss_peak_bytes": weights + peak_rss - rss_loaded,
+        "rss_after_load_bytes": rss_loaded - rss_before,
+        "load_seconds": round(load_seconds, 1),
+        "step_seconds": round(step_seconds, 1),
+    }
+
+
+def _model_path(model: str, tmp: Path) -> str:
+    if model in SMALL_MODELS:
+        path = tmp / model
+        if not path.exists():
+            from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+            model_type, fields = SMALL_MODELS[model]
+            tokenizer_dir = TOKENIZERS / ("gptj" if model_type == "gptj" else "gpt2")
+            config = AutoConfig.for_model(
+                model_type, vocab_size=50400 if model_type == "gptj" else 50432, **fields
+            )
+            AutoModelForCausalLM.from_config(config).save_pretrained(path)
+            AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(path)
+        return str(path)
+    from trainer_ext.embedded import resolve_model_path
+
+    return resolve_model_path(model)
+
+
+def add_estimate(result: dict, seq_len: int, batch_size: int) -> dict:
+    """Add the estimator's figures for a measured configuration, and its error against both measurements."""
+    from trainer_ext.estimate import estimate_memory
+
+    estimate = estimate_memory(
+        result["config"],
+        quantization=result["quantization"],
+        method=result["method"],
+        seq_len=seq_len,
+        batch_size=batch_size,
+        optimizer=result["optimizer"],
+        gradient_checkpointing=result["gradient_checkpointing"],
+        device="cpu",
+    )
+    result["estimate"] = {**estimate.to_dict(), "model": result["model"]}
+    for kind in ("tensor", "rss"):
+        measured = result[f"measured_{kind}_peak_bytes"]
+        result[f"error_vs_{kind}_percent"] = round(100 * (estimate.total - measured) / measured, 1)
+    return result
+
+
+def measure(name: str, args, tmp: Path) -> dict:
+    """Run one configuration in a fresh process and add the estimator's figures for it."""
+    model, quantization, method, optimizer, checkpointing = CONFIGS[name]
+    spec = {
+        "path": _model_path(model, tmp),
+        "quantization": quantization,
+        "method": method,
+        "optimizer": optimizer,
+        "gradient_checkpointing": checkpointing,
+        "steps": args.steps,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+    }
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: worker failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    config = json.loads((Path(spec["path"]) / "config.json").read_text(encoding="utf-8"))
+    result.update(
+        name=name,
+        model=model,
+        quantization=quantization,
+        method=method,
+        optimizer=optimizer,
+        gradient_checkpointing=checkpointing,
+        config=config,
+    )
+    return add_estimate(result, args.seq_len, args.batch_size)
+
+
+def _gb(num_bytes: float) -> str:
+    return f"{num_bytes / 1e9:.3f}"
+
+
+def write_markdown(path: Path, report: dict) -> None:
+    """The table of `docs/benchmarks/memory.md`."""
+    rows = [
+        "| configuration | dtype | estimate GB (weights / optimizer / activations) | tensors GB | RSS GB "
+        "| error vs tensors | error vs RSS | s/step |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        e = r["estimate"]
+        rows.append(
+            f"| {r['name']} | {r['dtype']} | {_gb(e['total'])} "
+            f"({_gb(e['weights'])} / {_gb(e['optimizer_states'])}"
+            f" / {_gb(e['activations'])}) | {_gb(r['measured_tensor_peak_bytes'])} "
+            f"| {_gb(r['measured_rss_peak_bytes'])} | {r['error_vs_tensor_percent']:+.1f}% "
+            f"| {r['error_vs_rss_percent']:+.1f}% | {r['step_seconds']} |"
+        )
+    header = (
+        f"# Peak memory of training steps on the CPU: estimate against measurement\n\n"
+        f"Written by `python scripts/bench_memory.py` on {report['date']} ({report['machine']}; torch "
+        f"{report['torch']}, transformers {report['transformers']}, bitsandbytes {report['bitsandbytes']}). "
+        f"Sequence length {report['seq_len']}, batch {report['batch_size']}, LoRA r=8, "
+        f"{report['steps']} steps. "
+        "GB = 10^9 bytes. Error = (estimate - measured) / measured.\n\n"
+        "Measured per configuration in a fresh process: *tensors* = parameter and buffer bytes + the peak of "
+        "tensor allocations during the steps (torch.profiler, `profile_memory=True`); *RSS* = peak resident "
+        "set size during the steps minus the resident size before loading (allocator overhead and lazily "
+        "loaded kernels included).\n\n"
+    )
+    path.write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+    out_dir = Path(args.out_dir)
+    if args.reestimate:
+        report = json.loads((out_dir / "memory.json").read_text(encoding="utf-8"))
+        for result in report["results"]:
+            add_estimate(result, report["seq_len"], report["batch_size"])
+        (out_dir / "memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_markdown(out_dir / "memory.md", report)
+        return 0
+    import bitsandbytes
+    import torch
+    import transformers
+
+    names = args.only or list(CONFIGS)
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "bitsandbytes": bitsandbytes.__version__,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "steps": args.steps,
+        "results": [],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
+        for name in names:
+            result = measure(name, args, Path(tmp))
+            report["results"].append(result)
+            print(
+                f"{name}: estimate {_gb(result['estimate']['total'])} GB, tensors "
+                f"{_gb(result['measured_tensor_peak_bytes'])} GB "
+                f"({result['error_vs_tensor_percent']:+.1f}%), "
+                f"RSS {_gb(result['measured_rss_peak_bytes'])} GB ({result['error_vs_rss_percent']:+.1f}%)",
+                flush=True,
+            )
+            (out_dir / "memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            write_markdown(out_dir / "memory.md", report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
