@@ -95,6 +95,12 @@ class SpaceSettings:
                 "point it at a training run's output directory, a Hub id such as 'user/moderation-lora', "
                 "or set it empty to run the base model."
             )
+        base = Path(self.base_model).expanduser()
+        if self.base_model.startswith((".", "/", "~")) and not base.is_dir():
+            raise ModelSetupError(
+                f"The base model directory {self.base_model} (from --base_model or ${ENV_BASE_MODEL}) does "
+                "not exist; pass a model directory, a Hub id, or the embedded model 'smollm2-135m'."
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SpaceSettings:
@@ -117,6 +123,23 @@ class SpaceSettings:
             values["adapter"] = str(DEFAULT_ADAPTER_DIR) if has_default else None
             values["adapter_is_default"] = has_default
         return cls(**values)
+
+
+def _load(what: str, load: Callable[[], T]) -> T:
+    """Run a loader; any failure becomes a `ModelSetupError` that says what to check."""
+    logger.info("Loading %s ...", what)
+    try:
+        loaded = load()
+    except ModelSetupError:
+        raise
+    except Exception as err:  # a loader fails in many library-specific ways; the page gets one message
+        logger.exception("Loading %s failed", what)
+        raise ModelSetupError(
+            f"Could not load {what}: {type(err).__name__}: {str(err).rstrip('. ')}. Check the model settings "
+            f"(${ENV_ADAPTER}, ${ENV_BASE_MODEL}, ${ENV_QUANTIZATION}) and the server log."
+        ) from err
+    logger.info("Loaded %s.", what)
+    return loaded
 
 
 class ModelStore:
@@ -147,22 +170,10 @@ class ModelStore:
         return key in self._cache
 
     def _cached(self, key: str, what: str, load: Callable[[], T]) -> T:
-        if key in self._cache:
-            return self._cache[key]
-        with self._load_lock:
-            if key not in self._cache:
-                logger.info("Loading %s ...", what)
-                try:
-                    self._cache[key] = load()
-                except ModelSetupError:
-                    raise
-                except Exception as err:  # any loader failure becomes one message that says what to check
-                    logger.exception("Loading %s failed", what)
-                    raise ModelSetupError(
-                        f"Could not load {what}: {type(err).__name__}: {err}. Check the model settings "
-                        f"(${ENV_ADAPTER}, ${ENV_BASE_MODEL}, ${ENV_QUANTIZATION}) and the server log."
-                    ) from err
-                logger.info("Loaded %s.", what)
+        if key not in self._cache:
+            with self._load_lock:
+                if key not in self._cache:
+                    self._cache[key] = _load(what, load)
         return self._cache[key]
 
     def trained(self) -> Any | None:

@@ -200,23 +200,18 @@ def test_decoding_request_refuses(kwargs, fragment):
 def test_continue_prompt_styles(tiny_model):
     model, tokenizer = tiny_model("gpt2")
     prompt = "The weather today is"
-    greedy = generation.continue_prompt(model, tokenizer, prompt, generation.DecodingRequest("greedy", 6))
-    assert greedy == generation.continue_prompt(
-        model, tokenizer, prompt, generation.DecodingRequest("greedy", 6)
-    )
-    n_new = len(tokenizer(greedy, add_special_tokens=False)["input_ids"])
-    assert 1 <= n_new <= 6 + 1  # decoding and re-encoding may merge or split one token
-    beam = generation.continue_prompt(
-        model, tokenizer, prompt, generation.DecodingRequest("beam search", 4, 2)
-    )
-    assert isinstance(beam, str) and beam
-    sampled = [
-        generation.continue_prompt(
-            model, tokenizer, prompt, generation.DecodingRequest("sampling", 6, seed=seed)
+
+    def run(*args, **kwargs) -> str:
+        return generation.continue_prompt(
+            model, tokenizer, prompt, generation.DecodingRequest(*args, **kwargs)
         )
-        for seed in (1, 1, 2)
-    ]
-    assert sampled[0] == sampled[1]
+
+    greedy = run("greedy", 4)
+    n_new = len(tokenizer(greedy, add_special_tokens=False)["input_ids"])
+    assert 1 <= n_new <= 4 + 1  # decoding and re-encoding may merge or split one token
+    assert run("beam search", 3, num_beams=2)
+    sampled = [run("sampling", 4, seed=seed) for seed in (1, 1, 2)]
+    assert sampled[0] == sampled[1], "the same seed samples the same text"
     assert sampled[0] != sampled[2]
 
 
@@ -300,3 +295,142 @@ def test_examples_are_readable():
     with open(SPACE_DIR / "examples" / "headlines.csv", encoding="utf-8") as handle:
         categories = {row["category"] for row in csv.DictReader(handle)}
     assert categories == set(handlers.parse_categories(handlers.DEFAULT_CATEGORIES))
+
+
+# Handlers on real (tiny) models
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, tmp_path_factory):
+    """A real run directory: LoRA on the tiny model, its weights moved off zero so that it changes answers."""
+    import torch
+
+    from trainer_ext.loading import load_model
+    from trainer_ext.saving import save_run
+    from trainer_ext.tasks import moderation_task
+
+    base = str(tiny_model_dir("llama"))
+    loaded = load_model(base, quantization="none", method="lora-all", dtype="float32")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in loaded.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    run_info = {"base_model": base, "quantization": "none", "method": "lora-all"}
+    return save_run(
+        tmp_path_factory.mktemp("run"), loaded.model, loaded.tokenizer, moderation_task(), run_info
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir):
+    return handlers.DemoHandlers(
+        model_store.ModelStore(model_store.SpaceSettings(str(run_dir), quantization="none"))
+    )
+
+
+@pytest.fixture(scope="module")
+def untrained(tiny_model_dir):
+    settings = model_store.SpaceSettings(None, base_model=str(tiny_model_dir("llama")), quantization="8bit")
+    return handlers.DemoHandlers(model_store.ModelStore(settings))
+
+
+def test_models_load_lazily_once(run_dir):
+    store = model_store.ModelStore(model_store.SpaceSettings(str(run_dir), quantization="none"))
+    trained = handlers.DemoHandlers(store)
+    assert not store.is_loaded("trained") and not store.is_loaded("base")
+    info = trained.model_info()
+    assert info["trained"] and info["loaded"] == [] and "loaded on the first request" in info["base_model"]
+    trained.moderate("hello")
+    first = store.trained()
+    trained.moderate("hello again")
+    assert store.trained() is first
+    assert store.base().model is first.model, "the base model is the trained model with its adapter off"
+    assert trained.model_info()["loaded"] == ["trained", "base"]
+
+
+def test_moderate_gives_a_probability_per_label(trained):
+    probs = trained.moderate("  see you at the match tonight  ")
+    assert list(probs) == ["hate", "offensive", "neutral"]
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
+    assert probs == trained.moderate("see you at the match tonight"), "the message is stripped"
+
+
+def test_base_model_answers_differently_from_the_trained_one(trained):
+    headline, categories = "Chipmaker shares slide after profits miss forecasts", "business, sport, tech"
+    with_adapter = trained.classify_topic(headline, categories, "trained")
+    without = trained.classify_topic(headline, categories, "base")
+    assert list(with_adapter) == list(without) == ["business", "sport", "tech"]
+    assert with_adapter != pytest.approx(without, abs=1e-3)
+    assert trained.classify_topic(headline, categories, "trained") == pytest.approx(with_adapter, abs=1e-5), (
+        "switching the adapter off for the base model must not leave it off"
+    )
+
+
+def test_untrained_store_refuses_the_trained_choice(untrained):
+    with pytest.raises(gr.Error, match="No trained adapter is configured"):
+        untrained.classify_topic("A headline", "sport, tech", "trained")
+    with pytest.raises(gr.Error, match="Unknown model choice 'large'"):
+        untrained.classify_topic("A headline", "sport, tech", "large")
+    probs = untrained.classify_topic("A headline", "sport, tech", "base")
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_untrained_store_runs_8bit(untrained):
+    probs = untrained.moderate("have a nice day")
+    assert list(probs) == ["hate", "offensive", "neutral"]
+    import bitsandbytes as bnb
+
+    modules = untrained.store.base().model.modules()
+    assert any(isinstance(module, bnb.nn.Linear8bitLt) for module in modules)
+
+
+def test_classify_csv(trained, tmp_path):
+    table = tmp_path / "inbox.csv"
+    rows = [f"message number {i}, with a comma" for i in range(handlers.BATCH_SIZE + 1)]
+    table.write_text(
+        "id,text\n" + "".join(f'{i},"{text}"\n' for i, text in enumerate(rows)), encoding="utf-8"
+    )
+    ticks = []
+
+    def progress(fraction, desc=None):
+        ticks.append(fraction)
+
+    path, preview, counts = trained.classify_csv(str(table), "text", progress=progress)
+    with open(path, newline="", encoding="utf-8") as handle:
+        out = list(csv.DictReader(handle))
+    assert [row["text"] for row in out] == rows
+    expected = trained.store.predict(rows)  # all rows in one batch: the file's batches must agree, in order
+    for row, prediction in zip(out, expected, strict=True):
+        assert row["predicted_label"] == prediction.label
+        assert float(row["prob_neutral"]) == pytest.approx(prediction.probs["neutral"], abs=1e-3)
+    n = len(rows)
+    assert len(preview) == n and counts.startswith(f"Classified {n} messages")
+    assert ticks == [0.0, 0.0, handlers.BATCH_SIZE / n], "one tick before loading, one per batch"
+
+
+def test_csv_columns_proposes_the_text_column(trained):
+    update = trained.csv_columns(str(SPACE_DIR / "examples" / "messages.csv"))
+    assert update.choices == [("id", "id"), ("message", "message")] and update.value == "message"
+    assert trained.csv_columns(None).choices == []
+
+
+def test_generate_with_each_style(trained):
+    greedy = trained.generate("Once upon a time", "greedy", 4)
+    assert greedy == trained.generate("Once upon a time", "greedy", 4)
+    assert trained.generate("Once upon a time", "beam search", 4, num_beams=2)
+    assert trained.generate("Once upon a time", "sampling", 4, seed=3) == trained.generate(
+        "Once upon a time", "sampling", 4, seed=3
+    )
+    with pytest.raises(gr.Error, match="The prompt is empty"):
+        trained.generate("")
+
+
+def test_every_event_has_an_api_name(trained):
+    demo = app.build_demo(trained.store)
+    names = [fn.api_name for fn in demo.fns.values()]
+    assert all(names), names
+    assert {"moderate", "classify_topic", "csv_columns", "classify_csv", "generate", "model_info"} <= set(
+        names
+    )
+    assert demo._queue.max_size == app.QUEUE_SIZE
