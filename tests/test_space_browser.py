@@ -1,14 +1,15 @@
 """The demo in a real browser: headless Chromium driven by Playwright, one classification in each tab.
 
-The app runs a tiny Llama-shaped model with a real LoRA adapter directory, so each click is quick;
-every label the page shows is checked against what the handler computes for the same input.
+The app runs a tiny Llama-shaped model (no adapter: the page's untrained notice shows), so each click
+is quick; every label the page shows is checked against what the handler computes for the same input.
 Chromium comes from the Debian packages `chromium` and `chromium-driver` (the project's set-up installs
-them); Playwright's own browser download cannot work offline. A screenshot of each tab is saved under
-the test's temporary directory.
+them); Playwright's own browser download cannot work offline. A screenshot of each tab is saved in
+`runs/space_screenshots/` (or `$TRAINER_EXT_SCREENSHOTS`) for a person to look at.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
 TIMEOUT_MS = 60_000
+SCREENSHOTS = Path(os.environ.get("TRAINER_EXT_SCREENSHOTS") or REPO_ROOT / "runs" / "space_screenshots")
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.is_file(),
@@ -36,30 +38,11 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tiny_model_dir, tmp_path_factory):
-    """A real run directory: LoRA on the tiny model, its weights moved off zero so that it changes answers."""
-    import torch
-
-    from trainer_ext.loading import load_model
-    from trainer_ext.saving import save_run
-    from trainer_ext.tasks import moderation_task
-
-    base = str(tiny_model_dir("llama"))
-    loaded = load_model(base, quantization="none", method="lora-all", dtype="float32")
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in loaded.model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.5)
-    run_info = {"base_model": base, "quantization": "none", "method": "lora-all"}
-    return save_run(
-        tmp_path_factory.mktemp("run"), loaded.model, loaded.tokenizer, moderation_task(), run_info
+def served(tiny_model_dir):
+    settings = model_store.SpaceSettings(
+        adapter=None, base_model=str(tiny_model_dir("llama")), quantization="none"
     )
-
-
-@pytest.fixture(scope="module")
-def served(adapter_dir):
-    store = model_store.ModelStore(model_store.SpaceSettings(adapter=str(adapter_dir), quantization="none"))
+    store = model_store.ModelStore(settings)
     demo = app.build_demo(store)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -97,24 +80,26 @@ def shown_label(page, output_id: str, before: str = "") -> str:
     return locator.inner_text().strip()
 
 
-def screenshot(page, tmp_path_factory, name: str) -> Path:
-    path = tmp_path_factory.mktemp("screenshots") / f"{name}.png"
+def screenshot(page, name: str) -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    path.unlink(missing_ok=True)
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
     return path
 
 
-def test_page_shows_the_model(page, adapter_dir):
+def test_page_says_the_model_is_untrained(page):
     notice = page.locator("#model-notice").inner_text()
-    assert str(adapter_dir) in notice and "untrained" not in notice
+    assert "No trained adapter found" in notice and "runs untrained" in notice
 
 
-def test_moderation_tab(page, served, tmp_path_factory):
+def test_moderation_tab(page, served):
     message = "Thanks to everyone who helped at the school fair today!"
     page.locator("#moderation-input textarea").fill(message)
     page.locator("#moderation-button").click()
     assert shown_label(page, "moderation-output") == top_label(served[1].moderate(message))
-    screenshot(page, tmp_path_factory, "moderation")
+    screenshot(page, "moderation")
 
 
 def test_moderation_tab_shows_a_clear_error(page):
@@ -127,7 +112,7 @@ def test_moderation_tab_shows_a_clear_error(page):
     toast.locator("button").first.click()
 
 
-def test_topics_tab(page, served, tmp_path_factory):
+def test_topics_tab(page, served):
     page.get_by_role("tab", name="Zero-shot topics").click()
     headline = "Parliament delays the vote on the housing bill"
     page.locator("#topics-input textarea").fill(headline)
@@ -136,10 +121,10 @@ def test_topics_tab(page, served, tmp_path_factory):
     page.locator("#topics-button").click()
     expected = served[1].classify_topic(headline, "politics, sport, tech", "base")
     assert shown_label(page, "topics-output") == top_label(expected)
-    screenshot(page, tmp_path_factory, "topics")
+    screenshot(page, "topics")
 
 
-def test_batch_tab(page, served, tmp_path_factory, tmp_path):
+def test_batch_tab(page, served, tmp_path):
     page.get_by_role("tab", name="Batch").click()
     table = tmp_path / "inbox.csv"
     table.write_text("id,message\n1,See you at the match tonight\n2,What a useless idiot\n", encoding="utf-8")
@@ -150,13 +135,13 @@ def test_batch_tab(page, served, tmp_path_factory, tmp_path):
     summary.get_by_text("Classified 2 messages").wait_for()
     _, preview, expected_summary = served[1].classify_csv(str(table), "message")
     assert summary.inner_text().strip() == expected_summary.replace("**", "")
-    assert page.locator("#batch-output").get_by_text("inbox_predictions.csv").count() >= 1
+    assert "inbox_predictions.csv" in "".join(page.locator("#batch-output").inner_text().split())
     for label in preview["predicted_label"]:
         assert page.locator("#batch-preview").get_by_text(label, exact=True).count() >= 1
-    screenshot(page, tmp_path_factory, "batch")
+    screenshot(page, "batch")
 
 
-def test_generate_tab(page, served, tmp_path_factory):
+def test_generate_tab(page, served):
     page.get_by_role("tab", name="Generate").click()
     page.locator("#generate-input textarea").fill("Once upon a time")
     page.locator("#generate-tokens input[type='number']").fill("5")
@@ -165,4 +150,4 @@ def test_generate_tab(page, served, tmp_path_factory):
     expected = served[1].generate("Once upon a time", "greedy", 5)
     page.wait_for_function("() => document.querySelector('#generate-output textarea')?.value.length > 0")
     assert page.locator("#generate-output textarea").input_value() == expected
-    screenshot(page, tmp_path_factory, "generate")
+    screenshot(page, "generate")
