@@ -168,28 +168,39 @@ def resolve_dtype(
     return torch.float32
 
 
-def _local_model_dir(name: str, path: Path) -> str:
+# Files that make a directory loadable: a model needs its config; a tokenizer any of its own files.
+_REQUIRED_FILES = {
+    "model": ("config.json",),
+    "tokenizer": ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model", "config.json"),
+}
+
+
+def _local_dir(name: str, path: Path, what: str) -> str:
     if path.is_file():
         raise ModelLoadError(
-            f"model {name!r} is a file, not a model directory: pass the directory that holds config.json "
+            f"{what} {name!r} is a file, not a directory: pass the directory that holds config.json "
             "and the weights (as written by save_pretrained)."
         )
-    if not (path / "config.json").is_file():
+    required = _REQUIRED_FILES[what]
+    known = ", ".join(EMBEDDED_MODELS)
+    if not any((path / file).is_file() for file in required):
         hint = ""
         if (path / "adapter_config.json").is_file():
             hint = " It holds a LoRA adapter (a training output): load it with Classifier.from_pretrained."
         raise ModelLoadError(
-            f"directory {str(path)!r} is not a model: it has no config.json. Pass a directory written by "
-            f"save_pretrained, a Hub id, or an embedded model ({', '.join(EMBEDDED_MODELS)}).{hint}"
+            f"directory {str(path)!r} is not a {what}: it has no {' or '.join(required)}. Pass a directory "
+            f"written by save_pretrained, a Hub id, or an embedded model ({known}).{hint}"
         )
     return str(path)
 
 
-def resolve_source(name_or_path: str) -> str:
+def resolve_source(name_or_path: str, what: str = "model") -> str:
     """Turn a model name into something `from_pretrained` accepts, or say clearly why it cannot be.
 
     Args:
         name_or_path (`str`): Embedded short name, local directory or Hub id.
+        what (`str`, *optional*, defaults to `"model"`): ``"model"`` (a local directory needs config.json)
+            or ``"tokenizer"`` (it needs tokenizer files).
 
     Returns:
         `str`: A local directory (embedded models and local paths) or the Hub id.
@@ -208,7 +219,7 @@ def resolve_source(name_or_path: str) -> str:
         raise ModelLoadError(str(error)) from error
     path = Path(resolved).expanduser()
     if path.exists():
-        return _local_model_dir(name_or_path, path)
+        return _local_dir(name_or_path, path, what)
     known = f"embedded models: {', '.join(EMBEDDED_MODELS)}"
     if resolved.startswith((".", "/", "~")) or resolved.count("/") > 1:
         raise ModelLoadError(f"model directory {resolved!r} does not exist ({known}).")
@@ -255,7 +266,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     """
     from transformers import AutoTokenizer
 
-    source = resolve_source(name_or_path)
+    source = resolve_source(name_or_path, "tokenizer")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=revision, trust_remote_code=trust_remote_code

@@ -236,16 +236,19 @@ def _apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return peft_model
 
 
-def _prepare_quantized(model: nn.Module, gradient_checkpointing: bool) -> None:
+def _prepare_quantized(model: nn.Module, method: str, gradient_checkpointing: bool) -> None:
     """Freeze a quantized model's base weights before adapters are added.
 
     With float16 compute this is PEFT's `prepare_model_for_kbit_training`, which also upcasts the
     non-quantized weights (norms, embeddings) to fp32 so float16 activations do not overflow. bf16 has
     fp32's exponent range, so with bf16 the upcast buys no stability and costs a lot: every activation
-    turns fp32 and every matmul runs in fp32 (measured 3-8x slower per step on an AVX-512 BF16 CPU).
+    turns fp32 and every matmul runs in fp32 (measured 2-8x slower per step on an AVX-512 BF16 CPU, see
+    ``scripts/bench_loading.py``). The `norms` method keeps the upcast: the norms it trains need fp32
+    weights (bf16 rounds most Adam steps away), and an fp32 norm feeding a bf16 layer only works when
+    the rest is fp32 too.
     """
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-    if dtype == torch.float16:
+    if dtype == torch.float16 or method == "norms":
         from peft import prepare_model_for_kbit_training
 
         prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
@@ -254,6 +257,14 @@ def _prepare_quantized(model: nn.Module, gradient_checkpointing: bool) -> None:
     if gradient_checkpointing:
         # Checkpointed blocks need an input that requires grad, or no gradient reaches the adapters.
         model.enable_input_require_grads()
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; older 5.x lack the new name.
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def apply_method(model: nn.Module, settings: LoraSettings, gradient_checkpointing: bool = False) -> nn.Module:
@@ -281,9 +292,9 @@ def apply_method(model: nn.Module, settings: LoraSettings, gradient_checkpointin
             "use quantization 'none' with 'full', or a LoRA method with quantization."
         )
     if quantized and settings.method != "none":
-        _prepare_quantized(model, gradient_checkpointing)
+        _prepare_quantized(model, settings.method, gradient_checkpointing)
     if gradient_checkpointing and settings.method != "none":
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     if settings.method in LORA_METHODS:
         model = _apply_lora(model, settings)
     elif settings.method == "norms":
