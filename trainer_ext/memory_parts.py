@@ -14,7 +14,7 @@ from .model_shapes import ACTIVATION_SAVED, LinearShape, ModelShape
 ADAPTER_BYTES = 4  # PEFT keeps LoRA weights in fp32 (it upcasts fp16/bf16 adapters)
 _BNB_BLOCK, _BNB_MIN_8BIT = 256, 4096  # bitsandbytes 8-bit optimizers: block size, smallest 8-bit tensor
 _NF4_BLOCK, _NF4_NESTED_BLOCK = 64, 256  # bitsandbytes NF4: weights per scale, scales per nested scale
-_NF4_CODES = (16 + 256) * 4  # the NF4 code book and the nested 8-bit code book, fp32, per layer
+_NF4_CODES = (16 + 256 + 1) * 4  # per layer, fp32: NF4 code book, nested 8-bit code book, nested offset
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ class ModelShape:
         position_params (`int`): Learned position embedding parameters (GPT-2, OPT).
         outer_linears (`tuple[LinearShape, ...]`): Linear layers outside the blocks, but the output layer.
         final_norm_params (`int`): Parameters of the final norm.
-        output_params (`int`): Parameters of the output layer; 0 when it is tied to the token embedding.
+        output_params (`int`): Parameters of the output layer not shared with the token embedding.
+        tied (`bool`): Whether the output layer's weight is the token embedding.
         activation (`str`): MLP activation function (a key of `ACTIVATION_SAVED`).
         gated_mlp (`bool`): SwiGLU MLP (gate and up projections).
         eager_attention (`bool`): Attention probabilities are kept for the backward pass (GPT-J's attention).
@@ -105,17 +106,13 @@ class ModelShape:
     outer_linears: tuple[LinearShape, ...]
     final_norm_params: int
     output_params: int
+    tied: bool
     activation: str
     gated_mlp: bool
     eager_attention: bool
     attention_saved_width: int
     block_dropouts: int
     embedding_dropout: bool
-
-    @property
-    def tied(self) -> bool:
-        """Whether the output layer shares the token embedding."""
-        return self.output_params == 0
 
     @property
     def block_params(self) -> int:
@@ -169,7 +166,9 @@ def _gptj(c) -> dict:
         position_params=0,
         outer_linears=(),
         final_norm_params=2 * h,
-        output_params=0 if c.tie_word_embeddings else (h + 1) * c.vocab_size,
+        # GPT-J's output layer has a bias, which tying leaves untied.
+        output_params=(1 if c.tie_word_embeddings else h + 1) * c.vocab_size,
+        tied=c.tie_word_embeddings,
         activation=c.activation_function,
         gated_mlp=False,
         eager_attention=True,
@@ -201,6 +200,7 @@ def _gpt2(c) -> dict:
         outer_linears=(),
         final_norm_params=2 * h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
+        tied=c.tie_word_embeddings,
         # q, k and v are views of the c_attn output: attention keeps all of it.
         activation=c.activation_function,
         gated_mlp=False,
@@ -234,6 +234,7 @@ def _gpt_neox(c) -> dict:
         outer_linears=(),
         final_norm_params=2 * h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
+        tied=c.tie_word_embeddings,
         # The rotary query and key are new tensors; the value is a view that keeps the whole qkv output.
         activation=c.hidden_act,
         gated_mlp=False,
@@ -272,6 +273,7 @@ def _llama(c) -> dict:
         outer_linears=(),
         final_norm_params=h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
+        tied=c.tie_word_embeddings,
         # With a padding mask, SDPA gets keys and values repeated to every query head (`repeat_kv`).
         activation=c.hidden_act,
         gated_mlp=True,
@@ -316,6 +318,7 @@ def _opt(c) -> dict:
         outer_linears=outer,
         final_norm_params=norm if has_final else 0,
         output_params=0 if c.tie_word_embeddings else proj * c.vocab_size,
+        tied=c.tie_word_embeddings,
         activation=c.activation_function,
         gated_mlp=False,
         eager_attention=False,

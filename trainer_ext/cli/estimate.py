@@ -32,7 +32,7 @@ def make_parser() -> argparse.ArgumentParser:
     shipped = ", ".join(names[0] for names in SHIPPED_CONFIGS.values())
     parser = argparse.ArgumentParser(
         prog="trainer-ext estimate",
-        description="Estimate the peak memory of one training step from a model config (no weights are read).",
+        description="Estimate the peak memory of a training step from a model config (no weights are read).",
     )
     parser.add_argument(
         "--model", required=True, help=f"shipped model ({shipped}), config.json, model directory or Hub id"
