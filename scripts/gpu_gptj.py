@@ -217,8 +217,36 @@ def _environment() -> dict:
 
 
 def _write(out: Path, results: dict) -> None:
+    """Write the JSON results and, beside them, the Markdown table (same name, ``.md``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown(results), encoding="utf-8")
+
+
+def markdown(results: dict) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "# GPT-J-6B-shaped model, 8-bit + LoRA (lora-all) + Adam8bit on a GPU\n",
+        f"Written by `python scripts/gpu_gptj.py` on {results['date']}, {results['gpu']} "
+        f"({results['gpu_memory_gib']} GiB); torch {results['torch']} (CUDA {results['cuda']}), transformers "
+        f"{results['transformers']}, peft {results['peft']}, bitsandbytes {results['bitsandbytes']}. "
+        f"{results['model']}; sequence length {results['seq_len']}, batch {results['batch_size']}, "
+        f"LoRA r={results['lora_r']}. Peak = `torch.cuda.max_memory_allocated` over the steps; "
+        "GB = 10^9 bytes, GiB = 2^30 bytes. Error = (estimate - measured) / measured.\n",
+        "| non-quantized weights | gradient checkpointing | peak GB (GiB) | estimate GB | error "
+        "| weights after loading GiB | step s | tokens/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results["runs"]:
+        dtype = "fp16, upcast to fp32" if run["variant"] == "fp16" else run["variant"]
+        lines.append(
+            f"| {dtype} | {'yes' if run['gradient_checkpointing'] else 'no'} "
+            f"| {run['peak_allocated_bytes'] / 1e9:.2f} ({run['peak_allocated_gib']:.2f}) "
+            f"| {run['estimate']['total'] / 1e9:.2f} | {run['estimate_error_percent']:+.1f}% "
+            f"| {run['loaded_allocated_gib']:.2f} | {run['step_seconds_median']:.3f} "
+            f"| {run['tokens_per_second']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def _add_estimate(run: dict, args) -> dict:
