@@ -131,13 +131,18 @@ def _topics_tab(handlers: DemoHandlers) -> None:
                     value="trained" if trained else "base",
                     label="Model",
                 )
+                calibrate = gr.Checkbox(
+                    value=True,
+                    label="Calibrate",
+                    info="Divide out the label bias the model shows on content-free messages such as 'N/A'.",
+                )
                 button = gr.Button("Choose the topic", variant="primary", elem_id="topics-button")
             result = gr.Label(label="Topic", num_top_classes=12, elem_id="topics-output", scale=2)
         gr.Examples(read_examples("headlines.csv", "headline"), inputs=[headline], api_name="topics_example")
     gr.on(
         [button.click, headline.submit],
         user_facing(handlers.classify_topic),
-        inputs=[headline, categories, model],
+        inputs=[headline, categories, model, calibrate],
         outputs=[result],
         api_name="classify_topic",
     )
@@ -264,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # bitsandbytes logs one warning per 8-bit layer per forward pass on the CPU; keep the log readable.
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     try:
         settings = SpaceSettings.from_env(
             adapter=args.adapter,

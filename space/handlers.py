@@ -103,7 +103,9 @@ class DemoHandlers:
         (prediction,) = self.store.predict([check_message(message)])
         return probabilities(prediction, self.store.labels())
 
-    def classify_topic(self, headline: str, categories: str, model: str = "trained") -> dict[str, float]:
+    def classify_topic(
+        self, headline: str, categories: str, model: str = "trained", calibrate: bool = True
+    ) -> dict[str, float]:
         """Choose the category of a headline among categories given at request time (zero-shot).
 
         Args:
@@ -111,6 +113,8 @@ class DemoHandlers:
             categories (`str`): Categories separated by commas.
             model (`str`, *optional*, defaults to `"trained"`): `"trained"` (the moderation-trained
                 model) or `"base"` (the base model without the adapter).
+            calibrate (`bool`, *optional*, defaults to `True`): Divide out the label bias the model shows
+                on content-free input ("N/A"); zero-shot answers of a small model gain the most from it.
 
         Returns:
             `dict[str, float]`: Probability of each category.
@@ -125,7 +129,9 @@ class DemoHandlers:
             raise gr.Error(
                 f"No trained adapter is configured (set ${ENV_ADAPTER} or --adapter); choose the base model."
             )
-        (prediction,) = self.store.predict([text], labels=labels, use_trained=model == "trained")
+        (prediction,) = self.store.predict(
+            [text], labels=labels, use_trained=model == "trained", calibrate=bool(calibrate)
+        )
         return probabilities(prediction, labels)
 
     def csv_columns(self, file: str | None) -> gr.Dropdown:

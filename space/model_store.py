@@ -37,6 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ADAPTER_DIR = REPO_ROOT / "runs" / "moderation-lora-all"
 DEFAULT_BASE_MODEL = "smollm2-135m"
 QUANTIZATIONS = ("auto", "8bit", "4bit", "none")
+MAX_LABEL_SETS = 64
 
 ENV_ADAPTER = "TRAINER_EXT_SPACE_ADAPTER"
 ENV_REVISION = "TRAINER_EXT_SPACE_REVISION"
@@ -159,6 +160,8 @@ class ModelStore:
         self._inference_lock = threading.Lock()
         self._load_lock = threading.Lock()
         self._cache: dict[str, Any] = {}
+        # Classifiers over request-time label sets, kept so that a repeated set reuses its calibration.
+        self._label_sets: dict[tuple[bool, tuple[str, ...]], Any] = {}
 
     @property
     def has_adapter(self) -> bool:
@@ -233,8 +236,20 @@ class ModelStore:
             else:
                 yield
 
+    def _with_labels(self, classifier: Any, use_trained: bool, labels: list[str]) -> Any:
+        key = (use_trained, tuple(labels))
+        if key not in self._label_sets:
+            if len(self._label_sets) >= MAX_LABEL_SETS:
+                self._label_sets.clear()
+            self._label_sets[key] = classifier.with_labels(labels)
+        return self._label_sets[key]
+
     def predict(
-        self, texts: list[str], labels: list[str] | None = None, use_trained: bool = True
+        self,
+        texts: list[str],
+        labels: list[str] | None = None,
+        use_trained: bool = True,
+        calibrate: bool = False,
     ) -> list[Any]:
         """Classify `texts` (constrained decoding: a probability for every label).
 
@@ -243,14 +258,16 @@ class ModelStore:
             labels (`list[str]`, *optional*): Another label set for the same prompt template (zero-shot);
                 default: the task's own labels.
             use_trained (`bool`, *optional*, defaults to `True`): Use the trained model when there is one.
+            calibrate (`bool`, *optional*, defaults to `False`): Contextual calibration: divide out the
+                label bias the model shows on content-free inputs such as "N/A".
 
         Returns:
             `list[Prediction]`: with `.label` and `.probs`, in input order.
         """
         classifier = self.classifier(use_trained)
-        scorer = classifier.with_labels(labels) if labels is not None else classifier
+        scorer = classifier if labels is None else self._with_labels(classifier, use_trained, labels)
         with self._running(classifier):
-            return scorer.predict(texts, decoding="constrained", batch_size=len(texts))
+            return scorer.predict(texts, decoding="constrained", batch_size=len(texts), calibrate=calibrate)
 
     def labels(self) -> list[str]:
         """The labels of the trained task (of the moderation task without an adapter)."""

@@ -365,6 +365,9 @@ def test_base_model_answers_differently_from_the_trained_one(trained):
     assert trained.classify_topic(headline, categories, "trained") == pytest.approx(with_adapter, abs=1e-5), (
         "switching the adapter off for the base model must not leave it off"
     )
+    raw = trained.classify_topic(headline, categories, "base", calibrate=False)
+    assert raw != pytest.approx(without, abs=1e-3), "calibration changes the probabilities"
+    assert sum(raw.values()) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_untrained_store_refuses_the_trained_choice(untrained):
