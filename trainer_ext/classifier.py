@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import html
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,14 +52,25 @@ class Classifier:
         task (`LabelTask`): Labels and prompt template.
         base_model (`str`): Name of the base model (for display).
         max_length (`int`, *optional*, defaults to 256): Prompt + completion budget; longer messages are shortened.
+        decode_html (`bool`, *optional*, defaults to `False`): Decode HTML entities (``&amp;``) in texts first, as
+            the training data was (a run records its choice).
     """
 
-    def __init__(self, model, tokenizer, task: LabelTask, base_model: str, max_length: int = 256) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        task: LabelTask,
+        base_model: str,
+        max_length: int = 256,
+        decode_html: bool = False,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.task = task
         self.base_model = base_model
         self.max_length = max_length
+        self.decode_html = decode_html
         self._content_free: torch.Tensor | None = None
 
     @classmethod
@@ -94,7 +106,8 @@ class Classifier:
             path, quantization=quantization, device=device, allow_pickle=allow_pickle
         )
         max_length = int((info.get("task") or {}).get("max_length", 256))
-        return cls(loaded.model, loaded.tokenizer, task, info["base_model"], max_length)
+        decode_html = bool((info.get("data") or {}).get("decode_html", False))
+        return cls(loaded.model, loaded.tokenizer, task, info["base_model"], max_length, decode_html)
 
     @classmethod
     def from_base(
@@ -123,6 +136,8 @@ class Classifier:
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise TypeError(f"Texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}.")
+        if self.decode_html:
+            texts = [html.unescape(text) for text in texts]
         return [encode_prompt(self.tokenizer, self.task, text, self.max_length) for text in texts]
 
     def content_free_probs(self) -> torch.Tensor:
@@ -160,6 +175,10 @@ class Classifier:
             texts = [texts]
         if decoding not in DECODINGS:
             raise ValueError(f"decoding: unknown value {decoding!r}; choose one of {DECODINGS}.")
+        if calibrate and decoding != "constrained":
+            raise ValueError(
+                "calibrate needs constrained decoding: generated answers have no label probabilities."
+            )
         if not texts:
             return []
         prompts = self.prompts(texts)
