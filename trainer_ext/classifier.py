@@ -128,7 +128,12 @@ class Classifier:
     def with_labels(self, labels: Sequence[str]) -> Classifier:
         """The same model and template over another label set (zero-shot topics)."""
         return Classifier(
-            self.model, self.tokenizer, self.task.with_labels(labels), self.base_model, self.max_length
+            self.model,
+            self.tokenizer,
+            self.task.with_labels(labels),
+            self.base_model,
+            self.max_length,
+            self.decode_html,
         )
 
     def prompts(self, texts: Sequence[str]) -> list[list[int]]:
