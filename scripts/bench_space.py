@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     demo, url = (None, args.url) if args.url else launch_app(args)
     try:
