@@ -130,7 +130,36 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
         parts = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     except (ValueError, TypeError) as error:
         raise RecipeError(f"Invalid recipe value: {error}") from None
-    return Recipe(*parts)
+    except ImportError as error:
+        raise RecipeError(
+            f"The launch configuration needs a package that is not installed: {error}"
+        ) from None
+    recipe = Recipe(*parts)
+    check_launch(recipe)
+    return recipe
+
+
+def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
+    """Refuse recipe + launcher combinations that cannot work, before any model is loaded.
+
+    `accelerate launch` tells the processes its distributed mode through environment variables.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    fsdp = environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    deepspeed = environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if fsdp and recipe.model.quantization == "8bit":
+        raise RecipeError(
+            "FSDP cannot shard 8-bit (LLM.int8) base weights. Use quantization 4bit (QLoRA) or none with FSDP, "
+            "or keep 8bit with a DDP or DeepSpeed ZeRO-2 launch config."
+        )
+    optim = str(getattr(recipe.training.optim, "value", recipe.training.optim))
+    if (fsdp or deepspeed) and ("bnb" in optim or "8bit" in optim):
+        raise RecipeError(
+            f"optim {optim} (bitsandbytes 8-bit) does not work under "
+            f"{'FSDP' if fsdp else 'DeepSpeed'}; set optim adamw_torch for this launch config."
+        )
 
 
 def _as_flag_value(value: Any) -> Any:
