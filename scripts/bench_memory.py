@@ -31,23 +31,41 @@ import platform
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 TOKENIZERS = REPO_ROOT.parent / "shared" / "tokenizers"
 
-# name -> (model, quantization, method, optimizer, gradient checkpointing)
-CONFIGS: dict[str, tuple[str, str, str, str, bool]] = {
-    "smollm2-8bit-lora-adam8bit": ("smollm2-135m", "8bit", "lora-all", "adamw_8bit", False),
-    "smollm2-8bit-lora-adamw32": ("smollm2-135m", "8bit", "lora-all", "adamw_torch", False),
-    "smollm2-8bit-lora-adam8bit-checkpointing": ("smollm2-135m", "8bit", "lora-all", "adamw_8bit", True),
-    "smollm2-4bit-lora-adam8bit": ("smollm2-135m", "4bit", "lora-all", "adamw_8bit", False),
-    "smollm2-bf16-lora-adam8bit": ("smollm2-135m", "none", "lora-all", "adamw_8bit", False),
-    "smollm2-fp32-full-adamw32": ("smollm2-135m", "none", "full", "adamw_torch", False),
-    "smollm2-fp32-full-adam8bit": ("smollm2-135m", "none", "full", "adamw_8bit", False),
-    "gptj-small-8bit-lora-adam8bit": ("gptj-small", "8bit", "lora-all", "adamw_8bit", False),
-    "neox-small-8bit-lora-adam8bit": ("neox-small", "8bit", "lora-all", "adamw_8bit", False),
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A measured configuration; `loss_tokens`: LabelTrainer's completion-only loss on so many tokens."""
+
+    model: str
+    quantization: str
+    method: str
+    optimizer: str
+    gradient_checkpointing: bool = False
+    loss_tokens: int | None = None
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "smollm2-8bit-lora-adam8bit": BenchConfig("smollm2-135m", "8bit", "lora-all", "adamw_8bit"),
+    "smollm2-8bit-lora-adamw32": BenchConfig("smollm2-135m", "8bit", "lora-all", "adamw_torch"),
+    "smollm2-8bit-lora-adam8bit-checkpointing": BenchConfig(
+        "smollm2-135m", "8bit", "lora-all", "adamw_8bit", True
+    ),
+    "smollm2-8bit-lora-adam8bit-completion-loss": BenchConfig(
+        "smollm2-135m", "8bit", "lora-all", "adamw_8bit", loss_tokens=4
+    ),
+    "smollm2-4bit-lora-adam8bit": BenchConfig("smollm2-135m", "4bit", "lora-all", "adamw_8bit"),
+    "smollm2-bf16-lora-adam8bit": BenchConfig("smollm2-135m", "none", "lora-all", "adamw_8bit"),
+    "smollm2-fp32-full-adamw32": BenchConfig("smollm2-135m", "none", "full", "adamw_torch"),
+    "smollm2-fp32-full-adam8bit": BenchConfig("smollm2-135m", "none", "full", "adamw_8bit"),
+    "gptj-small-8bit-lora-adam8bit": BenchConfig("gptj-small", "8bit", "lora-all", "adamw_8bit"),
+    "neox-small-8bit-lora-adam8bit": BenchConfig("neox-small", "8bit", "lora-all", "adamw_8bit"),
 }
 # Random-weight models of the GPT-J and GPT-NeoX shapes, narrower and shallower (saved once per run).
 SMALL_MODELS = {
@@ -121,18 +139,29 @@ def _optimizer(name: str, params):
     return torch.optim.AdamW(params, lr=1e-4)
 
 
-def _batch(vocab_size: int, batch_size: int, seq_len: int) -> dict:
+def _batch(vocab_size: int, batch_size: int, seq_len: int, loss_tokens: int | None) -> dict:
+    """Random tokens, right padding on all but the first example; labels on every token, or on the last
+    `loss_tokens` tokens of each example (a completion)."""
     import torch
 
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, vocab_size, (batch_size, seq_len), generator=generator)
     attention_mask = torch.ones_like(input_ids)
-    attention_mask[1:, seq_len - seq_len // 8 :] = 0  # right padding on all but the first example
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": input_ids.masked_fill(attention_mask == 0, -100),
-    }
+    attention_mask[1:, seq_len - seq_len // 8 :] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    if loss_tokens:
+        lengths = attention_mask.sum(dim=1, keepdim=True)  # (B, 1)
+        positions = torch.arange(seq_len).unsqueeze(0)  # (1, T)
+        labels = labels.masked_fill(positions < lengths - loss_tokens, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _loss(model, batch: dict, completion_only: bool):
+    if completion_only:  # what LabelTrainer computes: logits of the completion tokens only
+        from trainer_ext.trainer import completion_loss
+
+        return completion_loss(model, batch)[0]
+    return model(**batch).loss
 
 
 def run_worker(spec: dict) -> dict:
@@ -157,7 +186,7 @@ def run_worker(spec: dict) -> dict:
     model = loaded.model
     model.train()
     optimizer = _optimizer(spec["optimizer"], [p for p in model.parameters() if p.requires_grad])
-    batch = _batch(model.config.vocab_size, spec["batch_size"], spec["seq_len"])
+    batch = _batch(model.config.vocab_size, spec["batch_size"], spec["seq_len"], spec.get("loss_tokens"))
     load_seconds = time.perf_counter() - start
     gc.collect()
     rss_loaded = _status_kib("VmRSS") * 1024
@@ -165,7 +194,7 @@ def run_worker(spec: dict) -> dict:
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         for _ in range(spec["steps"]):
-            model(**batch).loss.backward()
+            _loss(model, batch, bool(spec.get("loss_tokens"))).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
     step_seconds = (time.perf_counter() - start) / spec["steps"]
@@ -215,6 +244,7 @@ def add_estimate(result: dict, seq_len: int, batch_size: int) -> dict:
         optimizer=result["optimizer"],
         gradient_checkpointing=result["gradient_checkpointing"],
         device="cpu",
+        loss_tokens=result.get("loss_tokens"),
     )
     result["estimate"] = {**estimate.to_dict(), "model": result["model"]}
     for kind in ("tensor", "rss"):
@@ -225,13 +255,10 @@ def add_estimate(result: dict, seq_len: int, batch_size: int) -> dict:
 
 def measure(name: str, args, tmp: Path) -> dict:
     """Run one configuration in a fresh process and add the estimator's figures for it."""
-    model, quantization, method, optimizer, checkpointing = CONFIGS[name]
+    bench = CONFIGS[name]
     spec = {
-        "path": _model_path(model, tmp),
-        "quantization": quantization,
-        "method": method,
-        "optimizer": optimizer,
-        "gradient_checkpointing": checkpointing,
+        **asdict(bench),
+        "path": _model_path(bench.model, tmp),
         "steps": args.steps,
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
@@ -246,15 +273,7 @@ def measure(name: str, args, tmp: Path) -> dict:
         raise RuntimeError(f"{name}: worker failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     config = json.loads((Path(spec["path"]) / "config.json").read_text(encoding="utf-8"))
-    result.update(
-        name=name,
-        model=model,
-        quantization=quantization,
-        method=method,
-        optimizer=optimizer,
-        gradient_checkpointing=checkpointing,
-        config=config,
-    )
+    result.update(name=name, **asdict(bench), config=config)
     return add_estimate(result, args.seq_len, args.batch_size)
 
 
@@ -320,13 +339,12 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "steps": args.steps,
-        "results": [],
     }
+    results = _earlier_results(out_dir / "memory.json", report) if args.only else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         for name in names:
-            result = measure(name, args, Path(tmp))
-            report["results"].append(result)
+            results[name] = result = measure(name, args, Path(tmp))
             print(
                 f"{name}: estimate {_gb(result['estimate']['total'])} GB, tensors "
                 f"{_gb(result['measured_tensor_peak_bytes'])} GB "
@@ -334,9 +352,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"RSS {_gb(result['measured_rss_peak_bytes'])} GB ({result['error_vs_rss_percent']:+.1f}%)",
                 flush=True,
             )
+            report["results"] = [results[n] for n in CONFIGS if n in results]
             (out_dir / "memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
             write_markdown(out_dir / "memory.md", report)
     return 0
+
+
+def _earlier_results(path: Path, report: dict) -> dict:
+    """Results of an earlier run with the same settings, which a run of `--only` configurations updates."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    settings = ("seq_len", "batch_size", "steps")
+    if any(earlier.get(key) != report[key] for key in settings):
+        return {}
+    return {result["name"]: result for result in earlier["results"]}
 
 
 if __name__ == "__main__":

@@ -293,6 +293,8 @@ def test_parts_follow_the_options():
     assert 1.9 < doubled.activations / plain.activations < 2.05
     frozen = estimate_memory(method="none", **base)
     assert frozen.adapters == frozen.gradients == frozen.optimizer_states == 0
+    completion = estimate_memory(loss_tokens=4, **base)  # LabelTrainer: logits of the label tokens only
+    assert completion.activations < plain.activations and completion.weights == plain.weights
 
 
 def test_float16_upcasts_quantized_training_to_fp32():
@@ -314,6 +316,8 @@ def test_float16_upcasts_quantized_training_to_fp32():
         ({"method": "full"}, "method 'full' trains every weight"),
         ({"dtype": "int4"}, "dtype: unknown value"),
         ({"device": "tpu"}, "device: unknown value"),
+        ({"loss_tokens": 0}, "loss_tokens must be a positive integer"),
+        ({"lora_dropout": 1.0}, "lora_dropout must be in"),
     ],
 )
 def test_bad_options_are_clear_errors(options, message):

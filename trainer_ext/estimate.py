@@ -314,7 +314,9 @@ def _resolve_dtype(
     return name, DTYPE_BYTES[name], DTYPE_BYTES[name]
 
 
-def _check_options(quantization: str, method: str, optimizer: str, device: str, **positive: int) -> None:
+def _check_options(
+    quantization: str, method: str, optimizer: str, device: str, lora_dropout: float, **positive: int
+) -> None:
     for option, value, allowed in (
         ("quantization", quantization, QUANTIZATIONS),
         ("method", method, METHODS),
@@ -323,6 +325,8 @@ def _check_options(quantization: str, method: str, optimizer: str, device: str, 
     ):
         if value not in allowed:
             raise EstimateError(f"{option}: unknown value {value!r}; choose one of {', '.join(allowed)}.")
+    if not 0 <= lora_dropout < 1:
+        raise EstimateError(f"lora_dropout must be in [0, 1), got {lora_dropout!r}.")
     for option, value in positive.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise EstimateError(f"{option} must be a positive integer, got {value!r}.")
@@ -346,6 +350,7 @@ def estimate_memory(
     lora_dropout: float = 0.05,
     device: str = "cuda",
     kbit_upcast: bool | None = None,
+    loss_tokens: int | None = None,
 ) -> MemoryEstimate:
     """Estimate the peak memory of one training step from a model config (see the module docstring).
 
@@ -368,6 +373,9 @@ def estimate_memory(
         kbit_upcast (`bool`, *optional*): Whether a quantized model that is trained has its non-quantized
             weights (and so its activations) upcast to fp32 by PEFT's `prepare_model_for_kbit_training`.
             Defaults to what `trainer_ext.methods` does: upcast in float16, not in bfloat16.
+        loss_tokens (`int`, *optional*): Tokens per example whose logits are computed: the completion
+            (label) tokens with `trainer_ext.trainer.LabelTrainer`, which computes no other logits. Defaults
+            to every position, as a plain causal-LM loss does (an upper bound for `LabelTrainer`).
 
     Returns:
         `MemoryEstimate`: The parts in bytes.
@@ -375,9 +383,10 @@ def estimate_memory(
     Raises:
         `EstimateError`: For a config that cannot be found or read, or an unknown option.
     """
-    _check_options(
-        quantization, method, optimizer, device, seq_len=seq_len, batch_size=batch_size, lora_r=lora_r
-    )
+    lengths = dict(seq_len=seq_len, batch_size=batch_size, lora_r=lora_r)
+    if loss_tokens is not None:
+        lengths["loss_tokens"] = loss_tokens
+    _check_options(quantization, method, optimizer, device, lora_dropout, **lengths)
     config = load_model_config(config_or_name)
     try:
         shape = model_shape(config)
@@ -416,5 +425,7 @@ def estimate_memory(
         adapters=sum(t.nbytes for t in tensors if t.adapter),
         optimizer_states=optimizer_bytes(tensors, OPTIMIZERS[optimizer]),
         gradients=sum(t.nbytes for t in tensors),
-        activations=activation_bytes(shape, seq_len * batch_size, options),
+        activations=activation_bytes(
+            shape, seq_len * batch_size, options, None if loss_tokens is None else loss_tokens * batch_size
+        ),
     )

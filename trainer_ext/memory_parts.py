@@ -214,34 +214,40 @@ def block_activation_bytes(shape: ModelShape, o: ActivationOptions) -> int:
     return total + shape.block_dropouts * _mask_bytes(o, e) * shape.hidden_size
 
 
-def _head_saved(shape: ModelShape, o: ActivationOptions) -> int:
-    """Per token, what the embedding, final norm and output layer keep."""
+def _head_saved(shape: ModelShape, o: ActivationOptions, tokens: int, logit_rows: int) -> int:
+    """What the embedding, final norm and output layer keep; the output layer only sees the logit rows."""
     h, e = shape.hidden_size, o.compute_bytes
-    total = _norm_saved(shape, e) + 8 + shape.embedding_dropout * _mask_bytes(o, e) * h  # + int64 token ids
+    per_token = _norm_saved(shape, e) + 8 + shape.embedding_dropout * _mask_bytes(o, e) * h  # + int64 ids
+    per_row = 0
     if o.method == "lora-all":
-        total += ADAPTER_BYTES * o.lora_rank  # embedding adapter: the (tokens, r) lookup
+        per_token += ADAPTER_BYTES * o.lora_rank  # embedding adapter: the (tokens, r) lookup
         if not shape.tied:
             keep = o.lora_dropout == 0 and e == ADAPTER_BYTES
-            total += e * h * keep + _lora_input_saved(h, o)
+            per_row = e * h * keep + _lora_input_saved(h, o)
     elif o.method == "full":
-        total += e * h
-    return total
+        per_row = e * h
+    return tokens * per_token + logit_rows * per_row
 
 
 def _largest_linear(shape: ModelShape) -> int:
     return max(lin.in_features * lin.out_features for lin in shape.linears)
 
 
-def activation_bytes(shape: ModelShape, tokens: int, o: ActivationOptions) -> int:
+def activation_bytes(
+    shape: ModelShape, tokens: int, o: ActivationOptions, logit_rows: int | None = None
+) -> int:
     """Peak activation bytes of a training step over `tokens` tokens (batch size x sequence length).
 
     What the blocks and the head keep, plus the larger of two peaks that come on top: the loss over the
     logits (log-softmax output, its gradient and the logits' gradient, fp32) and one block's backward
-    (gradients of its activations, and the dequantized weight of a quantized layer).
+    (gradients of its activations, and the dequantized weight of a quantized layer). `logit_rows` is the
+    number of positions whose logits are computed: all `tokens` for a plain causal-LM loss (the default),
+    the completion tokens for `trainer_ext.trainer.completion_loss`.
     """
     e, inner = o.compute_bytes, shape.intermediate_size
+    logit_rows = tokens if logit_rows is None else logit_rows
     if o.method == "none":  # inference: nothing is kept, the logits and one block's tensors are the peak
-        return tokens * (e * shape.vocab_size + 2 * e * max(inner, shape.attention_saved_width))
+        return logit_rows * e * shape.vocab_size + tokens * 2 * e * max(inner, shape.attention_saved_width)
     per_block = block_activation_bytes(shape, o)
     if o.gradient_checkpointing:
         # Checkpointing keeps each block's input and recomputes one block at a time. bitsandbytes' int8
@@ -249,13 +255,12 @@ def activation_bytes(shape: ModelShape, tokens: int, o: ActivationOptions) -> in
         # so the inputs of 8-bit layers stay for every block (measured on GPT-J-6B, scripts/gpu_gptj.py).
         kept = e * shape.hidden_size
         if _int8_keeps_inputs(o):
-            kept += sum(
-                e * shape.group_width(group) for group in dict.fromkeys(lin.group for lin in shape.linears)
-            )
+            groups = dict.fromkeys(lin.group for lin in shape.linears)
+            kept += sum(e * shape.group_width(group) for group in groups)
         blocks = shape.num_layers * kept + per_block
     else:
         blocks = shape.num_layers * per_block
-    loss_peak = 12 * shape.vocab_size
+    loss_peak = 12 * shape.vocab_size * logit_rows
     dequantized = _largest_linear(shape) * e if o.quantization != "none" else 0
     block_peak = 2 * e * (inner + shape.hidden_size) * tokens + dequantized
-    return tokens * (blocks + _head_saved(shape, o)) + max(tokens * loss_peak, block_peak)
+    return tokens * blocks + _head_saved(shape, o, tokens, logit_rows) + max(loss_peak, block_peak)

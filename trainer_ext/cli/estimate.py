@@ -42,6 +42,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seq-len", type=int, default=128, help="tokens per example (padded length)")
     parser.add_argument("--batch-size", type=int, default=2, help="examples per step")
     parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    parser.add_argument(
+        "--loss-tokens",
+        type=int,
+        help="tokens per example whose logits are computed (the label tokens with LabelTrainer); "
+        "default: every position",
+    )
     parser.add_argument("--lora-dropout", type=float, default=0.05, help="LoRA dropout")
     parser.add_argument("--optimizer", default="adamw_8bit", choices=sorted(OPTIMIZERS), help="optimizer")
     parser.add_argument(
@@ -79,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=args.dtype,
             lora_dropout=args.lora_dropout,
             device=args.device,
+            loss_tokens=args.loss_tokens,
         )
     except EstimateError as error:
         print(f"trainer-ext estimate: error: {error}", file=sys.stderr)
