@@ -372,21 +372,23 @@ def load_model(
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, quantization, device, lora.method)
     source = resolve_source(model_name_or_path)
+    try:  # the config first: it decides whether remote code would be needed, before anything else loads
+        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise _load_error(model_name_or_path, error, "config") from error
+    quantization_config = _quantization_config(quantization, torch_dtype, device)
     tokenizer = load_tokenizer(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source,
             config=config,
             revision=revision,
             trust_remote_code=trust_remote_code,
             dtype=torch_dtype,
-            quantization_config=_quantization_config(quantization, torch_dtype, device),
+            quantization_config=quantization_config,
             device_map={"": device},
         )
     except (OSError, ValueError) as error:
-        if isinstance(error, ModelLoadError):
-            raise
         raise _load_error(model_name_or_path, error, "model") from error
     # PEFT records `name_or_path` as the adapter's base model: keep the name the user gave (e.g. the
     # embedded short name), not the cache directory it resolved to.
