@@ -208,9 +208,8 @@ class ModelStore:
             return self._cached(
                 "base",
                 "the base model (the trained model with its adapter off)",
-                lambda: Classifier(
-                    trained.model, trained.tokenizer, trained.task, trained.base_model, trained.max_length
-                ),
+                # A second Classifier over the same weights and task (its own calibration cache).
+                lambda: trained.with_labels(trained.task.labels),
             )
         name = trained.base_model if trained is not None else self.settings.base_model
         quantization = self.settings.quantization
