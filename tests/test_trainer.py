@@ -1,0 +1,204 @@
+"""LabelTrainer: the completion-only loss, label metrics, training end to end, resuming, and 2-process DDP."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from trainer_ext.classifier import Classifier
+from trainer_ext.collator import LabelCollator
+from trainer_ext.data import Example
+from trainer_ext.tasks import LabelTask
+from trainer_ext.tokenization import encode_example, label_token_ids
+from trainer_ext.trainer import LabelDataset, LabelTrainer, LabelTrainingArguments, completion_loss
+
+REPO = Path(__file__).resolve().parents[1]
+TASK = LabelTask(["hate", "offensive", "neutral"])
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_completion_loss_equals_full_logits_loss(tiny_model, arch):
+    """Gathering only the completion positions gives exactly the loss of the full (B, T, V) logits."""
+    model, tokenizer = tiny_model(arch)
+    samples = [
+        ("you are great", "neutral"),
+        ("a much longer message with many more words in it", "offensive"),
+    ]
+    batch = LabelCollator(tokenizer)([encode_example(tokenizer, TASK, t, lb, 64) for t, lb in samples])
+    loss, _ = completion_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    expected = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), batch["labels"][:, 1:].flatten(), ignore_index=-100
+    )
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_completion_loss_counts_eos_when_pad_is_eos(tiny_model):
+    """pad == EOS: the completion's EOS is a target, the padding after it is not."""
+    model, tokenizer = tiny_model("gpt2")
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    samples = [
+        encode_example(tokenizer, TASK, "hi", "hate", 64),
+        encode_example(tokenizer, TASK, "hello " * 9, "hate", 64),
+    ]
+    batch = LabelCollator(tokenizer)(samples)
+    completion = label_token_ids(tokenizer, TASK)["hate"]  # label tokens + EOS
+    assert int((batch["labels"] != -100).sum()) == 2 * len(completion)
+    assert (
+        batch["labels"] == tokenizer.eos_token_id
+    ).sum() == 2  # one learned EOS per sample, padding masked
+
+
+def _examples(n_per_label: int) -> list[Example]:
+    """A learnable toy task: the label is a word of the message."""
+    words = {"hate": "storm", "offensive": "thunder", "neutral": "sunshine"}
+    out = []
+    for i in range(n_per_label):
+        for label, word in words.items():
+            out.append(Example(f"today {word} number {i}", label, f"toy:{len(out)}"))
+    return out
+
+
+def test_training_teaches_a_tiny_model_the_answer_format(tiny_model, tmp_path):
+    model, tokenizer = tiny_model("llama")
+    from trainer_ext.methods import LoraSettings, apply_method
+
+    model = apply_method(model, LoraSettings(method="full"))
+    args = LabelTrainingArguments(
+        output_dir=str(tmp_path),
+        num_train_epochs=12,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        optim="adamw_torch",
+        eval_decoding="both",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    train, held_out = (
+        LabelDataset(_examples(8), tokenizer, TASK, 64),
+        LabelDataset(_examples(3), tokenizer, TASK, 64),
+    )
+    trainer = LabelTrainer(model=model, args=args, task=TASK, processing_class=tokenizer, train_dataset=train)
+    before = trainer.evaluate(held_out)
+    trainer.train()
+    after = trainer.evaluate(held_out)
+    assert before["eval_generate_invalid_rate"] > 0.9  # a random model does not answer with labels
+    assert after["eval_generate_invalid_rate"] == 0.0  # it learned the completion format, EOS included
+    assert after["eval_loss"] < before["eval_loss"] / 2
+    # Constrained decoding is never invalid, whatever the model.
+    assert before["eval_invalid_rate"] == after["eval_invalid_rate"] == 0.0
+
+
+def _train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "trainer_ext.cli.train",
+        "--model_name_or_path",
+        str(model_dir),
+        "--quantization",
+        "none",
+        "--train_samples",
+        "48",
+        "--eval_samples",
+        "21",
+        "--max_length",
+        "96",
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--optim",
+        "adamw_torch",
+        "--lora_dropout",
+        "0",
+        "--learning_rate",
+        "1e-3",
+        "--output_dir",
+        str(out),
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env["TRAINER_EXT_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+    return env
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
+    model_dir = tiny_model_dir("llama")
+    common = ("--max_steps", "12", "--save_strategy", "steps", "--save_steps", "4", "--seed", "3")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    subprocess.run(_train_command(model_dir, straight, *common), env=_env(), check=True, capture_output=True)
+    proc = subprocess.Popen(
+        _train_command(model_dir, broken, *common),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = broken / "checkpoint-4"
+    deadline = time.time() + 300
+    while not (checkpoint / "trainer_state.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)  # killed mid-training, right after its first checkpoint
+    proc.wait()
+    assert not (broken / "metrics.json").exists()
+    subprocess.run(
+        _train_command(model_dir, broken, *common, "--resume_from_checkpoint", str(checkpoint)),
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(broken / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (straight, broken))
+    assert ma["eval_accuracy"] == mb["eval_accuracy"]
+    assert ma["eval_loss"] == pytest.approx(mb["eval_loss"], rel=1e-4)
+
+
+def test_two_process_ddp_run_matches_single_process_predictions(tiny_model_dir, tmp_path):
+    """accelerate launch with the shipped CPU DDP config; eval metrics equal a 1-process re-evaluation."""
+    model_dir = tiny_model_dir("gpt2")
+    out = tmp_path / "ddp"
+    config = REPO / "trainer_ext" / "configs" / "accelerate" / "cpu_ddp2.yaml"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--main_process_port",
+        "0",
+        "-m",
+        "trainer_ext.cli.train",
+        *_train_command(model_dir, out, "--num_train_epochs", "1", "--eval_decoding", "both")[3:],
+    ]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = (out / "predictions.csv").read_text().splitlines()
+    assert (
+        len(predictions) == 1 + 21
+    )  # every eval sample once: none lost, none duplicated by the sampler padding
+    clf = Classifier.from_pretrained(out)
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    single = clf.predict([r["text"] for r in rows])
+    assert [p.label for p in single] == [r["predicted"] for r in rows]
+    accuracy = sum(p.label == r["gold"] for p, r in zip(single, rows, strict=True)) / len(rows)
+    assert metrics["eval_accuracy"] == pytest.approx(accuracy)
