@@ -160,6 +160,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 1 when a request failed or an answer did not match its input."""
+    from gradio_client import Client
+
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%d requests from %d clients ...", args.requests, args.clients)
         result = run_load(url, messages, args.clients)
         stats = summarize(result, args.requests)
+        served = Client(url, verbose=False, analytics_enabled=False).predict(api_name="/model_info")
         if not args.no_verify:
             stats["mismatched"] = len(mismatches(url, messages, result))
     finally:
@@ -182,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "space_load",
         "url": args.url or "launched in-process",
         "clients": args.clients,
-        "settings": {
-            key: getattr(args, key) for key in ("adapter", "base_model", "quantization", "concurrency")
-        },
+        "served": served,  # what the app reports through /model_info
+        "concurrency": None if args.url else args.concurrency,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "load_average_1min": os.getloadavg()[0],  # other processes on the CPU skew the figures
         },
         **stats,
         "errors": sorted(set(result.errors.values()))[:5],
