@@ -16,7 +16,6 @@ import csv
 import functools
 import html
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -72,9 +71,10 @@ def model_notice(settings: SpaceSettings) -> str:
             f"(quantization: {settings.quantization}). Models load on the first request."
         )
     return (
-        f"⚠️ **No trained adapter found** (looked for `{DEFAULT_ADAPTER_DIR.name}`; set `{ENV_ADAPTER}` or "
-        f"`--adapter` to a run directory or Hub id). The base model `{settings.base_model}` runs "
-        "**untrained**: its labels are zero-shot guesses, not a trained moderator's."
+        f"⚠️ **No trained adapter found** (looked for `runs/{DEFAULT_ADAPTER_DIR.name}`; set "
+        f"`{ENV_ADAPTER}` or `--adapter` to a run directory or Hub id). The base model "
+        f"`{settings.base_model}` runs **untrained**: its labels are zero-shot guesses, not a trained "
+        "moderator's."
     )
 
 
@@ -240,7 +240,9 @@ def build_demo(
             _generate_tab(handlers)
         with gr.Accordion("Model details", open=False):
             details = gr.JSON(label="Settings")
-        demo.load(handlers.model_info, outputs=[details], api_name="model_info", concurrency_limit=None)
+        demo.load(
+            user_facing(handlers.model_info), outputs=[details], api_name="model_info", concurrency_limit=None
+        )
     return demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
 
 
@@ -254,7 +256,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_model", help="base model when there is no adapter (default smollm2-135m)")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME)")
-    parser.add_argument("--port", type=int, help="port (default 7860; $GRADIO_SERVER_PORT)")
+    parser.add_argument(
+        "--port", type=int, help="port (default: the first free one from 7860; $GRADIO_SERVER_PORT)"
+    )
     parser.add_argument("--queue_size", type=int, default=QUEUE_SIZE, help="requests that may wait")
     parser.add_argument(
         "--concurrency", type=int, default=CONCURRENCY, help="requests of one kind run at once"
@@ -283,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = build_demo(ModelStore(settings), queue_size=args.queue_size, concurrency=args.concurrency)
     demo.launch(
         server_name=args.host,
-        server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+        server_port=args.port,
         share=args.share,
+        # Gradio refuses far bigger uploads itself; up to this size `csv_batch` says what the limit is.
         max_file_size=5 * MAX_FILE_BYTES,
         theme=gr.themes.Soft(),
     )
