@@ -212,11 +212,12 @@ class ModelStore:
                 lambda: trained.with_labels(trained.task.labels),
             )
         name = trained.base_model if trained is not None else self.settings.base_model
+        task = trained.task if trained is not None else moderation_task()
         quantization = self.settings.quantization
         return self._cached(
             "base",
             f"the base model {name} ({quantization})",
-            lambda: Classifier.from_base(name, moderation_task(), quantization=quantization),
+            lambda: Classifier.from_base(name, task, quantization=quantization),
         )
 
     def classifier(self, use_trained: bool = True) -> Any:
