@@ -437,3 +437,14 @@ def test_every_event_has_an_api_name(trained):
         names
     )
     assert demo._queue.max_size == app.QUEUE_SIZE
+
+
+@pytest.mark.gpu
+def test_models_go_to_the_gpu_by_themselves(run_dir):
+    assert model_store.SpaceSettings(str(run_dir)).quantization == "8bit", "`auto` is 8-bit on a GPU"
+    on_gpu = handlers.DemoHandlers(
+        model_store.ModelStore(model_store.SpaceSettings(str(run_dir), quantization="none"))
+    )
+    assert sum(on_gpu.moderate("hello").values()) == pytest.approx(1.0, abs=1e-3)
+    assert next(on_gpu.store.trained().model.parameters()).device.type == "cuda"
+    assert on_gpu.generate("Once upon a time", "greedy", 3)
