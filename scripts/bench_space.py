@@ -30,6 +30,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "space"
 DEFAULT_OUTPUT = REPO_ROOT / "runs" / "bench_space.json"
+sys.path.insert(0, str(SPACE_DIR))  # the app's modules import each other by name, as on a Space
 
 logger = logging.getLogger("bench_space")
 
@@ -109,26 +110,34 @@ def summarize(result: LoadResult, n_requests: int) -> dict[str, Any]:
     return stats
 
 
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
+def serve(store: Any, concurrency: int = 2) -> tuple[Any, str]:
+    """Launch the demo over `store` in this process on a free loopback port.
+
+    Args:
+        store (`ModelStore`): The models the app serves.
+        concurrency (`int`, *optional*, defaults to 2): The app's concurrency limit.
+
+    Returns:
+        `tuple`: the running `gr.Blocks` (`.close()` it) and its URL.
+    """
+    from app import build_demo
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port = sock.getsockname()[1]
+    demo = build_demo(store, concurrency=concurrency)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
 
 
 def launch_app(args: argparse.Namespace) -> tuple[Any, str]:
-    """Launch the demo in this process on a free loopback port; returns the Blocks and its URL."""
-    sys.path.insert(0, str(SPACE_DIR))
-    from app import build_demo
+    """Launch the demo with the settings of the command line (and the environment)."""
     from model_store import ModelStore, SpaceSettings
 
     settings = SpaceSettings.from_env(
         adapter=args.adapter, base_model=args.base_model, quantization=args.quantization
     )
-    demo = build_demo(ModelStore(settings), concurrency=args.concurrency)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{port}/"
+    return serve(ModelStore(settings), concurrency=args.concurrency)
 
 
 def mismatches(url: str, messages: list[str], result: LoadResult) -> list[int]:

@@ -9,7 +9,6 @@ here: `scripts/bench_space.py` measures it.
 from __future__ import annotations
 
 import csv
-import socket
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "space"))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-import app  # noqa: E402
 import bench_space  # noqa: E402
 import handlers  # noqa: E402
 import model_store  # noqa: E402
@@ -31,19 +29,11 @@ MESSAGES_CSV = REPO_ROOT / "space" / "examples" / "messages.csv"
 ENDPOINTS = {"/moderate", "/classify_topic", "/csv_columns", "/classify_csv", "/generate", "/model_info"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(settings: model_store.SpaceSettings):
     """Launch the demo on a free loopback port; returns the Blocks, the URL and in-process handlers."""
     store = model_store.ModelStore(settings)
-    demo = app.build_demo(store)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    return demo, f"http://127.0.0.1:{port}/", handlers.DemoHandlers(store)
+    demo, url = bench_space.serve(store)
+    return demo, url, handlers.DemoHandlers(store)
 
 
 @pytest.fixture(scope="module")

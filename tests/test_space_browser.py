@@ -10,7 +10,6 @@ them); Playwright's own browser download cannot work offline. A screenshot of ea
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -18,8 +17,9 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "space"))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-import app  # noqa: E402
+import bench_space  # noqa: E402
 import handlers  # noqa: E402
 import model_store  # noqa: E402
 
@@ -43,12 +43,8 @@ def served(tiny_model_dir):
         adapter=None, base_model=str(tiny_model_dir("llama")), quantization="none"
     )
     store = model_store.ModelStore(settings)
-    demo = app.build_demo(store)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", handlers.DemoHandlers(store)
+    demo, url = bench_space.serve(store)
+    yield url, handlers.DemoHandlers(store)
     demo.close()
 
 
