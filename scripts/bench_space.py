@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         messages = make_messages(args.requests)
         logger.info("Warm-up request to %s (loads the model) ...", url)
-        run_load(url, ["warm-up message"], 1)
+        warm_up = run_load(url, ["warm-up message"], 1)
+        if warm_up.errors:
+            print(f"error: the app failed its first request: {warm_up.errors[0]}", file=sys.stderr)
+            return 1
         logger.info("%d requests from %d clients ...", args.requests, args.clients)
         result = run_load(url, messages, args.clients)
         stats = summarize(result, args.requests)

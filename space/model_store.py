@@ -108,7 +108,7 @@ class SpaceSettings:
         """Settings from environment variables, then `overrides` (command-line values that are not `None`).
 
         Without `TRAINER_EXT_SPACE_ADAPTER` the adapter is the repository's default run directory
-        (`runs/moderation-lora-all`) when it exists, else none.
+        (`runs/moderation-lora-all`) when a finished run is there (it has `run.json`), else none.
         """
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {
@@ -120,7 +120,8 @@ class SpaceSettings:
             values["adapter"] = environ[ENV_ADAPTER]
         values.update({key: value for key, value in overrides.items() if value is not None})
         if "adapter" not in values:
-            has_default = DEFAULT_ADAPTER_DIR.is_dir()
+            # `run.json` is written last: a directory without it is a run still in progress.
+            has_default = (DEFAULT_ADAPTER_DIR / "run.json").is_file()
             values["adapter"] = str(DEFAULT_ADAPTER_DIR) if has_default else None
             values["adapter_is_default"] = has_default
         return cls(**values)

@@ -236,6 +236,9 @@ def test_settings_from_env(tmp_path, monkeypatch):
     assert settings.quantization in {"8bit", "none"}  # `auto`, resolved for the device at hand
 
     monkeypatch.setattr(model_store, "DEFAULT_ADAPTER_DIR", tmp_path)
+    settings = model_store.SpaceSettings.from_env({})
+    assert settings.adapter is None, "a run still in progress (no run.json yet) is not used"
+    (tmp_path / "run.json").write_text("{}")
     settings = model_store.SpaceSettings.from_env({model_store.ENV_QUANTIZATION: "none"})
     assert settings.adapter == str(tmp_path) and settings.adapter_is_default
     settings = model_store.SpaceSettings.from_env({model_store.ENV_ADAPTER: ""})
