@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 CONFIGS_DIR = Path(__file__).resolve().parent
+SUFFIXES = (".yaml", ".yml", ".json")
 
 
 def available_configs() -> list[str]:
@@ -17,7 +18,7 @@ def available_configs() -> list[str]:
     return sorted(
         path.relative_to(CONFIGS_DIR).as_posix()
         for path in CONFIGS_DIR.rglob("*")
-        if path.is_file() and path.suffix in (".yaml", ".yml", ".json")
+        if path.is_file() and path.suffix in SUFFIXES
     )
 
 
@@ -34,7 +35,7 @@ def config_path(name: str) -> Path:
         `FileNotFoundError`: When no shipped config has that name; the message lists those that exist.
     """
     path = (CONFIGS_DIR / name).resolve()
-    if CONFIGS_DIR not in path.parents or not path.is_file():
+    if CONFIGS_DIR not in path.parents or path.suffix not in SUFFIXES or not path.is_file():
         raise FileNotFoundError(
             f"no shipped config {name!r} in {CONFIGS_DIR}; available: {', '.join(available_configs())}"
         )
