@@ -51,8 +51,10 @@ class Classifier:
         tokenizer (`PreTrainedTokenizerBase`): Its tokenizer.
         task (`LabelTask`): Labels and prompt template.
         base_model (`str`): Name of the base model (for display).
-        max_length (`int`, *optional*, defaults to 256): Prompt + completion budget; longer messages are shortened.
-        decode_html (`bool`, *optional*, defaults to `False`): Decode HTML entities (``&amp;``) in texts first, as
+        max_length (`int`, *optional*, defaults to 256): Prompt + completion budget; longer
+            messages are shortened.
+        decode_html (`bool`, *optional*, defaults to `False`): Decode HTML entities (``&amp;``) in texts
+            first, as
             the training data was (a run records its choice).
     """
 
@@ -87,7 +89,8 @@ class Classifier:
         Args:
             path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
             revision (`str`, *optional*): Hub branch, tag or commit to pin.
-            quantization (`str`, *optional*): Override the run's quantization (``"8bit"``, ``"4bit"``, ``"none"``).
+            quantization (`str`, *optional*): Override the run's quantization (``"8bit"``, ``"4bit"``,
+                ``"none"``).
             device (`str`, *optional*): Defaults to CUDA when available.
             allow_pickle (`bool`, *optional*, defaults to `False`): Accept pickled `.bin` weights.
         """
@@ -191,15 +194,18 @@ class Classifier:
             result = generate_labels(
                 self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
             )
-            return [Prediction(t, lb, None, c) for t, lb, c in zip(texts, result.labels, result.completions)]
+            rows = zip(texts, result.labels, result.completions, strict=True)
+            return [Prediction(text, label, None, completion) for text, label, completion in rows]
         result = score_labels(self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch)
         probs = result.probs
         if calibrate:
             probs = contextual_calibration(probs, self.content_free_probs())
         labels = self.task.labels
         return [
-            Prediction(text, labels[int(row.argmax())], {lb: float(p) for lb, p in zip(labels, row.tolist())})
-            for text, row in zip(texts, probs)
+            Prediction(
+                text, labels[int(row.argmax())], dict(zip(labels, map(float, row.tolist()), strict=True))
+            )
+            for text, row in zip(texts, probs, strict=False)
         ]
 
     def __repr__(self) -> str:

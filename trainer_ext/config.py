@@ -5,7 +5,7 @@ task, `LabelTrainingArguments`), and the same name is the command-line flag (``-
 given on the command line override the file; an unknown key in either is an error that names it.
 
 >>> recipe = parse_recipe(["--model_name_or_path", "smollm2-135m", "--lora_r", "4", "--output_dir", "/tmp/x"])
->>> recipe.model.model_name_or_path, recipe.lora.lora_r, recipe.training.optim
+>>> recipe.model.model_name_or_path, recipe.lora.lora_r, recipe.training.optim.value
 ('smollm2-135m', 4, 'adamw_bnb_8bit')
 """
 
@@ -151,7 +151,8 @@ def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
     deepspeed = environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
     if fsdp and recipe.model.quantization == "8bit":
         raise RecipeError(
-            "FSDP cannot shard 8-bit (LLM.int8) base weights. Use quantization 4bit (QLoRA) or none with FSDP, "
+            "FSDP cannot shard 8-bit (LLM.int8) base weights. Use quantization 4bit (QLoRA) or none with "
+            "FSDP, "
             "or keep 8bit with a DDP or DeepSpeed ZeRO-2 launch config."
         )
     optim = str(getattr(recipe.training.optim, "value", recipe.training.optim))

@@ -77,7 +77,7 @@ class _WeightOnlyInt8Matmul(torch.autograd.Function):
 if _Linear8bitLt is not None:
 
     class WeightOnlyInt8Linear(_Linear8bitLt):
-        """A bitsandbytes ``Linear8bitLt`` whose matmul runs as weight-only int8 (see the module docstring)."""
+        """A bitsandbytes ``Linear8bitLt`` whose matmul runs as weight-only int8 (see the module doc)."""
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if x.device.type != "cpu":

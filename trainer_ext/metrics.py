@@ -44,7 +44,7 @@ class LabelMetric(evaluate.Metric):
 
     def _info(self) -> evaluate.MetricInfo:
         return evaluate.MetricInfo(
-            description="Accuracy, macro-F1, per-class precision/recall/F1, confusion matrix and invalid rate "
+            description="Accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, invalid rate "
             "of generated labels.",
             citation="",
             features=datasets.Features(
@@ -62,7 +62,7 @@ class LabelMetric(evaluate.Metric):
         )
         matrix = confusion_matrix(references, predicted, labels=[*labels, INVALID])[: len(labels)]
         scores: dict[str, Any] = {
-            "accuracy": float(np.mean([p == r for p, r in zip(predicted, references)]))
+            "accuracy": float(np.mean([p == r for p, r in zip(predicted, references, strict=False)]))
             if references
             else 0.0,
             "macro_f1": float(np.mean(f1)) if labels else 0.0,
@@ -85,7 +85,8 @@ def classification_metrics(
 
     Args:
         references (`Sequence[str]`): Gold labels.
-        predictions (`Sequence[str | None]`): Predicted labels; `None` or any string outside `labels` is invalid.
+        predictions (`Sequence[str | None]`): Predicted labels; `None` or any string outside
+            `labels` is invalid.
         labels (`Sequence[str]`): The label set, in display order.
 
     Returns:

@@ -20,7 +20,7 @@ CONFUSION_FILE = "confusion_matrix.png"
 
 
 def peak_memory_mb(device: str | torch.device = "cpu") -> float:
-    """Peak memory of this process so far, in MiB: CUDA allocations on a GPU, else the peak resident set size."""
+    """Peak memory of this process so far, in MiB: CUDA allocations on a GPU, else the peak RSS."""
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -37,7 +37,7 @@ def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
 def write_predictions(
     output_dir: str | Path, examples: Sequence[Any], scores: LabelScores, labels: Sequence[str]
 ) -> Path:
-    """Write `predictions.csv`: text, gold, predicted (empty when invalid), one probability column per label."""
+    """Write `predictions.csv`: text, gold, predicted (empty when invalid), a probability per label."""
     path = Path(output_dir) / PREDICTIONS_FILE
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

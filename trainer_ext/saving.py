@@ -112,7 +112,8 @@ def _check_weights_format(run_dir: Path, allow_pickle: bool) -> None:
     safe = any(run_dir.glob("*.safetensors"))
     if pickled and not safe and not allow_pickle:
         raise RunDirError(
-            f"{str(run_dir)!r} holds only pickled weights ({', '.join(pickled)}), which can run code when loaded. "
+            f"{str(run_dir)!r} holds only pickled weights ({', '.join(pickled)}), which can run code "
+            "when loaded. "
             "Convert them to safetensors, or pass allow_pickle=True if you trust their source."
         )
 
@@ -163,7 +164,8 @@ def _load_trained_weights(model: torch.nn.Module, path: Path) -> None:
     unknown = [name for name in tensors if name not in params]
     if unknown:
         raise RunDirError(
-            f"{str(path)!r} has tensors the base model lacks ({unknown[:3]}...); was it trained on another base model?"
+            f"{str(path)!r} has tensors the base model lacks ({unknown[:3]}...); was it trained on another "
+            "base model?"
         )
     with torch.no_grad():
         for name, tensor in tensors.items():

@@ -124,7 +124,7 @@ def score_labels(
         task (`LabelTask`): The labels and their verbalizers.
         prompts (`Sequence[Sequence[int]]`): Prompt ids, e.g. from `encode_prompt`.
         batch_size (`int`, *optional*, defaults to 16): Prompts per forward pass.
-        on_batch (`Callable[[int], None]`, *optional*): Called with the size of each finished batch (progress).
+        on_batch (`Callable[[int], None]`, *optional*): Called with the size of each finished batch.
 
     Returns:
         `LabelScores`: `labels` (argmax) and `probs` `(N, L)` in `task.labels` order.

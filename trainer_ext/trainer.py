@@ -1,4 +1,4 @@
-"""`LabelTrainer`: a `transformers.Trainer` that trains a causal LM to generate labels and evaluates the labels.
+"""`LabelTrainer`: a `transformers.Trainer` that trains a causal LM to generate labels, and evaluates them.
 
 It overrides only what it must:
 
@@ -217,9 +217,9 @@ class LabelTrainer(Trainer):
         probs = part.probs.tolist() if part.probs is not None else [None] * len(mine)
         texts = part.completions or [None] * len(mine)
         rows = (
-            gather_object(list(zip(mine, part.labels, probs, texts)))
+            gather_object(list(zip(mine, part.labels, probs, texts, strict=False)))
             if world > 1
-            else list(zip(mine, part.labels, probs, texts))
+            else list(zip(mine, part.labels, probs, texts, strict=False))
         )
         by_index = {row[0]: row for row in rows}  # one row per sample, whatever the padding of the shards
         ordered = [by_index[i] for i in range(len(dataset))]
@@ -236,7 +236,8 @@ class LabelTrainer(Trainer):
         """
         if not isinstance(dataset, LabelDataset):
             raise TypeError(
-                f"Label metrics need a LabelDataset (examples + prompts), got {type(dataset).__name__}; build the "
+                f"Label metrics need a LabelDataset (examples + prompts), got {type(dataset).__name__}; "
+                "build the "
                 "eval set with LabelDataset(examples, tokenizer, task, max_length)."
             )
         gold = [ex.label for ex in dataset.examples]

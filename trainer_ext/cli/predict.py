@@ -12,6 +12,7 @@ not a label) and one probability column per label (constrained decoding).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 from pathlib import Path
@@ -55,16 +56,15 @@ def read_texts(args: argparse.Namespace) -> list[str]:
 
 
 def write_predictions(predictions, labels: list[str], output: str | None) -> None:
-    handle = open(output, "w", newline="", encoding="utf-8") if output else sys.stdout
-    try:
+    with contextlib.ExitStack() as stack:
+        handle = (
+            stack.enter_context(open(output, "w", newline="", encoding="utf-8")) if output else sys.stdout
+        )
         writer = csv.writer(handle)
         writer.writerow(["text", "predicted", *[f"prob_{label}" for label in labels]])
         for p in predictions:
             probs = [f"{p.probs[label]:.6f}" for label in labels] if p.probs else [""] * len(labels)
             writer.writerow([p.text, p.label or "", *probs])
-    finally:
-        if output:
-            handle.close()
 
 
 def main(argv: list[str] | None = None) -> int:
