@@ -68,10 +68,10 @@ if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
 else
   echo "setup: installing $TORCH_SPEC"
   if [ -n "${TORCH_INDEX_URL:-}" ]; then
-    "${PIP[@]}" install "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX_URL"
-  elif ! "${PIP[@]}" install "$TORCH_SPEC"; then
+    "${PIP[@]}" install -c constraints.txt "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX_URL"
+  elif ! "${PIP[@]}" install -c constraints.txt "$TORCH_SPEC"; then
     echo "setup: $TORCH_SPEC is not on the configured indexes; trying $CPU_TORCH_INDEX"
-    "${PIP[@]}" install "$TORCH_SPEC" --extra-index-url "$CPU_TORCH_INDEX"
+    "${PIP[@]}" install -c constraints.txt "$TORCH_SPEC" --extra-index-url "$CPU_TORCH_INDEX"
   fi
 fi
 

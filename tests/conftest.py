@@ -22,7 +22,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TOKENIZERS_DIR = REPO_ROOT.parent / "shared" / "tokenizers"
+# The shared data and tokenizers sit beside the repository; TRAINER_EXT_DATA_DIR moves both (tokenizers/ is
+# a sibling of the data directory).
+DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+TOKENIZERS_DIR = DATA_DIR.parent / "tokenizers"
 ARCHITECTURES = ("gptj", "gpt2", "gpt_neox", "llama")
 
 
@@ -220,7 +223,7 @@ def smollm2_tokenizer(smollm2_path):
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared data directory: ``$TRAINER_EXT_DATA_DIR``, else ``../shared/data`` beside the repository."""
-    path = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+    path = DATA_DIR
     if not (path / "seed_split" / "train.csv").is_file():
         pytest.fail(
             f"data directory {path} has no seed_split/train.csv: set TRAINER_EXT_DATA_DIR to the shared data",
