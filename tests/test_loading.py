@@ -329,3 +329,24 @@ def test_smollm2_methods_train_what_they_say(smollm2_fp32, method):
     loss.backward()
     for name, param in model.named_parameters():
         assert (param.grad is not None) == param.requires_grad, name
+
+
+# --- CUDA ---
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("quantization", ["8bit", "4bit"])
+def test_quantized_lora_trains_on_cuda(tiny_model_dir, quantization):
+    from bitsandbytes.nn import Linear4bit, Linear8bitLt
+
+    path = str(tiny_model_dir("llama"))
+    loaded = load_model(path, quantization=quantization, method="lora-all", device="cuda")
+    assert loaded.device == "cuda"
+    assert loaded.dtype is (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    layer = loaded.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    assert isinstance(layer, Linear8bitLt if quantization == "8bit" else Linear4bit)
+    assert layer.weight.device.type == "cuda"
+    input_ids = torch.randint(0, 1000, (2, 6), device="cuda")
+    loaded.model(input_ids=input_ids, labels=input_ids).loss.backward()
+    for name, param in loaded.model.named_parameters():
+        assert (param.grad is not None) == param.requires_grad, name
