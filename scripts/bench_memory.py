@@ -9,7 +9,10 @@ with right padding. Two measurements of the peak:
   resident set size: the peak during the steps (``VmHWM`` of ``/proc/self/status``, reset after loading
   through ``/proc/self/clear_refs``) minus the resident size after loading. Heap left over by loading
   (freed but not returned to the system) is left out; allocator overhead and kernels loaded lazily by
-  the first step are in.
+  the first step are in. glibc's default *dynamic* mmap threshold rises after large blocks are freed, so
+  later tensors of that size come from the heap and freed ones stay resident: the RSS then runs 15-55%
+  above the live tensors. The measuring processes therefore fix ``MALLOC_MMAP_THRESHOLD_`` (128 KiB by
+  default, `--mmap-threshold 0` for glibc's default), so that a freed tensor leaves the resident set.
 - **tensors**: the bytes of the model's parameters and buffers plus the peak of the tensor allocations
   during the steps, as `torch.profiler` records them (``profile_memory=True``). It is what the estimator
   models, without allocator overhead.
@@ -92,6 +95,13 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=2, help="Examples per step.")
     parser.add_argument("--out-dir", default=str(REPO_ROOT / "docs" / "benchmarks"), help="Where results go.")
     parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=128 * 1024,
+        help="glibc MALLOC_MMAP_THRESHOLD_ of the measuring processes (0: glibc's default, which keeps freed "
+        "large blocks in the heap; see the module docstring)",
+    )
+    parser.add_argument(
         "--reestimate",
         action="store_true",
         help="Recompute the estimates in OUT_DIR/memory.json (no measurement).",
@@ -115,6 +125,17 @@ def _storage_bytes(model) -> int:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
+
+
+def _touch(model) -> None:
+    """Read every parameter and buffer once: weights still mapped from the checkpoint file become resident
+    now, not during the measured steps (they are counted once, as the model's bytes)."""
+    import torch
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.numel():
+                tensor.reshape(-1)[:: max(1, 4096 // tensor.element_size())].sum()
 
 
 def _profiled_peak(prof) -> int:
@@ -188,6 +209,7 @@ def run_worker(spec: dict) -> dict:
     optimizer = _optimizer(spec["optimizer"], [p for p in model.parameters() if p.requires_grad])
     batch = _batch(model.config.vocab_size, spec["batch_size"], spec["seq_len"], spec.get("loss_tokens"))
     load_seconds = time.perf_counter() - start
+    _touch(model)
     gc.collect()
     rss_loaded = _status_kib("VmRSS") * 1024
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
@@ -253,6 +275,10 @@ def add_estimate(result: dict, seq_len: int, batch_size: int) -> dict:
     return result
 
 
+def _malloc_env(threshold: int) -> dict:
+    return {"MALLOC_MMAP_THRESHOLD_": str(threshold)} if threshold else {}
+
+
 def measure(name: str, args, tmp: Path) -> dict:
     """Run one configuration in a fresh process and add the estimator's figures for it."""
     bench = CONFIGS[name]
@@ -267,7 +293,7 @@ def measure(name: str, args, tmp: Path) -> dict:
         [sys.executable, __file__, "--worker", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **_malloc_env(args.mmap_threshold)},
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: worker failed:\n{proc.stderr[-3000:]}")
@@ -305,9 +331,12 @@ def write_markdown(path: Path, report: dict) -> None:
         f"{report['steps']} steps. "
         "GB = 10^9 bytes. Error = (estimate - measured) / measured.\n\n"
         "Measured per configuration in a fresh process: *tensors* = parameter and buffer bytes + the peak of "
-        "tensor allocations during the steps (torch.profiler, `profile_memory=True`); *RSS* = peak resident "
-        "set size during the steps minus the resident size before loading (allocator overhead and lazily "
-        "loaded kernels included).\n\n"
+        "tensor allocations during the steps (torch.profiler, `profile_memory=True`); *RSS* = parameter and "
+        "buffer bytes + the growth of the peak resident set size during the steps over the loaded process "
+        f"(glibc `MALLOC_MMAP_THRESHOLD_` = {report.get('malloc_mmap_threshold', 'glibc default')}). "
+        "The method and the discussion are in `docs/benchmarks/README.md`; the loss is the model's own "
+        "causal-LM loss over every position, or `LabelTrainer`'s completion-only loss where the "
+        "configuration says so.\n\n"
     )
     path.write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
 
@@ -339,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         "seq_len": args.seq_len,
         "batch_size": args.batch_size,
         "steps": args.steps,
+        "malloc_mmap_threshold": args.mmap_threshold or "glibc default",
     }
     results = _earlier_results(out_dir / "memory.json", report) if args.only else {}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -363,7 +393,7 @@ def _earlier_results(path: Path, report: dict) -> dict:
     if not path.is_file():
         return {}
     earlier = json.loads(path.read_text(encoding="utf-8"))
-    settings = ("seq_len", "batch_size", "steps")
+    settings = ("seq_len", "batch_size", "steps", "malloc_mmap_threshold")
     if any(earlier.get(key) != report[key] for key in settings):
         return {}
     return {result["name"]: result for result in earlier["results"]}

@@ -238,8 +238,8 @@ def activation_bytes(
 ) -> int:
     """Peak activation bytes of a training step over `tokens` tokens (batch size x sequence length).
 
-    What the blocks and the head keep, plus the larger of two peaks that come on top: the loss over the
-    logits (log-softmax output, its gradient and the logits' gradient, fp32) and one block's backward
+    What the blocks and the head keep, plus the larger of two peaks that come on top: the logits and the
+    loss (log-softmax output, its gradient and the logits' gradient, fp32) and one block's backward
     (gradients of its activations, and the dequantized weight of a quantized layer). `logit_rows` is the
     number of positions whose logits are computed: all `tokens` for a plain causal-LM loss (the default),
     the completion tokens for `trainer_ext.trainer.completion_loss`.
@@ -249,18 +249,23 @@ def activation_bytes(
     if o.method == "none":  # inference: nothing is kept, the logits and one block's tensors are the peak
         return logit_rows * e * shape.vocab_size + tokens * 2 * e * max(inner, shape.attention_saved_width)
     per_block = block_activation_bytes(shape, o)
+    recomputed = 0
     if o.gradient_checkpointing:
-        # Checkpointing keeps each block's input and recomputes one block at a time. bitsandbytes' int8
-        # matmul keeps its input as an attribute of its autograd context, out of checkpointing's reach,
-        # so the inputs of 8-bit layers stay for every block (measured on GPT-J-6B, scripts/gpu_gptj.py).
+        # Checkpointing keeps each block's input and recomputes one block at a time in the backward pass.
+        # bitsandbytes' int8 matmul keeps its input as an attribute of its autograd context, out of
+        # checkpointing's reach, so the inputs of 8-bit layers stay for every block (measured on GPT-J-6B).
         kept = e * shape.hidden_size
         if _int8_keeps_inputs(o):
             groups = dict.fromkeys(lin.group for lin in shape.linears)
             kept += sum(e * shape.group_width(group) for group in groups)
-        blocks = shape.num_layers * kept + per_block
+        blocks, recomputed = shape.num_layers * kept, per_block * tokens
     else:
         blocks = shape.num_layers * per_block
     loss_peak = 12 * shape.vocab_size * logit_rows
+    if o.method == "lora-all" and not shape.tied and e != ADAPTER_BYTES:
+        # The output layer's adapter adds an fp32 update to e-byte logits: the base logits, the update, the
+        # update promoted and the fp32 sum are alive together (measured: CPU and CUDA), before the loss.
+        loss_peak = (e + 12) * shape.vocab_size * logit_rows
     dequantized = _largest_linear(shape) * e if o.quantization != "none" else 0
-    block_peak = 2 * e * (inner + shape.hidden_size) * tokens + dequantized
+    block_peak = recomputed + 2 * e * (inner + shape.hidden_size) * tokens + dequantized
     return tokens * blocks + _head_saved(shape, o, tokens, logit_rows) + max(loss_peak, block_peak)

@@ -235,11 +235,11 @@ def _gpt_neox(c) -> dict:
         final_norm_params=2 * h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
         tied=c.tie_word_embeddings,
-        # The rotary query and key are new tensors; the value is a view that keeps the whole qkv output.
+        # Rotary makes a new query and key; attention keeps them and a contiguous value (not the qkv output).
         activation=c.hidden_act,
         gated_mlp=False,
         eager_attention=False,
-        attention_saved_width=5 * h,
+        attention_saved_width=3 * h,
         block_dropouts=_dropout(c.hidden_dropout) * 2,
         embedding_dropout=False,
     )
