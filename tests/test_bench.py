@@ -1,0 +1,177 @@
+"""`trainer-ext bench`: an end-to-end run on a tiny model (no timing asserted), the busy-machine refusal,
+and the derived figures and report of a made-up result."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from trainer_ext.bench_report import summarize, write_markdown
+from trainer_ext.cli.bench import main
+
+
+def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tmp_path):
+    out = tmp_path / "bench"
+    argv = [
+        "--only", "trl-bf16", "ours-bf16", "decoding",
+        "--warmup-steps", "1", "--steps", "2",
+        "--eval-samples", "6", "--matmul-seconds", "0.05",
+        "--run-dir", str(tmp_path / "no-run"),  # no trained run: the base model decodes
+        "--out-dir", str(out),
+        "--force",  # the test machine is not quiet; the report says so
+        "--model_name_or_path", str(tiny_model_dir("llama")),
+        "--train_samples", "48",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "speed.json").read_text(encoding="utf-8"))
+    trl, ours = report["training"]["trl-bf16"], report["training"]["ours-bf16"]
+    for result in (trl, ours):
+        assert "error" not in result, result.get("error")
+        assert result["timed_steps"] == 2 and result["samples_per_second"] > 0
+        assert result["mean_real_tokens_per_batch"] <= result["mean_padded_tokens_per_batch"]
+        assert result["peak_memory_mb"] > result["weights_mb"] > 0
+    # The same adapters and the same learned tokens (label + EOS of each of the 8 samples) in both trainers.
+    assert trl["trainable_params"] == ours["trainable_params"] > 0
+    assert trl["mean_loss_tokens_per_batch"] == ours["mean_loss_tokens_per_batch"] == 16
+    assert set(report["matmul"]["gflops"]) == {"float32", "bfloat16"}
+    decoding = report["decoding"]
+    assert decoding["samples"] == 6 and decoding["model"].startswith("base model")
+    assert set(decoding["modes"]) == {"constrained", "generate", "plain_generate_loop"}
+    assert all(0 <= m["accuracy"] <= 1 for m in decoding["modes"].values())
+    assert decoding["modes"]["constrained"]["invalid_rate"] == 0  # constrained decoding always names a label
+    assert report["summary"]["pairs"][0]["precision"] == "bf16"
+    markdown = (out / "speed.md").read_text(encoding="utf-8")
+    assert "| ours-bf16 | ours | bf16 | group_by_length |" in markdown
+    assert "--model_name_or_path" in markdown and "| plain_generate_loop |" in markdown
+
+
+def test_bench_refuses_a_busy_machine_without_writing_anything(tmp_path, capsys):
+    assert os.getloadavg()[0] > 0  # this test process itself keeps the load above zero
+    assert main(["--max-load", "0", "--out-dir", str(tmp_path / "bench")]) == 3
+    assert "machine is busy" in capsys.readouterr().err
+    assert not (tmp_path / "bench").exists()
+
+
+def test_bench_names_an_unknown_recipe_key(capsys):
+    assert main(["--lora_rank", "4"]) == 2
+    assert "lora_rank" in capsys.readouterr().err
+
+
+def _result(trainer: str, precision: str, samples_per_second: float, gflops: float = 10.0, **extra) -> dict:
+    return {
+        "trainer": trainer,
+        "precision": precision,
+        "sampling": "group_by_length" if trainer == "ours" else "random",
+        "samples_per_second": samples_per_second,
+        "real_tokens_per_second": samples_per_second * 50,
+        "mean_real_tokens_per_batch": 400.0,
+        "mean_padded_tokens_per_batch": 420.0,
+        "seconds_per_step": 8 / samples_per_second,
+        "peak_memory_mb": 1000.0 if trainer == "trl" else 500.0,
+        "estimated_gflops_per_second": gflops,
+        "others_cpu_share": 0.01,
+        **extra,
+    }
+
+
+def _report(decoding_modes: dict) -> dict:
+    shape = "2048x576 @ 576x1536"
+    return {
+        "command": "trainer-ext bench",
+        "date": "2026-01-01 00:00 UTC",
+        "machine": {"cpu": "Test CPU", "cores": 2, "native_bf16": True},
+        "versions": {"torch": "x"},
+        "load_before": 0.3,
+        "load_after": 2.0,
+        "max_load": 1.5,
+        "recipe": "moderation_lora_all.yaml",
+        "recipe_overrides": [],
+        "model": "smollm2-135m",
+        "method": "lora-all",
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "optimizer": "adamw_bnb_8bit",
+        "batch_size": 8,
+        "warmup_steps": 3,
+        "steps": 20,
+        "matmul": {
+            "gflops": {"float32": {shape: 100.0}, "bfloat16": {shape: 400.0}},
+            "torch_threads": 2,
+        },
+        "training": {
+            "trl-fp32": _result("trl", "fp32", 2.0),
+            "ours-fp32": _result("ours", "fp32", 3.0, gflops=50.0),
+            "trl-bf16": _result("trl", "bf16", 4.0),
+            "ours-bf16": _result("ours", "bf16", 6.0),
+            "trl-8bit": _result("trl", "8bit", 5.0),
+            "ours-8bit": _result("ours", "8bit", 9.0),
+            "ours-bf16-random": {
+                "trainer": "ours",
+                "precision": "bf16",
+                "sampling": "random",
+                "error": "boom",
+            },
+        },
+        "decoding": {
+            "samples": 200,
+            "batch_size": 16,
+            "model": "trained run runs/x",
+            "modes": decoding_modes,
+        },
+    }
+
+
+def _mode(samples_per_second: float, accuracy: float) -> dict:
+    return {
+        "samples_per_second": samples_per_second,
+        "seconds": 200 / samples_per_second,
+        "accuracy": accuracy,
+        "macro_f1": accuracy,
+        "invalid_rate": 0.0,
+    }
+
+
+def test_summary_pairs_each_precision_and_judges_the_targets_against_trls_faster_mode():
+    report = _report(
+        {"constrained": _mode(30.0, 0.8), "generate": _mode(9.0, 0.8), "plain_generate_loop": _mode(3.0, 0.8)}
+    )
+    summary = summarize(report)
+    assert [(p["precision"], p["speedup_samples"]) for p in summary["pairs"]] == [
+        ("fp32", 1.5),
+        ("bf16", 1.5),
+        ("8bit", 1.8),
+    ]
+    main_job = summary["main_job_vs_trl"]
+    # TRL's faster mode of fp32 / bf16 is bf16 (4.0): 9.0 / 4.0; the 8-bit TRL run is the fastest of any kind.
+    assert (main_job["trl_faster_mode"], main_job["speedup"], main_job["met"]) == ("trl-bf16", 2.25, True)
+    assert (main_job["trl_fastest_any"], main_job["speedup_vs_fastest_any"]) == ("trl-8bit", 1.8)
+    assert summary["matmul_share"]["ours-fp32"] == 0.5  # 50 GFLOP/s of a 100 GFLOP/s fp32 matmul
+    assert summary["matmul_share"]["ours-bf16"] == 0.025  # 10 of 400 in bf16
+    assert "ours-bf16-random" not in summary["matmul_share"]  # a failed run has no figures
+    assert summary["decoding"]["speedup_vs_generate"] == 3.33 and summary["decoding"]["met"]
+
+
+@pytest.mark.parametrize(
+    ("constrained", "met"),
+    [(_mode(20.0, 0.8), False), (_mode(30.0, 0.79), False), (_mode(27.0, 0.8), True)],
+    ids=["too-slow", "less-accurate", "both-targets"],
+)
+def test_decoding_target_needs_the_speed_up_and_equal_accuracy(constrained, met):
+    modes = {"constrained": constrained, "generate": _mode(9.0, 0.8), "plain_generate_loop": _mode(3.0, 0.8)}
+    assert summarize(_report(modes))["decoding"]["met"] is met
+
+
+def test_markdown_report_has_every_table_and_marks_failed_and_busy_runs(tmp_path):
+    report = _report({"constrained": _mode(30.0, 0.8), "generate": _mode(9.0, 0.8)})
+    report["load_before"] = 3.2  # a forced run on a busy machine
+    report["summary"] = summarize(report)
+    text = write_markdown(tmp_path / "speed.md", report).read_text(encoding="utf-8")
+    assert "| ours-8bit | ours | 8bit | group_by_length | 9.00 |" in text
+    assert "| ours-bf16-random | ours | bf16 | random | failed (see speed.json) |" in text
+    assert "2.25x** the samples/s of TRL's faster mode (`trl-bf16`); target 2.0x: **met**" in text
+    assert "| 2048x576 @ 576x1536 | 100.0 | 400.0 |" in text
+    assert "| constrained | 30.00 |" in text
+    assert "the run was forced and its timings are not reliable" in text
+    assert "[memory.md](memory.md)" in text
