@@ -65,9 +65,12 @@ def user_facing(fn: Callable[..., Any]) -> Callable[..., Any]:
 def model_notice(settings: SpaceSettings) -> str:
     """The Markdown line above the tabs: which model answers, and a warning when it is untrained."""
     if settings.adapter is not None:
-        origin = "the main training run" if settings.adapter_is_default else "a training run"
+        if settings.adapter_is_default:
+            where = f"`runs/{DEFAULT_ADAPTER_DIR.name}` from the main training run"
+        else:
+            where = f"`{settings.adapter}`"
         return (
-            f"**Model:** the adapter `{settings.adapter}` from {origin}, on its base model "
+            f"**Model:** the adapter {where}, on its base model "
             f"(quantization: {settings.quantization}). Models load on the first request."
         )
     return (
