@@ -16,7 +16,7 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tm
     out = tmp_path / "bench"
     argv = [
         "--only", "trl-bf16", "ours-bf16", "decoding",
-        "--warmup-steps", "1", "--steps", "2",
+        "--warmup-steps", "1", "--steps", "2", "--profile-steps", "1",
         "--eval-samples", "6", "--matmul-seconds", "0.05",
         "--run-dir", str(tmp_path / "no-run"),  # no trained run: the base model decodes
         "--out-dir", str(out),
@@ -32,6 +32,7 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tm
         assert result["timed_steps"] == 2 and result["samples_per_second"] > 0
         assert result["mean_real_tokens_per_batch"] <= result["mean_padded_tokens_per_batch"]
         assert result["peak_memory_mb"] > result["weights_mb"] > 0
+        assert result["profile"] and all(0 <= op["share"] <= 1 for op in result["profile"])
     # The same adapters and the same learned tokens (label + EOS of each of the 8 samples) in both trainers.
     assert trl["trainable_params"] == ours["trainable_params"] > 0
     assert trl["mean_loss_tokens_per_batch"] == ours["mean_loss_tokens_per_batch"] == 16
@@ -45,6 +46,7 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tm
     markdown = (out / "speed.md").read_text(encoding="utf-8")
     assert "| ours-bf16 | ours | bf16 | group_by_length |" in markdown
     assert "--model_name_or_path" in markdown and "| plain_generate_loop |" in markdown
+    assert "## Where the time goes" in markdown
 
 
 def test_bench_refuses_a_busy_machine_without_writing_anything(tmp_path, capsys):
@@ -64,6 +66,7 @@ def _result(trainer: str, precision: str, samples_per_second: float, gflops: flo
         "trainer": trainer,
         "precision": precision,
         "sampling": "group_by_length" if trainer == "ours" else "random",
+        "batch_real_tokens": [400, 400],
         "samples_per_second": samples_per_second,
         "real_tokens_per_second": samples_per_second * 50,
         "mean_real_tokens_per_batch": 400.0,
@@ -106,7 +109,13 @@ def _report(decoding_modes: dict) -> dict:
             "trl-bf16": _result("trl", "bf16", 4.0),
             "ours-bf16": _result("ours", "bf16", 6.0),
             "trl-8bit": _result("trl", "8bit", 5.0),
-            "ours-8bit": _result("ours", "8bit", 9.0),
+            "ours-8bit": _result("ours", "8bit", 9.0, batch_real_tokens=[400, 380]),
+            "trl-8bit-grouped": _result(
+                "trl", "8bit", 4.5, sampling="group_by_length", batch_real_tokens=[400, 380]
+            ),
+            "trl-bf16-grouped": _result(
+                "trl", "bf16", 4.8, sampling="group_by_length", batch_real_tokens=[400, 381]
+            ),
             "ours-bf16-random": {
                 "trainer": "ours",
                 "precision": "bf16",
@@ -150,6 +159,10 @@ def test_summary_pairs_each_precision_and_judges_the_targets_against_trls_faster
     assert summary["matmul_share"]["ours-fp32"] == 0.5  # 50 GFLOP/s of a 100 GFLOP/s fp32 matmul
     assert summary["matmul_share"]["ours-bf16"] == 0.025  # 10 of 400 in bf16
     assert "ours-bf16-random" not in summary["matmul_share"]  # a failed run has no figures
+    assert summary["same_batches"] == {
+        "trl-8bit-grouped / ours-8bit": True,
+        "trl-bf16-grouped / ours-bf16": False,
+    }
     assert summary["decoding"]["speedup_vs_generate"] == 3.33 and summary["decoding"]["met"]
 
 
@@ -175,3 +188,4 @@ def test_markdown_report_has_every_table_and_marks_failed_and_busy_runs(tmp_path
     assert "| constrained | 30.00 |" in text
     assert "the run was forced and its timings are not reliable" in text
     assert "[memory.md](memory.md)" in text
+    assert "trl-8bit-grouped / ours-8bit: yes, trl-bf16-grouped / ours-bf16: no." in text

@@ -96,11 +96,29 @@ def decoding_summary(decoding: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
+def same_batches(training: dict[str, Any]) -> dict[str, bool]:
+    """For each TRL run, whether the ours run with the same precision and sampler saw batches of the same
+    real-token counts (the same samples in the same order, up to tokenization at the prompt boundary)."""
+    found = {}
+    for name, trl in training.items():
+        if not _ok(trl) or trl["trainer"] != "trl":
+            continue
+        for other, ours in training.items():
+            if (
+                _ok(ours)
+                and ours["trainer"] == "ours"
+                and (ours["precision"], ours["sampling"]) == (trl["precision"], trl["sampling"])
+            ):
+                found[f"{name} / {other}"] = ours.get("batch_real_tokens") == trl.get("batch_real_tokens")
+    return found
+
+
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """Every derived figure of a report (stored under ``summary`` in ``speed.json``)."""
     return {
         "matmul_share": matmul_shares(report),
         "pairs": training_pairs(report["training"]),
+        "same_batches": same_batches(report["training"]),
         "main_job_vs_trl": main_job_vs_trl(report["training"]),
         "decoding": decoding_summary(report.get("decoding")),
     }
@@ -182,6 +200,26 @@ def _decoding_table(decoding: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _profile_lines(training: dict[str, Any], top: int = 8) -> list[str]:
+    lines = []
+    for name, r in training.items():
+        if not _ok(r) or not r.get("profile"):
+            continue
+        lines += [
+            f"`{name}`:",
+            "",
+            "| operator | self ms per step | share | calls per step |",
+            "|---|---|---|---|",
+        ]
+        for op in r["profile"][:top]:
+            lines.append(
+                f"| `{op['name']}` | {_fmt(op['self_ms_per_step'], 1)} | {_percent(op['share'])} "
+                f"| {op['calls_per_step']} |"
+            )
+        lines.append("")
+    return lines
+
+
 def _matmul_lines(matmul: dict[str, Any]) -> list[str]:
     rows = ["| product | fp32 GFLOP/s | bf16 GFLOP/s |", "|---|---|---|"]
     for shape in matmul["gflops"]["float32"]:
@@ -258,6 +296,23 @@ def write_markdown(path: str | Path, report: dict[str, Any]) -> Path:
         *_training_table(report, report["summary"]["matmul_share"]),
         "",
     ]
+    if report["summary"].get("same_batches"):
+        lines += [
+            "Same batches (real tokens of every timed batch equal): "
+            + ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in report["summary"]["same_batches"].items())
+            + ".",
+            "",
+        ]
+    profiles = _profile_lines(report["training"])
+    if profiles:
+        lines += [
+            "## Where the time goes",
+            "",
+            f"Top operators by self CPU time (torch.profiler, {report.get('profile_steps')} steps after the "
+            "timed ones; matmuls show as `aten::mm` / `aten::addmm` / `aten::bmm`):",
+            "",
+            *profiles,
+        ]
     if _ok(report.get("matmul")):
         lines += ["## Matmul rate of the machine", "", *_matmul_lines(report["matmul"]), ""]
     decoding = report.get("decoding")

@@ -225,6 +225,45 @@ class StepClock(TrainerCallback):
         self.snapshots.append(cpu_snapshot())
 
 
+class StepProfiler(TrainerCallback):
+    """Profiles `steps` optimizer steps after `start` steps with `torch.profiler` (CPU operators).
+
+    Args:
+        start (`int`): Steps to let pass first (the warm-up and timed steps).
+        steps (`int`): Steps to profile.
+        top (`int`, *optional*, defaults to 12): Operators to keep, by self CPU time.
+    """
+
+    def __init__(self, start: int, steps: int, top: int = 12) -> None:
+        self.start, self.steps, self.top = start, steps, top
+        self.operators: list[dict[str, Any]] = []
+        self._profile = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.start and self.steps:
+            from torch.profiler import ProfilerActivity, profile
+
+            self._profile = profile(activities=[ProfilerActivity.CPU])
+            self._profile.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._profile is not None and state.global_step == self.start + self.steps:
+            self._profile.__exit__(None, None, None)
+            events = list(self._profile.key_averages())
+            total = sum(e.self_cpu_time_total for e in events) or 1.0
+            events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+            self.operators = [
+                {
+                    "name": e.key,
+                    "self_ms_per_step": round(e.self_cpu_time_total / 1000 / self.steps, 2),
+                    "share": round(e.self_cpu_time_total / total, 3),
+                    "calls_per_step": e.count // self.steps,
+                }
+                for e in events[: self.top]
+            ]
+            self._profile = None
+
+
 def train_argv(spec: dict[str, Any]) -> list[str]:
     """Recipe arguments of a training measurement: the recipe, the precision mode, the step count."""
     config = TrainConfig(**spec["config"])
@@ -238,7 +277,7 @@ def train_argv(spec: dict[str, Any]) -> list[str]:
         "--output_dir",
         spec["output_dir"],
         "--max_steps",
-        str(spec["warmup_steps"] + spec["steps"]),
+        str(spec["warmup_steps"] + spec["steps"] + spec.get("profile_steps", 0)),
         "--logging_steps",
         str(10**6),
         "--save_strategy",
@@ -250,79 +289,12 @@ def train_argv(spec: dict[str, Any]) -> list[str]:
     ]
 
 
-def build_trl_trainer(recipe):
-    """TRL's `SFTTrainer` with the recipe's model, data, prompts, LoRA, batch size, optimizer and precision.
-
-    The model is loaded exactly as ours (`load_model`, frozen), and TRL adds the same LoRA adapters through
-    ``peft_config``. The data is the prompt/completion pairs our task writes, so both trainers learn the
-    same text; TRL appends the EOS and masks the prompt (``completion_only_loss=True``).
-
-    Returns:
-        `(loaded, trainer)`.
-    """
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import set_seed
-    from trl import SFTConfig, SFTTrainer
-
-    from trainer_ext.data import load_split
-    from trainer_ext.loading import load_model
-    from trainer_ext.methods import lora_targets
-    from trainer_ext.tasks import LabelTask
-
-    set_seed(recipe.training.seed)
-    m, lora, args = recipe.model, recipe.lora, recipe.training
-    loaded = load_model(m.model_name_or_path, quantization=m.quantization, method="none", dtype=m.dtype)
-    scope = "all" if lora.method == "lora-all" else "attention"
-    peft_config = LoraConfig(
-        r=lora.lora_r,
-        lora_alpha=lora.lora_alpha,
-        lora_dropout=lora.lora_dropout,
-        target_modules=list(lora.lora_target_modules or lora_targets(loaded.model, scope)),
-        fan_in_fan_out=any(type(module).__name__ == "Conv1D" for module in loaded.model.modules()),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    train = load_split(recipe.data, "train", labels=list(recipe.task.labels))
-    task = LabelTask.from_settings(recipe.task, shot_examples=train, seed=recipe.data.sample_seed)
-    data = Dataset.from_list(
-        [{"prompt": task.prompt(e.text), "completion": task.completion(e.label)} for e in train]
-    )
-    config = SFTConfig(
-        output_dir=args.output_dir,
-        completion_only_loss=True,
-        max_length=recipe.task.max_length,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=args.warmup_steps,
-        optim=args.optim,
-        bf16=args.bf16,
-        use_cpu=args.bf16 and not torch.cuda.is_available(),
-        gradient_checkpointing=args.gradient_checkpointing,
-        train_sampling_strategy=args.train_sampling_strategy,
-        seed=args.seed,
-        logging_steps=args.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
-    )
-    trainer = SFTTrainer(
-        model=loaded.model,
-        args=config,
-        train_dataset=data,
-        processing_class=loaded.tokenizer,
-        peft_config=peft_config,
-    )
-    return loaded, trainer
-
-
-def _timed_figures(clock: StepClock, batches: Sequence[dict[str, int]], warmup: int) -> dict[str, Any]:
+def _timed_figures(
+    clock: StepClock, batches: Sequence[dict[str, int]], warmup: int, steps: int
+) -> dict[str, Any]:
     """Throughput of the steps after the warm-up: step i used batch i (batches are built in step order)."""
-    timed = batches[warmup : len(clock.snapshots)]
-    start, end = clock.snapshots[warmup - 1], clock.snapshots[-1]
+    timed = batches[warmup : warmup + steps]
+    start, end = clock.snapshots[warmup - 1], clock.snapshots[warmup + steps - 1]
     seconds = end[0] - start[0]
     total = {
         key: sum(b[key] for b in timed) for key in ("rows", "padded_tokens", "real_tokens", "loss_tokens")
@@ -360,6 +332,8 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     config = TrainConfig(**spec["config"])
     recipe = parse_recipe(train_argv(spec))
     if config.trainer == "trl":
+        from trainer_ext.bench_trl import build_trl_trainer
+
         loaded, trainer = build_trl_trainer(recipe)
     else:
         from trainer_ext.cli.train import build
@@ -368,14 +342,16 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     recorder = BatchRecorder(trainer.data_collator)
     trainer.data_collator = recorder
     clock = StepClock(spec["warmup_steps"])
+    profiler = StepProfiler(spec["warmup_steps"] + spec["steps"], spec.get("profile_steps", 0))
     trainer.add_callback(clock)
+    trainer.add_callback(profiler)
     gc.collect()
     rss_before = status_kib("VmRSS") * 1024
     reset_peak_rss()
     trainer.train()
     peak_added = status_kib("VmHWM") * 1024 - rss_before
     weights = storage_bytes(trainer.model)
-    figures = _timed_figures(clock, recorder.batches, spec["warmup_steps"])
+    figures = _timed_figures(clock, recorder.batches, spec["warmup_steps"], spec["steps"])
     return {
         **figures,
         "dtype": str(loaded.dtype).removeprefix("torch."),
@@ -383,4 +359,5 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
         "weights_mb": round(weights / 2**20, 1),
         "peak_memory_mb": round((weights + peak_added) / 2**20, 1),
         "batch_size": recipe.training.per_device_train_batch_size,
+        "profile": profiler.operators,
     }

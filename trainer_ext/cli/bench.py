@@ -61,6 +61,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--eval-samples", type=int, help="Decode only the first N eval samples (default: all)."
     )
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="Profile this many steps after the timed ones (top operators).",
+    )
     parser.add_argument("--eval-batch-size", type=int, help="Prompts per batch (default: the recipe's).")
     parser.add_argument(
         "--run-dir", help="Trained run to decode with (default: the recipe's output_dir, if it holds a run)."
@@ -165,6 +171,7 @@ def _report_header(args, argv: list[str], recipe, recipe_args: list[str], load: 
         "batch_size": training.per_device_train_batch_size,
         "warmup_steps": args.warmup_steps,
         "steps": args.steps,
+        "profile_steps": args.profile_steps,
         "max_load": args.max_load,
         "forced": args.force,
         "load_before": load,
@@ -191,6 +198,7 @@ def _measure_all(args, recipe, recipe_args: list[str], report: dict[str, Any], o
                 "output_dir": str(Path(tmp) / name),
                 "warmup_steps": args.warmup_steps,
                 "steps": args.steps,
+                "profile_steps": args.profile_steps,
             }
             jobs.append(("training", name, spec))
         if decoding:
