@@ -259,6 +259,19 @@ def resolve_model_path(name_or_path: str) -> str:
     """
     if not is_embedded(name_or_path):
         return name_or_path
+    entry = EMBEDDED_MODELS[name_or_path]
+    if importlib.util.find_spec(entry.package) is None and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", ""):
+        # Without the package (e.g. on a Hub Space, which has the network) the name stands for its Hub
+        # checkpoint: the original weights rather than the dequantized Q4_1 ones.
+        logger.warning(
+            "The package %s is not installed: %r loads the Hub checkpoint %s instead (original weights, "
+            "not the dequantized Q4_1 ones). Install it with `%s` to work offline.",
+            entry.distribution,
+            name_or_path,
+            entry.hub_id,
+            entry.install_command,
+        )
+        return entry.hub_id
     target = _ensure_converted(name_or_path)
     if name_or_path not in _LOGGED:
         _LOGGED.add(name_or_path)
