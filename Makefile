@@ -25,7 +25,7 @@ lint: setup-dev
 	$(VENV)/bin/ruff check .
 
 space: setup  ## the Gradio demo
-	$(PY) scripts/space.py $(ARGS)
+	$(PY) space/app.py $(ARGS)
 
 compare: setup
 	$(PY) scripts/compare.py $(ARGS)
