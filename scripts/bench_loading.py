@@ -4,9 +4,10 @@
     python scripts/bench_loading.py --only methods  # the trainable-parameter table of README.md
 
 Timings: median seconds of a forward+backward pass of SmolLM2-135M with `lora-all` (batch 8, 96 tokens)
-after one warm-up step, on this machine's default device, for combinations of quantization, dtype, PEFT's
-fp32 upcast of the frozen non-quantized weights, and bf16 autocast (what the Trainer's `bf16: true` does).
-They depend on the machine and on its load.
+on this machine's default device, for combinations of quantization, dtype, PEFT's fp32 upcast of the
+frozen non-quantized weights, and bf16 autocast (what the Trainer's `bf16: true` does). All cases are
+loaded first and timed in interleaved rounds after a warm-up round, so that a machine whose load varies
+slows them alike; the last column is each case's time relative to the first row.
 """
 
 from __future__ import annotations
@@ -23,20 +24,14 @@ from trainer_ext.loading import load_model
 from trainer_ext.methods import METHODS
 
 
-def step_seconds(model, steps: int, batch: int, seq_len: int, autocast: bool) -> float:
-    """Median wall time of `steps` forward+backward passes on random tokens (after one warm-up pass)."""
-    torch.manual_seed(0)
-    input_ids = torch.randint(0, model.config.vocab_size, (batch, seq_len), device=model.device)
-    model.train()
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+def one_step(model, input_ids: torch.Tensor, autocast: bool) -> float:
+    """Wall time of one forward+backward pass."""
+    start = time.perf_counter()
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=autocast):
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
 
 
 def upcast_frozen(model) -> None:
@@ -46,7 +41,7 @@ def upcast_frozen(model) -> None:
             param.data = param.data.to(torch.float32)
 
 
-# (quantization, dtype, keep PEFT's fp32 upcast of frozen non-int8 weights, bf16 autocast)
+# (quantization, dtype, frozen non-quantized weights upcast to fp32 as PEFT does, bf16 autocast)
 CASES = [
     ("8bit", "bfloat16", True, True),
     ("8bit", "bfloat16", False, True),
@@ -58,23 +53,37 @@ CASES = [
 ]
 
 
-def compute_table(model_name: str, steps: int, batch: int, seq_len: int) -> list[str]:
-    rows = [
-        "| quantization | dtype | frozen non-int8 weights | bf16 autocast | s / step |",
-        "|---|---|---|---|---:|",
-    ]
-    print("\n".join(rows), flush=True)
-    for quantization, dtype, upcast, autocast in CASES:
+def compute_table(model_name: str, rounds: int, batch: int, seq_len: int) -> list[str]:
+    """Load every case, then time them in interleaved rounds so that a varying machine load hits all alike."""
+    models = []
+    for quantization, dtype, upcast, _ in CASES:
         loaded = load_model(model_name, quantization=quantization, method="lora-all", dtype=dtype)
         if upcast:
             upcast_frozen(loaded.model)
+        loaded.model.train()
+        models.append(loaded.model)
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, models[0].config.vocab_size, (batch, seq_len), device=models[0].device)
+    times: list[list[float]] = [[] for _ in CASES]
+    for round_index in range(rounds + 1):  # round 0 warms up
+        order = list(range(len(CASES)))
+        order = order[round_index % len(order) :] + order[: round_index % len(order)]
+        for index in order:
+            seconds = one_step(models[index], input_ids, autocast=CASES[index][3])
+            if round_index:
+                times[index].append(seconds)
+    base = statistics.median(times[0])
+    rows = [
+        "| quantization | dtype | frozen non-int8 weights | bf16 autocast | s / step | vs. first row |",
+        "|---|---|---|---|---:|---:|",
+    ]
+    for (quantization, dtype, upcast, autocast), case_times in zip(CASES, times, strict=True):
+        seconds = statistics.median(case_times)
         frozen = "fp32 (PEFT upcast)" if upcast else dtype
-        seconds = step_seconds(loaded.model, steps, batch, seq_len, autocast)
         rows.append(
-            f"| {quantization} | {dtype} | {frozen} | {'yes' if autocast else 'no'} | {seconds:.2f} |"
+            f"| {quantization} | {dtype} | {frozen} | {'yes' if autocast else 'no'} | {seconds:.2f} | "
+            f"{seconds / base:.2f} |"
         )
-        print(rows[-1], flush=True)
-        del loaded
     return rows
 
 
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--only", choices=["compute", "methods"], default=None)
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="timed steps per case, after a warm-up")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq_len", type=int, default=96)
     args = parser.parse_args(argv)
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="MatMul8bitLt")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.only in (None, "compute"):
-        compute_table(args.model, args.steps, args.batch, args.seq_len)
+        print("\n".join(compute_table(args.model, args.rounds, args.batch, args.seq_len)))
     if args.only in (None, "methods"):
         print("\n".join(methods_table(args.model)))
     return 0

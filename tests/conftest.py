@@ -162,7 +162,7 @@ def tiny_model(gpt2_tokenizer, gptj_tokenizer):
     """Factory: ``tiny_model(arch) -> (model, tokenizer)``, a fresh randomly initialised tiny causal LM.
 
     `arch` is one of ``"gptj"``, ``"gpt2"``, ``"gpt_neox"``, ``"llama"``. The model has 2 layers of width 64,
-    fp32, on the CPU, in train mode off (``eval()``); GPT-J uses the GPT-J tokenizer, the others GPT-2's.
+    fp32, on the CPU, in eval mode; GPT-J uses the GPT-J tokenizer, the others GPT-2's.
     The tokenizer is shared by the session: do not modify it.
     """
     import torch
