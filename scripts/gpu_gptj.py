@@ -13,7 +13,7 @@ without bf16 (the 11 GB GTX 1080 Ti / RTX 2080 Ti of the study).
 ``--trace`` adds, per run, what is live at the peak of one step, grouped by the code that allocated it.
 Needs a CUDA GPU with about 14 GB free and 13 GB of disk for the checkpoint.
 
-    python scripts/gpu_gptj.py --tokenizer ../shared/tokenizers/gptj --out docs/benchmarks/gpu_gptj.json
+    python scripts/gpu_gptj.py --trace          # results: docs/benchmarks/gpu_gptj.json and .md
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import statistics
 import sys
 import time
@@ -29,13 +30,15 @@ from pathlib import Path
 
 logger = logging.getLogger("gpu_gptj")
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The shared data and tokenizers sit beside the repository; TRAINER_EXT_DATA_DIR moves both.
+DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--tokenizer",
-        default=str(REPO_ROOT.parent / "shared" / "tokenizers" / "gptj"),
+        default=str(DATA_DIR.parent / "tokenizers" / "gptj"),
         help="Directory of the GPT-J tokenizer (saved beside the random checkpoint).",
     )
     parser.add_argument(

@@ -9,6 +9,7 @@ business of `scripts/bench_memory.py` and `scripts/gpu_gptj.py`, not of these te
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -87,7 +88,10 @@ TINY_CONFIGS = {
     ),
 }
 SHIPPED_NAMES = [names[0] for names in SHIPPED_CONFIGS.values()]
-GPTJ_TOKENIZER = Path(__file__).resolve().parent.parent.parent / "shared" / "tokenizers" / "gptj"
+# The shared tokenizers sit beside the data directory (TRAINER_EXT_DATA_DIR, default ../shared/data).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+GPTJ_TOKENIZER = DATA_DIR.parent / "tokenizers" / "gptj"
 
 
 @pytest.fixture(scope="module")

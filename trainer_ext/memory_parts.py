@@ -18,7 +18,7 @@ _NF4_CODES = (16 + 256 + 1) * 4  # per layer, fp32: NF4 code book, nested 8-bit 
 
 
 @dataclass(frozen=True)
-class Tensor:
+class TrainedTensor:
     """A trained tensor: its element count, bytes per element, and whether it is a LoRA adapter."""
 
     numel: int
@@ -44,9 +44,8 @@ def _quantized_linear_bytes(linear: LinearShape, quantization: str, itemsize: in
     bias = linear.out_features * itemsize if linear.bias else 0
     if quantization == "8bit":  # int8 weights + one fp32 scale per output row (SCB)
         return weights + 4 * linear.out_features + bias
-    if (
-        quantization == "4bit"
-    ):  # two weights a byte + 8-bit block scales + fp32 scales of those (double quant)
+    if quantization == "4bit":
+        # two weights a byte + an 8-bit scale per block + fp32 scales of those scales (double quantization)
         blocks = math.ceil(weights / _NF4_BLOCK)
         return math.ceil(weights / 2) + blocks + 4 * math.ceil(blocks / _NF4_NESTED_BLOCK) + _NF4_CODES + bias
     return linear.num_params * itemsize
@@ -70,26 +69,30 @@ def weight_bytes(shape: ModelShape, quantization: str, itemsize: int) -> int:
     return quantized + rest * itemsize
 
 
-def _norm_tensors(params: int, count: int, norm: str, itemsize: int) -> list[Tensor]:
+def _norm_tensors(params: int, count: int, norm: str, itemsize: int) -> list[TrainedTensor]:
+    """The tensors of `count` norms of `params` parameters: weight and bias, or a weight alone (RMSNorm)."""
     if not params:
         return []
-    per_tensor = params // (count * (2 if norm == "layernorm" else 1))
-    return [Tensor(per_tensor, itemsize)] * (params // per_tensor)
+    tensors = count * (2 if norm == "layernorm" else 1)
+    return [TrainedTensor(params // tensors, itemsize)] * tensors
 
 
-def _all_tensors(shape: ModelShape, itemsize: int) -> list[Tensor]:
-    block = [Tensor(lin.in_features * lin.out_features, itemsize) for lin in shape.linears]
-    block += [Tensor(lin.out_features, itemsize) for lin in shape.linears if lin.bias]
+def _all_tensors(shape: ModelShape, itemsize: int) -> list[TrainedTensor]:
+    block = [TrainedTensor(lin.in_features * lin.out_features, itemsize) for lin in shape.linears]
+    block += [TrainedTensor(lin.out_features, itemsize) for lin in shape.linears if lin.bias]
     block += _norm_tensors(shape.block_norm_params, shape.norms_per_block, shape.norm, itemsize)
-    tensors = block * shape.num_layers + [Tensor(shape.embedding_params, itemsize)]
-    tensors += [Tensor(n, itemsize) for n in (shape.position_params, shape.output_params) if n]
-    tensors += [Tensor(lin.num_params, itemsize) for lin in shape.outer_linears]
+    tensors = block * shape.num_layers + [TrainedTensor(shape.embedding_params, itemsize)]
+    tensors += [TrainedTensor(n, itemsize) for n in (shape.position_params, shape.output_params) if n]
+    tensors += [TrainedTensor(lin.num_params, itemsize) for lin in shape.outer_linears]
     return tensors + _norm_tensors(shape.final_norm_params, 1, shape.norm, itemsize)
 
 
-def _lora_tensors(shape: ModelShape, method: str, rank: int) -> list[Tensor]:
-    def pair(n_in: int, n_out: int) -> list[Tensor]:
-        return [Tensor(rank * n_in, ADAPTER_BYTES, True), Tensor(n_out * rank, ADAPTER_BYTES, True)]
+def _lora_tensors(shape: ModelShape, method: str, rank: int) -> list[TrainedTensor]:
+    def pair(n_in: int, n_out: int) -> list[TrainedTensor]:
+        return [
+            TrainedTensor(rank * n_in, ADAPTER_BYTES, True),
+            TrainedTensor(n_out * rank, ADAPTER_BYTES, True),
+        ]
 
     tensors = [t for lin in lora_targets(shape, method) for t in pair(lin.in_features, lin.out_features)]
     tensors *= shape.num_layers
@@ -101,7 +104,7 @@ def _lora_tensors(shape: ModelShape, method: str, rank: int) -> list[Tensor]:
     return tensors
 
 
-def trained_tensors(shape: ModelShape, method: str, rank: int, itemsize: int) -> list[Tensor]:
+def trained_tensors(shape: ModelShape, method: str, rank: int, itemsize: int) -> list[TrainedTensor]:
     """The tensors a method trains (LoRA adapters in fp32, base weights at `itemsize` bytes)."""
     if method in ("lora-all", "lora-attention"):
         return _lora_tensors(shape, method, rank)
@@ -113,7 +116,7 @@ def trained_tensors(shape: ModelShape, method: str, rank: int, itemsize: int) ->
     return []
 
 
-def optimizer_bytes(tensors: list[Tensor], kind: str) -> int:
+def optimizer_bytes(tensors: list[TrainedTensor], kind: str) -> int:
     """Bytes of the optimizer states: ``"adamw"`` (32-bit), ``"adam8bit"`` (bitsandbytes) or ``"sgd"``."""
     if kind == "sgd":
         return 0
