@@ -202,3 +202,24 @@ def test_two_process_ddp_run_matches_single_process_predictions(tiny_model_dir, 
     assert [p.label for p in single] == [r["predicted"] for r in rows]
     accuracy = sum(p.label == r["gold"] for p, r in zip(single, rows, strict=True)) / len(rows)
     assert metrics["eval_accuracy"] == pytest.approx(accuracy)
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # transformers 5's place for it
+    model, tokenizer = tiny_model("gpt2")
+    from trainer_ext.methods import LoraSettings, apply_method
+
+    model = apply_method(model, LoraSettings(method="lora-attention", lora_dropout=0.0))
+    args = LabelTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        logging_steps=1,
+        optim="adamw_torch",
+        report_to=["tensorboard"],
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    train = LabelDataset(_examples(3), tokenizer, TASK, 64)
+    LabelTrainer(model=model, args=args, task=TASK, processing_class=tokenizer, train_dataset=train).train()
+    assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
