@@ -223,3 +223,27 @@ def test_report_to_tensorboard_writes_event_files(tiny_model, tmp_path, monkeypa
     train = LabelDataset(_examples(3), tokenizer, TASK, 64)
     LabelTrainer(model=model, args=args, task=TASK, processing_class=tokenizer, train_dataset=train).train()
     assert list((tmp_path / "tb").rglob("events.out.tfevents*"))
+
+
+def test_norms_method_trains_an_8bit_model(tiny_model_dir, tmp_path):
+    """The study's `norms` row: only the 1-D weights of an 8-bit model are trained, and they change."""
+    from trainer_ext.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir("llama")), quantization="8bit", method="norms", dtype="float32")
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}
+    assert before and all(p.ndim == 1 for p in before.values())
+    args = LabelTrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        optim="adamw_torch",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    train = LabelDataset(_examples(2), loaded.tokenizer, TASK, 64)
+    LabelTrainer(
+        model=loaded.model, args=args, task=TASK, processing_class=loaded.tokenizer, train_dataset=train
+    ).train()
+    after = dict(loaded.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)

@@ -13,6 +13,7 @@ It overrides only what it must:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,28 @@ def completion_loss(
     return loss / divisor, outputs
 
 
+@contextlib.contextmanager
+def _allow_trained_norms(model):
+    """Let `Trainer` accept a quantized model whose trainable parameters are its own 1-D ones (``norms``).
+
+    `Trainer.__init__` refuses any quantized model without PEFT adapters, assuming nothing in it can be
+    trained; the ``norms`` method of the reference study trains the unquantized norm weights of an 8-bit
+    model, which works. The check stays in force for every other model.
+    """
+    import transformers.trainer as hf_trainer
+
+    quantized = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
+    if not (quantized and any(p.requires_grad for p in model.parameters())):
+        yield
+        return
+    original = hf_trainer.validate_quantization_for_training
+    hf_trainer.validate_quantization_for_training = lambda model: None
+    try:
+        yield
+    finally:
+        hf_trainer.validate_quantization_for_training = original
+
+
 class LabelTrainer(Trainer):
     """A `Trainer` for label generation: completion-only loss and label metrics of generated answers.
 
@@ -166,7 +189,8 @@ class LabelTrainer(Trainer):
         if tokenizer is None:
             raise ValueError("LabelTrainer needs the tokenizer as processing_class.")
         kwargs.setdefault("data_collator", LabelCollator(tokenizer))
-        super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
+        with _allow_trained_norms(model):
+            super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
         self.task = task
         # Our loss divides by the completion-token count the Trainer gathers across accumulation steps and
         # devices (`num_items_in_batch`); this flag makes the Trainer compute that count and not rescale.
