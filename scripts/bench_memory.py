@@ -39,7 +39,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
-TOKENIZERS = REPO_ROOT.parent / "shared" / "tokenizers"
+# The shared data and tokenizers sit beside the repository; TRAINER_EXT_DATA_DIR moves both.
+DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+TOKENIZERS = DATA_DIR.parent / "tokenizers"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Fine-tune a causal LM to generate labels: same as `trainer-ext train`.
 
-Usage: accelerate launch scripts/train.py --config trainer_ext/configs/recipes/moderation_lora_all.yaml [--key value ...]
+Usage: accelerate launch scripts/train.py --config RECIPE.yaml [--key value ...]
+       (RECIPE: e.g. trainer_ext/configs/recipes/moderation_lora_all.yaml)
        python scripts/train.py --config RECIPE.yaml [--key value ...]
 """
 

@@ -221,7 +221,7 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
     by_name = {row["name"]: row for row in data["rows"]}
     assert list(by_name) == rows
     assert by_name["full"]["status"] == "skipped" and "1,000" in by_name["full"]["note"]
-    log = tmp_path / "out" / "logs" / "norms.log"
+    log = tmp_path / "out" / "runs" / "logs" / "norms.log"
     assert by_name["norms"]["status"] == "failed" and str(log) in by_name["norms"]["note"]
     assert "no-such-model" in log.read_text(encoding="utf-8")
     assert "| norms | failed: exit 2" in (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")

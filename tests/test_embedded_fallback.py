@@ -12,7 +12,8 @@ REAL_FIND_SPEC = importlib.util.find_spec
 @pytest.fixture
 def package_missing(monkeypatch):
     def find_spec(name, *args):
-        return None if name == embedded.EMBEDDED_MODELS["smollm2-135m"].package else REAL_FIND_SPEC(name, *args)
+        package = embedded.EMBEDDED_MODELS["smollm2-135m"].package
+        return None if name == package else REAL_FIND_SPEC(name, *args)
 
     monkeypatch.setattr(embedded.importlib.util, "find_spec", find_spec)
 

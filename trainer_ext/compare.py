@@ -180,7 +180,7 @@ def run_frozen(settings: StudySettings, recipe, train, evaluation, study: Study,
             note = f"; {settings.shots} example(s) per label in the prompt"
         logger.info("Row %s: scoring %d examples (%s)", row, len(evaluation), ", ".join(modes))
         started = time.perf_counter()
-        scores = score_classifier(classifier, evaluation, modes, settings.batch_size)
+        scores = score_classifier(classifier, evaluation, modes, settings.batch_size, row)
         note = f"inference only, {time.perf_counter() - started:.0f} s for {len(evaluation)} examples" + note
         study.rows.extend(_frozen_rows(row, wanted, scores, note))
     peak = round(peak_memory_mb(next(base.model.parameters()).device), 1)
@@ -285,7 +285,7 @@ def run_trained(settings: StudySettings, study: Study, headlines, topics) -> Non
             )
             continue
         result = train_row(
-            settings, row, row_argv(settings, row, run_dir), run_dir, settings.output_path / "logs"
+            settings, row, row_argv(settings, row, run_dir), run_dir, settings.runs_path / "logs"
         )
         study.rows.append(result)
         if result.status == "ok" and headlines:

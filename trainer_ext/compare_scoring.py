@@ -34,11 +34,14 @@ class TransferResult:
 
 
 def short_scores(scores: dict[str, Any]) -> dict[str, float]:
+    """Accuracy, macro-F1 and invalid rate of `classification_metrics` output, rounded."""
     keep = ("accuracy", "macro_f1", "invalid_rate")
     return {key: round(float(scores[key]), 4) for key in keep}
 
 
-def score_classifier(classifier, examples: Sequence[Any], decodings: Sequence[str], batch_size: int) -> dict:
+def score_classifier(
+    classifier, examples: Sequence[Any], decodings: Sequence[str], batch_size: int, desc: str = "Scoring"
+) -> dict:
     """Scores of a `Classifier` on labelled examples: constrained, calibrated (same pass) and generate.
 
     Args:
@@ -46,11 +49,13 @@ def score_classifier(classifier, examples: Sequence[Any], decodings: Sequence[st
         examples (`Sequence[Example]`): Labelled examples whose labels are the classifier's labels.
         decodings (`Sequence[str]`): ``"constrained"`` and/or ``"generate"``.
         batch_size (`int`): Prompts per forward pass.
+        desc (`str`, *optional*, defaults to `"Scoring"`): Label of the progress bar.
 
     Returns:
         `dict`: ``"constrained"``, ``"calibrated"`` (when constrained) and ``"generate"`` scores.
     """
     import torch
+    from tqdm.auto import tqdm
 
     from trainer_ext.metrics import classification_metrics
     from trainer_ext.scoring import contextual_calibration
@@ -58,18 +63,20 @@ def score_classifier(classifier, examples: Sequence[Any], decodings: Sequence[st
     labels = classifier.task.labels
     texts, gold = [ex.text for ex in examples], [ex.label for ex in examples]
     scores: dict[str, dict[str, float]] = {}
+    bar = tqdm(total=len(texts) * len(decodings), desc=desc, leave=False)
     if "constrained" in decodings:
-        predictions = classifier.predict(texts, "constrained", batch_size)
+        predictions = classifier.predict(texts, "constrained", batch_size, on_batch=bar.update)
         probs = torch.tensor([[p.probs[label] for label in labels] for p in predictions])  # (N, L)
         calibrated = contextual_calibration(probs, classifier.content_free_probs())
         for name, table in (("constrained", probs), ("calibrated", calibrated)):
             predicted = [labels[i] for i in table.argmax(-1).tolist()]
             scores[name] = short_scores(classification_metrics(gold, predicted, labels))
     if "generate" in decodings:
-        predictions = classifier.predict(texts, "generate", batch_size)
+        predictions = classifier.predict(texts, "generate", batch_size, on_batch=bar.update)
         scores["generate"] = short_scores(
             classification_metrics(gold, [p.label for p in predictions], labels)
         )
+    bar.close()
     return scores
 
 
@@ -88,9 +95,8 @@ def transfer_scores(
         task = LabelTask(list(labels), template=transfer_template(prompt))
         topical = Classifier(classifier.model, classifier.tokenizer, task, classifier.base_model)
         logger.info("Transfer: %s, prompt %s, %d headlines", model, prompt, len(headlines))
-        scores = score_classifier(
-            topical, headlines, decodings(settings.transfer_decoding), settings.batch_size
-        )
+        modes = decodings(settings.transfer_decoding)
+        scores = score_classifier(topical, headlines, modes, settings.batch_size, f"{model}, {prompt}")
         results.append(
             TransferResult(model, prompt, scores["constrained"], scores["calibrated"], scores.get("generate"))
         )

@@ -73,9 +73,9 @@ class StudySettings:
     rows: list[str] = field(default_factory=lambda: list(ROWS))
     """The rows to run, any of `ROWS`; the table keeps this order."""
     output_dir: str = "runs/compare"
-    """Where the table (compare.md), compare.json, compare.png and the row logs go."""
+    """Where the table (compare.md), compare.json and the chart compare.png go."""
     runs_dir: str | None = None
-    """Run directories of the trained rows; default: ``output_dir/runs``."""
+    """Run directories and logs of the trained rows; default: ``output_dir/runs``."""
     seed: int = 42
     """Training seed and sampling seed of every row (few-shot draw, transfer sample, baseline solver)."""
     shots: int = 1
