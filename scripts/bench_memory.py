@@ -313,8 +313,8 @@ def write_markdown(path: Path, report: dict) -> None:
     """The table of `docs/benchmarks/memory.md`."""
     rows = [
         "| configuration | dtype | estimate GB (weights / optimizer / activations) | tensors GB | RSS GB "
-        "| error vs tensors | error vs RSS | s/step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| error vs tensors | error vs RSS |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         e = r["estimate"]
@@ -323,7 +323,7 @@ def write_markdown(path: Path, report: dict) -> None:
             f"({_gb(e['weights'])} / {_gb(e['optimizer_states'])}"
             f" / {_gb(e['activations'])}) | {_gb(r['measured_tensor_peak_bytes'])} "
             f"| {_gb(r['measured_rss_peak_bytes'])} | {r['error_vs_tensor_percent']:+.1f}% "
-            f"| {r['error_vs_rss_percent']:+.1f}% | {r['step_seconds']} |"
+            f"| {r['error_vs_rss_percent']:+.1f}% |"
         )
     header = (
         f"# Peak memory of training steps on the CPU: estimate against measurement\n\n"
@@ -338,7 +338,7 @@ def write_markdown(path: Path, report: dict) -> None:
         f"(glibc `MALLOC_MMAP_THRESHOLD_` = {report.get('malloc_mmap_threshold', 'glibc default')}). "
         "The method and the discussion are in `docs/benchmarks/README.md`; the loss is the model's own "
         "causal-LM loss over every position, or `LabelTrainer`'s completion-only loss where the "
-        "configuration says so.\n\n"
+        "configuration says so. Step times (in the JSON) are of profiled steps: not a speed benchmark.\n\n"
     )
     path.write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
 

@@ -243,7 +243,8 @@ def train_row(settings: StudySettings, row: str, argv: list[str], run_dir: Path,
         generate=generate,
         epochs=float(info.get("training", {}).get("num_train_epochs", 0.0)),
         run_dir=str(run_dir),
-        note=f"{_weights(info.get('quantization'))}, optimizer {_optimizer(info.get('optimizer', ''))}",
+        note=f"{_weights(info.get('quantization'))}, optimizer {_optimizer(info.get('optimizer', ''))}"
+        + (f"; reused the finished run in `{run_dir}` (trained by an earlier study)" if reusable else ""),
     )
 
 

@@ -164,7 +164,7 @@ def _notes(study: Study) -> list[str]:
         if row.status == "ok" and row.note:
             notes.append(f"`{row.name}`: {row.note}.")
     notes.append(
-        f"Wall time of the whole study: {info.get('wall_seconds', 0) / 60:.1f} min; "
+        f"Wall time of this run (reused rows not retrained): {info.get('wall_seconds', 0) / 60:.1f} min; "
         f"{platform.machine()}, {info.get('cpus')} CPU(s), device {info.get('device')}."
     )
     return notes
