@@ -201,10 +201,10 @@ def _gpt2(c) -> dict:
         final_norm_params=2 * h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
         tied=c.tie_word_embeddings,
-        # q, k and v are views of the c_attn output: attention keeps all of it.
         activation=c.activation_function,
         gated_mlp=False,
         eager_attention=False,
+        # q, k and v are views of the c_attn output: attention keeps all of it.
         attention_saved_width=3 * h,
         block_dropouts=_dropout(c.resid_pdrop) * 2,
         embedding_dropout=_dropout(c.embd_pdrop),
@@ -235,10 +235,10 @@ def _gpt_neox(c) -> dict:
         final_norm_params=2 * h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
         tied=c.tie_word_embeddings,
-        # Rotary makes a new query and key; attention keeps them and a contiguous value (not the qkv output).
         activation=c.hidden_act,
         gated_mlp=False,
         eager_attention=False,
+        # Rotary makes a new query and key; attention keeps them and a contiguous value (not the qkv output).
         attention_saved_width=3 * h,
         block_dropouts=_dropout(c.hidden_dropout) * 2,
         embedding_dropout=False,
@@ -274,10 +274,10 @@ def _llama(c) -> dict:
         final_norm_params=h,
         output_params=0 if c.tie_word_embeddings else h * c.vocab_size,
         tied=c.tie_word_embeddings,
-        # With a padding mask, SDPA gets keys and values repeated to every query head (`repeat_kv`).
         activation=c.hidden_act,
         gated_mlp=True,
         eager_attention=False,
+        # With a padding mask, SDPA gets keys and values repeated to every query head (`repeat_kv`).
         attention_saved_width=3 * q_dim,
         block_dropouts=0,
         embedding_dropout=False,
