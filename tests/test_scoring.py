@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from trainer_ext.scoring import contextual_calibration, generate_labels, score_labels
-from trainer_ext.tasks import LabelTask
+from trainer_ext.scoring import contextual_calibration, generate_labels, score_labels, shared_prefix_length
+from trainer_ext.tasks import LabelTask, resolve_template
 from trainer_ext.tokenization import encode_prompt, label_token_ids
 
 TEXTS = ["you are wonderful", "I hate mondays so much!!", "ok", "the game last night was a total disaster 😡"]
@@ -34,6 +34,43 @@ def test_constrained_scores_match_full_forward(tiny_model, arch):
     )
     torch.testing.assert_close(result.probs, expected.softmax(-1), atol=1e-4, rtol=1e-3)
     assert result.labels == [task.labels[i] for i in expected.argmax(-1).tolist()]
+
+
+SHOTS = [("lovely morning", "neutral"), ("shut up, idiot", "offensive"), ("go home, vermin", "hate")]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize("style", ["instruction", "few-shot", "raw"])
+def test_shared_prefix_gives_the_same_scores(tiny_model, arch, style):
+    model, tokenizer = tiny_model(arch)
+    labels = ["hate", "offensive", "neutral", "very long label name"]
+    task = {
+        "instruction": LabelTask(labels),
+        "few-shot": LabelTask(labels, shots=SHOTS),
+        "raw": LabelTask(labels, template=resolve_template("raw")),
+    }[style]
+    prompts = [encode_prompt(tokenizer, task, text, max_length=256) for text in TEXTS]
+    shared = shared_prefix_length(prompts)
+    # The instruction (and the examples) are shared; a raw prompt starts with the message.
+    assert shared > {"instruction": 10, "few-shot": 30, "raw": -1}[style]
+    with_prefix = score_labels(model, tokenizer, task, prompts, batch_size=3)
+    without = score_labels(model, tokenizer, task, prompts, batch_size=3, share_prefix=False)
+    torch.testing.assert_close(with_prefix.probs, without.probs, atol=1e-5, rtol=1e-4)
+    assert with_prefix.labels == without.labels
+
+
+@pytest.mark.parametrize(
+    ("prompts", "expected"),
+    [
+        ([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]], 2),  # stops at the first difference
+        ([[7, 8, 9], [7, 8, 9]], 2),  # identical prompts keep one id each
+        ([[1, 2], [3, 4]], 0),
+        ([[5, 6, 7]], 2),  # a single prompt
+        ([[1], [1, 2, 3]], 0),  # the shortest prompt has nothing to spare
+    ],
+)
+def test_shared_prefix_length(prompts, expected):
+    assert shared_prefix_length(prompts) == expected
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

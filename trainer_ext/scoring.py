@@ -5,7 +5,9 @@ Two decoding modes:
 - ``constrained``: the log-probability of each label's whole completion (its tokens and the EOS) given
   the prompt; argmax over labels. The prompt goes through the model once; its KV cache is then repeated
   once per label and the label tokens are scored in one more short pass. Never invalid, and it returns a
-  probability per label (a softmax over the labels' sequence log-probabilities).
+  probability per label (a softmax over the labels' sequence log-probabilities). The tokens every prompt
+  starts with (the instruction of a template, the examples of a few-shot prompt) go through the model
+  once per call, not once per prompt: their KV cache is copied into every batch.
 - ``generate``: greedy decoding of a few tokens from the prompt alone, parsed back to a label with
   `LabelTask.label_from_completion`; an answer that is not a label is invalid (``None``).
 
@@ -16,6 +18,7 @@ would otherwise see shifted positions).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,13 +71,54 @@ def _label_grid(completions: list[list[int]], pad_id: int, device) -> tuple[torc
     return ids.to(device), mask.to(device)
 
 
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """How many leading token ids all `prompts` share, leaving every prompt at least one id of its own."""
+    limit = min(len(p) for p in prompts) - 1
+    first = prompts[0]
+    length = 0
+    while length < limit and all(p[length] == first[length] for p in prompts):
+        length += 1
+    return length
+
+
 @torch.no_grad()
-def _score_batch(model, prompts, grid, grid_mask, pad_id) -> torch.Tensor:
+def _prefix_cache(model, prefix: Sequence[int], device):
+    """The KV cache of `prefix` (batch 1), computed once and copied into every batch."""
+    ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)  # (1, K)
+    return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+
+
+def _batch_inputs(prompts, pad_id, device, prefix=None):
+    """`(ids, mask, positions, cache)` of a batch of prompts, with or without a shared prefix.
+
+    `prefix`, when given, is `(K, cache)`: the first K ids of every prompt and their KV cache; only the
+    rest of each prompt is fed, left-padded after the shared part (the padding is masked out). `mask`
+    always covers the whole prompt: `(B, P)`, `(B, K + S)` with a prefix.
+    """
+    if prefix is None:
+        ids, mask = left_pad(prompts, pad_id, device)
+        return ids, mask, _positions(mask), None
+    shared, prefix_cache = prefix
+    ids, own = left_pad([p[shared:] for p in prompts], pad_id, device)  # (B, S)
+    mask = torch.cat([own.new_ones((own.shape[0], shared)), own], dim=1)  # (B, K + S)
+    cache = copy.deepcopy(prefix_cache)  # the next forward appends to it
+    cache.batch_repeat_interleave(len(prompts))
+    return ids, mask, _positions(mask)[:, shared:], cache
+
+
+@torch.no_grad()
+def _score_batch(model, prompts, grid, grid_mask, pad_id, prefix=None) -> torch.Tensor:
     """Sequence log-probabilities `(B, L)` of every label completion after every prompt."""
     device = grid.device
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = _positions(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    ids, mask, positions, cache = _batch_inputs(prompts, pad_id, device, prefix)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     first = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
     scores = first[:, grid[:, 0]]  # (B, L): log p(first label token | prompt)
     n_prompts, n_labels = ids.shape[0], grid.shape[0]
@@ -115,6 +159,7 @@ def score_labels(
     prompts: Sequence[Sequence[int]],
     batch_size: int = 16,
     on_batch: Callable[[int], None] | None = None,
+    share_prefix: bool = True,
 ) -> LabelScores:
     """Constrained decoding: the probability of each label's completion after each prompt.
 
@@ -125,6 +170,8 @@ def score_labels(
         prompts (`Sequence[Sequence[int]]`): Prompt ids, e.g. from `encode_prompt`.
         batch_size (`int`, *optional*, defaults to 16): Prompts per forward pass.
         on_batch (`Callable[[int], None]`, *optional*): Called with the size of each finished batch.
+        share_prefix (`bool`, *optional*, defaults to `True`): Run the ids that all prompts start with
+            through the model once and re-use their KV cache (same scores up to float rounding).
 
     Returns:
         `LabelScores`: `labels` (argmax) and `probs` `(N, L)` in `task.labels` order.
@@ -135,9 +182,11 @@ def score_labels(
         [completions[label] for label in task.labels], tokenizer.pad_token_id, device
     )
     logp = torch.empty((len(prompts), len(task.labels)), dtype=torch.float32)
+    shared = shared_prefix_length(prompts) if share_prefix and prompts else 0
+    prefix = (shared, _prefix_cache(model, prompts[0][:shared], device)) if shared else None
     for batch in _batches(prompts, batch_size):
         logp[batch] = _score_batch(
-            model, [prompts[i] for i in batch], grid, grid_mask, tokenizer.pad_token_id
+            model, [prompts[i] for i in batch], grid, grid_mask, tokenizer.pad_token_id, prefix
         ).cpu()
         if on_batch:
             on_batch(len(batch))
