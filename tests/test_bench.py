@@ -39,7 +39,12 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tm
     assert set(report["matmul"]["gflops"]) == {"float32", "bfloat16"}
     decoding = report["decoding"]
     assert decoding["samples"] == 6 and decoding["model"].startswith("base model")
-    assert set(decoding["modes"]) == {"constrained", "generate", "plain_generate_loop"}
+    assert set(decoding["modes"]) == {
+        "constrained",
+        "constrained_unshared",
+        "generate",
+        "plain_generate_loop",
+    }
     assert all(0 <= m["accuracy"] <= 1 for m in decoding["modes"].values())
     assert decoding["modes"]["constrained"]["invalid_rate"] == 0  # constrained decoding always names a label
     assert report["summary"]["pairs"][0]["precision"] == "bf16"

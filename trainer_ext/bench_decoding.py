@@ -1,5 +1,6 @@
-"""Speed of label decoding behind `trainer-ext bench`: constrained scoring, batched greedy generation, and the
-plain one-prompt-at-a-time `model.generate` loop a user writes first, on the same model and texts.
+"""Speed of label decoding behind `trainer-ext bench`: constrained scoring (with and without the
+shared-prefix cache), batched greedy generation, and the plain one-prompt-at-a-time `model.generate` loop a
+user writes first, on the same model and texts.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def _decoding_classifier(spec: dict[str, Any], recipe):
 
 
 def run_decoding(spec: dict[str, Any]) -> dict[str, Any]:
-    """Time constrained scoring, batched generation and a plain `generate` loop on the eval prompts.
+    """Time constrained scoring (with and without the shared-prefix cache), batched generation and a plain
+    `generate` loop on the eval prompts.
 
     Every mode gets the same texts (the recipe's eval split, HTML decoded as in training) and the same model;
     each first decodes a few prompts untimed (warm-up).
@@ -74,6 +76,10 @@ def run_decoding(spec: dict[str, Any]) -> dict[str, Any]:
     longest = max(len(ids) for ids in label_token_ids(tokenizer, task).values())  # longest label + EOS
     modes = {
         "constrained": lambda n: score_labels(model, tokenizer, task, prompts[:n], batch_size).labels,
+        # The same without running the prompts' shared ids once (ablation of the prefix cache).
+        "constrained_unshared": lambda n: (
+            score_labels(model, tokenizer, task, prompts[:n], batch_size, share_prefix=False).labels
+        ),
         "generate": lambda n: generate_labels(model, tokenizer, task, prompts[:n], batch_size).labels,
         "plain_generate_loop": lambda n: plain_generate_labels(model, tokenizer, task, texts[:n], longest),
     }

@@ -252,9 +252,11 @@ How it is measured:
   model-shaped product (first row of the matmul table) in the step's compute dtype.
 - Decoding: the recipe's eval texts (HTML decoded as in training), one model, each mode warmed up on 4
   prompts first. *constrained*: `trainer_ext.scoring.score_labels` (one prompt pass, the labels scored
-  on a copy of the KV cache); *generate*: `trainer_ext.scoring.generate_labels` (batched greedy
-  `generate`); *plain_generate_loop*: one prompt at a time, the tokenizer-encoded prompt, greedy
-  `model.generate` with max_new_tokens = longest label + 1, parsed with `LabelTask.label_from_completion`.
+  on a copy of the KV cache; the ids all prompts start with run once, their cache copied into each
+  batch); *constrained_unshared*: the same with `share_prefix=False`; *generate*:
+  `trainer_ext.scoring.generate_labels` (batched greedy `generate`); *plain_generate_loop*: one prompt at
+  a time, the tokenizer-encoded prompt, greedy `model.generate` with max_new_tokens = longest label + 1,
+  parsed with `LabelTask.label_from_completion`.
 - *others' CPU*: the share of the machine's cores that other processes used while the timed steps ran
   (from `/proc/stat`); above a few percent the figures of that row are not worth much.
 """
