@@ -25,10 +25,10 @@ lint: setup-dev
 	$(VENV)/bin/ruff check .
 
 space: setup  ## the Gradio demo
-	$(PY) space/app.py $(ARGS)
+	$(PY) -m space.app $(ARGS)
 
 compare: setup
 	$(PY) scripts/compare.py $(ARGS)
 
 bench: setup
-	$(PY) scripts/bench.py $(ARGS)
+	$(PY) -m benchmarks.speed $(ARGS)

@@ -1,6 +1,6 @@
 """Publish a training run (or the demo Space) on the Hugging Face Hub: same as `trainer-ext push`.
 
-Usage: python scripts/push_to_hub.py OUTPUT_DIR --repo-id USER/NAME [--private] [--revision B] [--dry-run]
+Usage: python scripts/push_to_hub.py OUTPUT_DIR --repo_id USER/NAME [--private] [--revision B] [--dry_run]
 """
 
 import sys

@@ -2,8 +2,8 @@
 
 Runs locally and as a Hugging Face Space (this file is the Space's `app_file`):
 
-    python space/app.py                        # embedded SmolLM2 + runs/moderation-lora-all if it exists
-    python space/app.py --adapter user/my-run  # a run pushed to the Hub (or a local run directory)
+    python -m space.app                        # embedded SmolLM2 + runs/moderation-lora-all if it exists
+    python -m space.app --adapter user/my-run  # a run pushed to the Hub (or a local run directory)
 
 `build_demo()` returns the `gr.Blocks` with its queue set; `main()` launches it. Model settings are
 described in `model_store.py` (command-line flags or `TRAINER_EXT_SPACE_*` environment variables).
@@ -16,16 +16,19 @@ import csv
 import functools
 import html
 import logging
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from csv_batch import MAX_FILE_BYTES, MAX_ROWS
-from generation import DECODING_STYLES, MAX_BEAMS, MAX_NEW_TOKENS
-from handlers import DEFAULT_CATEGORIES, MAX_MESSAGE_CHARS, MODEL_CHOICES, DemoHandlers
-from model_store import DEFAULT_ADAPTER_DIR, ENV_ADAPTER, ModelSetupError, ModelStore, SpaceSettings
+
+from space.csv_batch import MAX_FILE_BYTES, MAX_ROWS
+from space.errors import InputError
+from space.generation import DECODING_STYLES, MAX_BEAMS, MAX_NEW_TOKENS
+from space.handlers import DEFAULT_CATEGORIES, MAX_MESSAGE_CHARS, MODEL_CHOICES, DemoHandlers
+from space.model_store import DEFAULT_ADAPTER_DIR, ENV_ADAPTER, ModelSetupError, ModelStore, SpaceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ def user_facing(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except InputError as err:
+            raise gr.Error(str(err), print_exception=False) from None
         except ModelSetupError as err:
             raise gr.Error(
                 html.escape(str(err), quote=False), title="Model not available", print_exception=False
@@ -250,7 +255,7 @@ def build_demo(
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """The command line of `python space/app.py`."""
+    """The command line of `python -m space.app`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--adapter", help=f"run directory or Hub id of a trained adapter ('' for none; ${ENV_ADAPTER})"
@@ -268,6 +273,24 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--share", action="store_true", help="also serve through a temporary public link")
     return parser
+
+
+def serve(store: ModelStore, concurrency: int = CONCURRENCY) -> tuple[gr.Blocks, str]:
+    """Launch the demo over `store` in this process on a free loopback port, without blocking.
+
+    Args:
+        store (`ModelStore`): The models the app serves.
+        concurrency (`int`, *optional*, defaults to `CONCURRENCY`): The app's concurrency limit.
+
+    Returns:
+        `tuple`: the running `gr.Blocks` (`.close()` it when done) and its URL.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_demo(store, concurrency=concurrency)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return demo, f"http://127.0.0.1:{port}/"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,14 +8,17 @@ chosen column, or with empty or over-long messages.
 from __future__ import annotations
 
 import html
+import io
 import re
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
 import pandas as pd
+
+from space.errors import InputError
+from trainer_ext.data.readers import DELIMITER_NAMES, DataError, decode_text, detect_delimiter
 
 MAX_FILE_BYTES = 1_000_000
 MAX_ROWS = 500
@@ -39,19 +42,20 @@ def _rows(indices: list[int]) -> str:
     return f"row{'s' if len(indices) > 1 else ''} {shown}{more}"
 
 
-def _parser_message(err: Exception) -> str:
+def _parser_message(err: Exception, delimiter: str = "comma") -> str:
     match = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
     if match:
         expected, line, seen = match.groups()
         return (
-            f"line {line} has {seen} fields where the header has {expected}; put double quotes around "
-            "texts that contain commas"
+            f"line {line} has {seen} fields where the header has {expected} (read with the {delimiter} "
+            f"delimiter); put double quotes around texts that contain a {delimiter}"
         )
     return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
 
 
 def read_table(path: str | Path, max_bytes: int = MAX_FILE_BYTES, max_rows: int = MAX_ROWS) -> pd.DataFrame:
-    """Read an uploaded CSV file (comma-separated, UTF-8, header row) with every cell as text.
+    """Read an uploaded CSV file (header row; comma, semicolon, tab or pipe; UTF-8, else cp1252 / cp1251)
+    with every cell as text.
 
     Args:
         path (`str` or `Path`): The uploaded file.
@@ -62,39 +66,41 @@ def read_table(path: str | Path, max_bytes: int = MAX_FILE_BYTES, max_rows: int 
         `pd.DataFrame`: The table; empty cells are empty strings.
 
     Raises:
-        `gr.Error`: naming the file and what is wrong with it.
+        `InputError`: naming the file and what is wrong with it.
     """
     path = Path(path)
     if path.suffix.lower() != ".csv":
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)} is not a CSV file (its name does not end in .csv). Save the table as CSV "
             "(comma-separated, UTF-8) and upload that file."
         )
     size = path.stat().st_size
     if size > max_bytes:
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)} is {size / 1e6:.1f} MB; this demo accepts files of up to "
             f"{max_bytes / 1e6:.1f} MB. Split it into smaller files."
         )
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", nrows=max_rows + 1)
-    except UnicodeDecodeError as err:
-        raise gr.Error(
-            f"{_name(path)} is not UTF-8 text (byte {err.start} cannot be decoded). Save it as CSV UTF-8 and "
-            "upload it again."
-        ) from None
+        text = decode_text(path)
+        delimiter = detect_delimiter(text, path)
+    except DataError as err:
+        raise InputError(html.escape(str(err).replace(str(path), path.name), quote=False)) from None
+    try:
+        table = pd.read_csv(
+            io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, nrows=max_rows + 1
+        )
     except pd.errors.EmptyDataError:
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)} is empty: it needs a header row and at least one row of data."
         ) from None
     except (pd.errors.ParserError, ValueError) as err:
-        raise gr.Error(
-            f"{_name(path)} is not a readable CSV file: {html.escape(_parser_message(err), quote=False)}."
-        ) from None
+        message = _parser_message(err, DELIMITER_NAMES[delimiter])
+        readable = html.escape(message, quote=False)
+        raise InputError(f"{_name(path)} is not a readable CSV file: {readable}.") from None
     if table.empty:
-        raise gr.Error(f"{_name(path)} has a header but no rows; add at least one message.")
+        raise InputError(f"{_name(path)} has a header but no rows; add at least one message.")
     if len(table) > max_rows:
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)} has more than {max_rows} rows; this demo classifies up to {max_rows} messages "
             "per file. Split it into smaller files."
         )
@@ -115,25 +121,25 @@ def texts_of(table: pd.DataFrame, column: str | None, path: str | Path, max_char
     """The messages in `column`, checked: the column exists, no cell is empty or longer than `max_chars`.
 
     Raises:
-        `gr.Error`: naming the file, the column and the offending rows.
+        `InputError`: naming the file, the column and the offending rows.
     """
     columns = [str(name) for name in table.columns]
     if not column or column not in columns:
         listed = ", ".join(_quoted(name) for name in columns)
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)} has no column {_quoted(column or '')}; its columns are {listed}. "
             "Choose the column that holds the messages."
         )
     texts = [text.strip() for text in table[column].tolist()]
     empty = [index for index, text in enumerate(texts) if not text]
     if empty:
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)}, column {_quoted(column)}: {_rows(empty)} (header not counted) "
             "are empty. Fill them in or delete those rows."
         )
     too_long = [index for index, text in enumerate(texts) if len(text) > max_chars]
     if too_long:
-        raise gr.Error(
+        raise InputError(
             f"{_name(path)}, column {_quoted(column)}: {_rows(too_long)} (header not counted) are "
             f"longer than {max_chars} characters. Shorten them."
         )

@@ -13,8 +13,9 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
-import gradio as gr
 import torch
+
+from space.errors import InputError
 
 DECODING_STYLES = ("greedy", "beam search", "sampling")
 MAX_PROMPT_CHARS = 2000
@@ -45,7 +46,7 @@ class DecodingRequest:
 
     def __post_init__(self) -> None:
         if self.style not in DECODING_STYLES:
-            raise gr.Error(
+            raise InputError(
                 f"Unknown decoding style {html.escape(repr(self.style), quote=False)}; "
                 f"use one of {', '.join(DECODING_STYLES)}."
             )
@@ -54,9 +55,9 @@ class DecodingRequest:
             _check_range("Beams", self.num_beams, 2, MAX_BEAMS)
         if self.style == "sampling":
             if not 0.05 <= self.temperature <= 2.0:
-                raise gr.Error(f"Temperature must be between 0.05 and 2, got {self.temperature}.")
+                raise InputError(f"Temperature must be between 0.05 and 2, got {self.temperature}.")
             if not 0.05 <= self.top_p <= 1.0:
-                raise gr.Error(f"Top-p must be between 0.05 and 1, got {self.top_p}.")
+                raise InputError(f"Top-p must be between 0.05 and 1, got {self.top_p}.")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `model.generate` for this request."""
@@ -74,16 +75,16 @@ class DecodingRequest:
 
 def _check_range(name: str, value: float, low: int, high: int) -> None:
     if value != int(value) or not low <= value <= high:
-        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value}.")
+        raise InputError(f"{name} must be a whole number from {low} to {high}, got {value}.")
 
 
 def check_prompt(prompt: str | None) -> str:
-    """The prompt, or a `gr.Error` saying why it cannot be used (empty or longer than the cap)."""
+    """The prompt, or a `InputError` saying why it cannot be used (empty or longer than the cap)."""
     prompt = prompt or ""
     if not prompt.strip():
-        raise gr.Error("The prompt is empty: write the beginning of a text for the model to continue.")
+        raise InputError("The prompt is empty: write the beginning of a text for the model to continue.")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise gr.Error(
+        raise InputError(
             f"The prompt has {len(prompt)} characters; this demo continues prompts of up to "
             f"{MAX_PROMPT_CHARS}. Shorten it and try again."
         )
@@ -105,7 +106,7 @@ def continue_prompt(model: Any, tokenizer: Any, prompt: str, request: DecodingRe
     encoded = tokenizer(check_prompt(prompt), return_tensors="pt")
     n_prompt = encoded["input_ids"].shape[1]
     if n_prompt > MAX_PROMPT_TOKENS:
-        raise gr.Error(
+        raise InputError(
             f"The prompt is {n_prompt} tokens long; this demo continues prompts of up to {MAX_PROMPT_TOKENS} "
             "tokens. Shorten it and try again."
         )

@@ -14,7 +14,8 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
-from csv_batch import (
+
+from space.csv_batch import (
     PREVIEW_ROWS,
     guess_text_column,
     predictions_table,
@@ -23,8 +24,8 @@ from csv_batch import (
     texts_of,
     write_predictions,
 )
-from generation import DecodingRequest, check_prompt
-from model_store import ENV_ADAPTER, ModelStore
+from space.generation import DecodingRequest, check_prompt
+from space.model_store import ENV_ADAPTER, ModelStore
 
 logger = logging.getLogger(__name__)
 

@@ -29,14 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from generation import DecodingRequest, continue_prompt
+from space.generation import DecodingRequest, continue_prompt
+from trainer_ext import vocabulary
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ADAPTER_DIR = REPO_ROOT / "runs" / "moderation-lora-all"
+# Where `make train` writes the main job, relative to the working directory the demo starts in.
+DEFAULT_ADAPTER_DIR = Path("runs") / "moderation-lora-all"
 DEFAULT_BASE_MODEL = "smollm2-135m"
-QUANTIZATIONS = ("auto", "8bit", "4bit", "none")
+QUANTIZATIONS = ("auto", *vocabulary.QUANTIZATIONS)
 MAX_LABEL_SETS = 64
 
 ENV_ADAPTER = "TRAINER_EXT_SPACE_ADAPTER"
@@ -184,7 +185,7 @@ class ModelStore:
         """The trained `Classifier` (base model + adapter), or `None` when no adapter is configured."""
         if not self.has_adapter:
             return None
-        from trainer_ext.classifier import Classifier
+        from trainer_ext.inference.classifier import Classifier
 
         settings = self.settings
         return self._cached(
@@ -201,7 +202,7 @@ class ModelStore:
         With a LoRA adapter this is the trained model itself, run with the adapter switched off; with
         no adapter, or trained weights that cannot be switched off, the base model is loaded on its own.
         """
-        from trainer_ext.classifier import Classifier
+        from trainer_ext.inference.classifier import Classifier
         from trainer_ext.tasks import moderation_task
 
         trained = self.trained()

@@ -144,7 +144,7 @@ def _tokenizer_dir(arch: str) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_tokenizer():
     """The GPT-2 tokenizer from ``../shared/tokenizers/gpt2``, as `load_tokenizer` returns it (pad = EOS)."""
-    from trainer_ext.loading import load_tokenizer
+    from trainer_ext.modeling.loading import load_tokenizer
 
     return load_tokenizer(str(TOKENIZERS_DIR / "gpt2"))
 
@@ -152,7 +152,7 @@ def gpt2_tokenizer():
 @pytest.fixture(scope="session")
 def gptj_tokenizer():
     """The GPT-J tokenizer from ``../shared/tokenizers/gptj``, as `load_tokenizer` returns it (pad = EOS)."""
-    from trainer_ext.loading import load_tokenizer
+    from trainer_ext.modeling.loading import load_tokenizer
 
     return load_tokenizer(str(TOKENIZERS_DIR / "gptj"))
 
@@ -207,7 +207,7 @@ def tiny_model_dir(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
     """Path of the converted embedded checkpoint (``smollm2-135m``); converts it on first use (~20 s)."""
-    from trainer_ext.embedded import resolve_model_path
+    from trainer_ext.modeling.embedded import resolve_model_path
 
     return resolve_model_path("smollm2-135m")
 
@@ -215,7 +215,7 @@ def smollm2_path() -> str:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_path):
     """The SmolLM2 tokenizer, as `load_tokenizer` returns it."""
-    from trainer_ext.loading import load_tokenizer
+    from trainer_ext.modeling.loading import load_tokenizer
 
     return load_tokenizer(smollm2_path)
 

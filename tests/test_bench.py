@@ -1,4 +1,4 @@
-"""`trainer-ext bench`: an end-to-end run on a tiny model (no timing asserted), the busy-machine refusal,
+"""`make bench`: an end-to-end run on a tiny model (no timing asserted), the busy-machine refusal,
 and the derived figures and report of a made-up result."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import os
 
 import pytest
 
-from trainer_ext.bench_report import summarize, write_markdown
-from trainer_ext.cli.bench import main
+from benchmarks.report import summarize, write_markdown
+from benchmarks.speed import main
 
 
-def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tmp_path):
+def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, data_dir, tmp_path):
     out = tmp_path / "bench"
     argv = [
         "--only", "trl-bf16", "ours-bf16", "decoding",
@@ -22,7 +22,7 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, tm
         "--out-dir", str(out),
         "--force",  # the test machine is not quiet; the report says so
         "--model_name_or_path", str(tiny_model_dir("llama")),
-        "--train_samples", "48",
+        "--train_samples", "48", "--data_dir", str(data_dir),
     ]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "speed.json").read_text(encoding="utf-8"))
@@ -87,7 +87,7 @@ def _result(trainer: str, precision: str, samples_per_second: float, gflops: flo
 def _report(decoding_modes: dict) -> dict:
     shape = "2048x576 @ 576x1536"
     return {
-        "command": "trainer-ext bench",
+        "command": "python -m benchmarks.speed",
         "date": "2026-01-01 00:00 UTC",
         "machine": {"cpu": "Test CPU", "cores": 2, "native_bf16": True},
         "versions": {"torch": "x"},

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-import trainer_ext.collator
-from trainer_ext.collator import LabelCollator
+import trainer_ext.training.collator
 from trainer_ext.data import Example
 from trainer_ext.tasks import moderation_task
-from trainer_ext.tokenization import IGNORE_INDEX, encode_dataset, encode_prompt
+from trainer_ext.training.collator import LabelCollator
+from trainer_ext.training.tokenization import IGNORE_INDEX, encode_dataset, encode_prompt
 
 TEXTS = ["hi", "a somewhat longer message with more words in it", "medium length text 😀"]
 
@@ -27,7 +27,7 @@ def encoded(gpt2_tokenizer):
 
 
 def test_docstring_example_runs():
-    result = doctest.testmod(trainer_ext.collator, optionflags=doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(trainer_ext.training.collator, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
 
 

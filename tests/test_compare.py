@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from trainer_ext.compare import RowResult, Study, train_row
-from trainer_ext.compare_report import render_markdown, targets, write_report
-from trainer_ext.compare_scoring import TransferResult
-from trainer_ext.compare_settings import (
+from trainer_ext.study.report import render_markdown, targets, write_report
+from trainer_ext.study.runner import RowResult, Study, train_row
+from trainer_ext.study.scoring import TransferResult
+from trainer_ext.study.settings import (
     DEFAULT_PRESET,
     ROWS,
     TRAINED_ROWS,
@@ -20,7 +20,7 @@ from trainer_ext.compare_settings import (
     build_settings,
     row_argv,
 )
-from trainer_ext.config import parse_recipe
+from trainer_ext.training.recipe import parse_recipe
 
 # Settings and presets.
 
@@ -106,8 +106,8 @@ def test_cli_help_lists_the_study_flags(capsys):
 
 
 def test_tfidf_baseline_beats_chance_on_the_moderation_split(data_dir):
-    from trainer_ext.baselines import tfidf_logreg
     from trainer_ext.data import balanced_sample, load_examples
+    from trainer_ext.study.baselines import tfidf_logreg
 
     labels = ["hate", "offensive", "neutral"]
     train = load_examples(data_dir / "seed_split/train.csv", decode_html=True, labels=labels)
@@ -193,7 +193,13 @@ def test_a_finished_identical_run_is_reused_without_training(tmp_path):
                "peak_memory_mb": 700.0, "eval_accuracy": 0.5, "eval_macro_f1": 0.4,
                "eval_invalid_rate": 0.0}  # fmt: skip
     (run_dir / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
-    (run_dir / "run.json").write_text(json.dumps({"quantization": "8bit", "training": {}}), encoding="utf-8")
+    record = {
+        "base_model": "smollm2-135m",
+        "quantization": "8bit",
+        "method": "norms",
+        "optimizer": "adamw_bnb_8bit",
+    }
+    (run_dir / "run.json").write_text(json.dumps(record), encoding="utf-8")
     (run_dir / "compare_command.json").write_text(json.dumps(argv), encoding="utf-8")
     result = train_row(settings, "norms", argv, run_dir, tmp_path / "logs")
     assert (result.status, result.trainable_params, result.constrained["accuracy"]) == ("ok", 30, 0.5)
@@ -207,13 +213,13 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
     """Every kind of row, one failing on purpose (a missing model): it is reported, the others still run."""
     from trainer_ext.cli.compare import main
 
-    monkeypatch.setenv("TRAINER_EXT_DATA_DIR", str(data_dir))
     rows = ["tfidf-logreg", "zero-shot", "zero-shot-calibrated", "few-shot", "norms", "lora-all", "full"]
     missing = tmp_path / "no-such-model"
     argv = ["--output_dir", str(tmp_path / "out"), "--rows", *rows, "--transfer_samples", "10",
             "--full_max_params", "1000", "--model_name_or_path", str(tiny_model_dir("llama")),
             "--quantization", "none", "--bf16", "false", "--train_samples", "12", "--eval_samples", "6",
-            "--per_device_train_batch_size", "4", "--set", "lora-all.num_train_epochs=1",
+            "--per_device_train_batch_size", "4", "--set", "lora-all.num_train_epochs=1", "--data_dir",
+            str(data_dir),
             "--set", f"norms.model_name_or_path={missing}"]  # fmt: skip
     assert main(argv) == 1
     assert "row(s) norms failed" in capsys.readouterr().err

@@ -16,7 +16,6 @@ from trainer_ext.data import (
     DataSettings,
     Example,
     balanced_sample,
-    default_data_dir,
     load_examples,
     load_split,
 )
@@ -145,16 +144,16 @@ BAD_INPUTS = [
         "w.csv",
         "text,label\nhi,hate\nsay, hi, there,hate\n",
         {},
-        r"row 2 \(line 3\), expected 2 fields, found 4",
+        r"row 2 \(line 3\), expected 2 fields separated by the comma delimiter, found 4",
     ),
     ("b.csv", 'text,label\n"hi"x,hate\n', {}, r"malformed CSV at line 2"),
     ("d.csv", "text,text\nhi,hate\n", {}, r"more than once"),
     ("0.csv", "", {}, r"0\.csv: the file is empty"),
     (
         "u.csv",
-        "text,label\nok,hate\ncaf\xe9,hate\n".encode("latin-1"),
+        b"text,label\nok,hate\n\x81\x98,hate\n",  # undefined in UTF-8, cp1252 and cp1251
         {},
-        r"u\.csv: not UTF-8 \(byte 0xe9 at line 3",
+        r"u\.csv: not UTF-8 \(byte 0x81 at line 3.*nor cp1252 / cp1251",
     ),
     ("j.jsonl", '{"text": "a", "label": "hate"}\n{"text": \n', {}, r"j\.jsonl:line 2: invalid JSON"),
     ("r.json", '["just a string"]', {}, r"record 1 is a str, expected an object"),
@@ -230,13 +229,18 @@ def test_balanced_sample_is_seeded_and_fills_short_labels(caplog):
         balanced_sample([Example("x", None, "p:1")], 1, seed=0)
 
 
+SEED_SPLIT = {"train_file": "seed_split/train.csv", "eval_file": "seed_split/val.csv", "decode_html": True}
+
+
 def test_load_split_from_the_shared_seed_split(data_dir):
-    settings = DataSettings(data_dir=str(data_dir), train_samples=90, eval_samples=30, sample_seed=0)
+    settings = DataSettings(
+        data_dir=str(data_dir), train_samples=90, eval_samples=30, sample_seed=0, **SEED_SPLIT
+    )
     train, evaluation = load_split(settings, "train", LABELS), load_split(settings, "eval", LABELS)
     assert Counter(e.label for e in train) == {"hate": 30, "offensive": 30, "neutral": 30}
     assert len(evaluation) == 30 and all(e.source.startswith("val.csv:") for e in evaluation)
     assert not any("&#8220;" in e.text or "&amp;" in e.text for e in train)
-    full = load_split(DataSettings(data_dir=str(data_dir)), "train", LABELS)
+    full = load_split(DataSettings(data_dir=str(data_dir), **SEED_SPLIT), "train", LABELS)
     assert len(full) == 1000 and any("\u201c" in e.text for e in full)
 
 
@@ -264,12 +268,15 @@ def test_load_split_holds_out_eval_from_a_single_file(tmp_path):
         "offensive": 10,
         "neutral": 10,
     }
-    settings.eval_samples = None
-    with pytest.raises(DataError, match="set eval_file, or eval_samples"):
+    # Without eval_samples a tenth is held out (at least one per label), as --help says.
+    settings.eval_samples, settings.train_samples = None, None
+    assert len(load_split(settings, "eval")) == 9 and len(load_split(settings, "train")) == 81
+    settings.eval_samples = 90
+    with pytest.raises(DataError, match="Cannot hold 90 evaluation examples out of 90"):
         load_split(settings, "eval")
 
 
-def test_load_split_falls_back_to_a_hub_style_dataset(tmp_path, caplog):
+def test_load_split_reads_a_hub_style_dataset(tmp_path):
     features = datasets.Features(
         {"tweet": datasets.Value("string"), "class": datasets.ClassLabel(num_classes=3)}
     )
@@ -280,14 +287,13 @@ def test_load_split_falls_back_to_a_hub_style_dataset(tmp_path, caplog):
     settings = DataSettings(
         data_dir=str(tmp_path),
         hub_dataset=str(tmp_path / "hub"),
+        decode_html=True,
         text_column="tweet",
         label_column="class",
         label_mapping={"0": "hate", "1": "offensive", "2": "neutral"},
         eval_samples=6,
     )
-    with caplog.at_level(logging.WARNING, logger="trainer_ext.data"):
-        train = load_split(settings, "train")
-    assert "seed_split/train.csv not found; using the Hub dataset" in caplog.text
+    train = load_split(settings, "train")
     assert len(train) == 24 and train[0].text.startswith("tweet & ")
     assert len(load_split(settings, "eval")) == 6
     # A dataset with a validation split of its own: no hold-out needed.
@@ -300,26 +306,33 @@ def test_load_split_falls_back_to_a_hub_style_dataset(tmp_path, caplog):
     }
 
 
-def test_load_split_offline_without_local_files_says_what_to_do(tmp_path):
-    settings = DataSettings(data_dir=str(tmp_path))  # hub fallback: tdavidson/hate_speech_offensive, offline
-    with pytest.raises(DataError, match="hate_speech_offensive.*TRAINER_EXT_DATA_DIR"):
-        load_split(settings, "train", LABELS)
-    with pytest.raises(DataError, match="no hub_dataset is set"):
-        load_split(DataSettings(data_dir=str(tmp_path), hub_dataset=None), "train")
+def test_load_split_uses_only_the_data_it_names(tmp_path):
+    # No default data set leaks in: nothing named is an error, and a named file that is missing is an error
+    # naming it, never a fall-back to another data set.
+    with pytest.raises(DataError, match="No training data: set train_file"):
+        load_split(DataSettings(), "train", LABELS)
+    missing = DataSettings(data_dir=str(tmp_path), train_file="nope/train.csv")
+    with pytest.raises(DataError, match=r"train_file '.*nope/train\.csv' does not exist"):
+        load_split(missing, "train", LABELS)
+    write(tmp_path, "train.csv", "text,label\na,hate\nb,neutral\n")
+    with pytest.raises(DataError, match=r"eval_file '.*val\.csv' does not exist"):
+        load_split(DataSettings(data_dir=str(tmp_path), train_file="train.csv", eval_file="val.csv"), "eval")
+    with pytest.raises(DataError, match="Both train_file"):
+        DataSettings(train_file="a.csv", hub_dataset="user/data")
     with pytest.raises(DataError, match="'train' or 'eval'"):
-        load_split(settings, "test")
+        load_split(missing, "test")
+    assert DataSettings().hub_dataset is None and DataSettings().data_dir is None
+    assert DataSettings(data_dir=str(tmp_path), train_file="train.csv").sources() == {
+        "train_file": str((tmp_path / "train.csv").resolve())
+    }
 
 
-def test_data_settings_defaults_and_command_line(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRAINER_EXT_DATA_DIR", str(tmp_path))
-    assert default_data_dir() == str(tmp_path) and DataSettings().data_dir == str(tmp_path)
-    monkeypatch.delenv("TRAINER_EXT_DATA_DIR")
-    assert default_data_dir() is None or default_data_dir().endswith("shared/data")
+def test_data_settings_command_line():
     (settings,) = HfArgumentParser(DataSettings).parse_args_into_dataclasses(
-        ["--label_mapping", json.dumps({0: "hate"}), "--train_samples", "10", "--no_decode_html"]
+        ["--label_mapping", json.dumps({0: "hate"}), "--train_samples", "10", "--decode_html"]
     )
     assert (
-        settings.label_mapping == {"0": "hate"} and settings.train_samples == 10 and not settings.decode_html
+        settings.label_mapping == {"0": "hate"} and settings.train_samples == 10 and settings.decode_html
     )
     with pytest.raises(DataError, match="train_samples must be a positive"):
         DataSettings(train_samples=0)

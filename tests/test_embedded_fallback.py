@@ -4,7 +4,7 @@ import importlib.util
 
 import pytest
 
-from trainer_ext import embedded
+from trainer_ext.modeling import embedded
 
 REAL_FIND_SPEC = importlib.util.find_spec
 

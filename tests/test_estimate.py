@@ -1,9 +1,10 @@
 """Tests of the memory estimator: parameter arithmetic, shipped configs, parts, sizes, errors and the CLI.
 
 Parameter counts are checked against models built from the same configs on the meta device (no memory),
-trained-parameter counts against `trainer_ext.methods` on tiny models, and the 8-bit weight bytes
-against the storage of a tiny model loaded by `trainer_ext.loading.load_model`. Measured peaks are the
-business of `scripts/bench_memory.py` and `scripts/gpu_gptj.py`, not of these tests.
+trained-parameter counts against `trainer_ext.modeling.methods` on tiny models, and the 8-bit weight bytes
+against the storage of a tiny model loaded by `trainer_ext.modeling.loading.load_model`. Measured peaks are
+the
+business of `benchmarks/memory.py` and `benchmarks/gpu_gptj.py`, not of these tests.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from transformers import (
 )
 
 from trainer_ext.cli.estimate import main as estimate_main
-from trainer_ext.estimate import (
+from trainer_ext.configs import CONFIGS_DIR
+from trainer_ext.memory import (
     GB,
     GIB,
     SHIPPED_CONFIGS,
@@ -35,8 +37,8 @@ from trainer_ext.estimate import (
     load_model_config,
     parse_size,
 )
-from trainer_ext.methods import LoraSettings, apply_method, count_parameters
-from trainer_ext.model_shapes import SUPPORTED_MODEL_TYPES, model_shape
+from trainer_ext.memory.shapes import SUPPORTED_MODEL_TYPES, model_shape
+from trainer_ext.modeling.methods import LoraSettings, apply_method, count_parameters
 
 TINY_CONFIGS = {
     "gptj": GPTJConfig(vocab_size=300, n_positions=64, n_embd=64, n_layer=2, n_head=4, rotary_dim=8),
@@ -234,7 +236,8 @@ def test_gptj_study_arithmetic():
     assert 11.9 * GB < fp16.weights < 12.3 * GB  # "about 12 GB for the weights alone"
     assert 6.0 * GIB < int8.weights < 6.6 * GB  # "about 6 GB" (6.47 GB = 6.02 GiB: int8 blocks, fp16 rest)
     eleven_gb_card = parse_size("11GB")
-    # A GPU without bf16 (GTX 1080 Ti / RTX 2080 Ti): fp16, upcast to fp32 for training (trainer_ext.methods).
+    # A GPU without bf16 (GTX 1080 Ti / RTX 2080 Ti): fp16, upcast to fp32 for training
+    # (trainer_ext.modeling.methods).
     study = dict(quantization="8bit", method="lora-all", seq_len=128, batch_size=2, optimizer="adamw_8bit")
     assert estimate_memory("gpt-j-6b", dtype="float16", gradient_checkpointing=True, **study).fits(
         eleven_gb_card
@@ -275,7 +278,7 @@ def _quantized_storage_bytes(model) -> int:
 
 @pytest.mark.parametrize("quantization", ["8bit", "4bit"])
 def test_quantized_weight_bytes_match_the_loaded_storage(tiny_gptj_dir, quantization):
-    from trainer_ext.loading import load_model
+    from trainer_ext.modeling.loading import load_model
 
     loaded = load_model(str(tiny_gptj_dir), quantization=quantization, method="lora-all", device="cpu")
     estimate = estimate_memory(str(tiny_gptj_dir), quantization=quantization, method="lora-all", device="cpu")
@@ -356,37 +359,78 @@ def test_memory_estimate_total_fits_and_table():
 
 
 def test_cli_prints_the_parts_and_the_verdict(capsys):
-    code = estimate_main(["--model", "gpt-j-6b", "--dtype", "float16", "--gpu-memory", "11GB"])
+    code = estimate_main(["--model_name_or_path", "gpt-j-6b", "--dtype", "float16", "--gpu_memory", "11GB"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "does NOT fit in 11.00 GB" in out and "activations" in out
+    assert "does NOT fit in 11.00 GB" in out and "activations" in out and "Assumed:" in out
 
 
 def test_cli_json(capsys):
     code = estimate_main(
-        ["--model", "smollm2-135m", "--method", "lora-attention", "--gpu-memory", "8GiB", "--json"]
+        [
+            "--model_name_or_path",
+            "smollm2-135m",
+            "--method",
+            "lora-attention",
+            "--gpu_memory",
+            "8GiB",
+            "--json",
+        ]
     )
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["fits"] is True and report["gpu_memory"] == 8 * GIB
     assert report["total"] == sum(report[part] for part in MemoryEstimate.PARTS)
 
 
+def test_cli_gpu_picks_the_cards_dtype_and_lists_what_makes_it_fit(capsys):
+    # The reference study's card has no bf16: the step runs in fp16 and does not fit as configured.
+    assert estimate_main(["--model_name_or_path", "gpt-j-6b", "--gpu", "GTX 1080 Ti"]) == 0
+    out = capsys.readouterr().out
+    fp16 = estimate_memory("gpt-j-6b", dtype="float16")
+    checkpointed = estimate_memory("gpt-j-6b", dtype="float16", gradient_checkpointing=True)
+    assert "float16" in out and "does NOT fit in 11.81 GB (11.00 GiB)" in out
+    assert f"{fp16.total / GB:.3f}" in out
+    assert f"gradient_checkpointing: true (about a third slower): {format_size(checkpointed.total)}" in out
+    assert "NVIDIA GeForce GTX 1080 Ti (no bf16: fp16)" in out
+    # A bf16 card of the same memory class computes in bf16.
+    assert estimate_main(["--model_name_or_path", "gpt-j-6b", "--gpu", "rtx-4090", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (
+        report["dtype"] == "bfloat16"
+        and report["fits"] is True
+        and report["gpu"] == "NVIDIA GeForce RTX 4090"
+    )
+
+
+def test_cli_reads_a_recipe(capsys):
+    recipe = CONFIGS_DIR / "recipes" / "gptj6b_8bit_lora_all.yaml"
+    assert estimate_main(["--config", str(recipe), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # The recipe: GPT-J-6B, 8-bit, lora-all rank 2, batch 4, max_length 256.
+    assert (report["lora_r"], report["batch_size"], report["seq_len"]) == (2, 4, 256)
+    assert report["model"] == "EleutherAI/gpt-j-6B" and report["quantization"] == "8bit"
+    assert estimate_main(["--config", str(recipe), "--lora_r", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["lora_r"] == 4
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--model", "gpt-j-6b", "--gpu-memory", "11"], "memory size '11' not understood"),
-        (["--model", "someone/unknown"], "cannot get the config of 'someone/unknown'"),
-        (["--model", "gpt-j-6b", "--method", "full"], "method 'full' trains every weight"),
+        (["--model_name_or_path", "gpt-j-6b", "--gpu_memory", "11"], "memory size '11' not understood"),
+        (["--model_name_or_path", "someone/unknown"], "cannot get the config of 'someone/unknown'"),
+        (["--model_name_or_path", "gpt-j-6b", "--method", "full"], "method 'full' trains every weight"),
+        (
+            ["--model_name_or_path", "gpt-j-6b", "--quantization", "2bit"],
+            "quantization: unknown value '2bit'",
+        ),
+        (["--model_name_or_path", "gpt-j-6b", "--gpu", "my laptop"], "GPU 'my laptop' is not in the table"),
+        (["--lora_r", "2"], "Give --model_name_or_path"),
+        (["--config", "missing.yaml"], "Recipe file 'missing.yaml' does not exist"),
     ],
 )
 def test_cli_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     code = estimate_main(argv)
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith("trainer-ext estimate: error: ") and message in err
+    assert err.startswith("trainer-ext estimate: ") and message in err
     assert len(err.strip().splitlines()) == 1
-
-
-def test_cli_rejects_an_unknown_quantization(capsys):
-    assert estimate_main(["--model", "gpt-j-6b", "--quantization", "2bit"]) == 2
-    assert "invalid choice" in capsys.readouterr().err

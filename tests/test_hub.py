@@ -12,8 +12,9 @@ import torch
 from hub_server import fake_hub_fixture  # noqa: F401  (provides the `fake_hub` fixture)
 from huggingface_hub import HfApi, ModelCard, constants
 
-from trainer_ext.cards import MISSING, render_model_card, render_space_card
 from trainer_ext.hub import HubError, download_model_dir, push_run, push_space, select_run_files
+from trainer_ext.hub.cards import MISSING, render_model_card, render_space_card
+from trainer_ext.runs.info import RunInfo
 from trainer_ext.tasks import moderation_task
 
 TOKENIZERS_DIR = Path(__file__).resolve().parents[2] / "shared" / "tokenizers"
@@ -33,7 +34,11 @@ RUN = {
         "lora_target_modules": ["q_proj", "v_proj"],
     },
     "training": {"learning_rate": 0.0002, "num_train_epochs": 2, "per_device_train_batch_size": 8, "seed": 7},
-    "data": {"data_dir": "../shared/data", "train_file": "seed_split/train.csv", "train_samples": 1000},
+    "data": {"train_file": "/data/seed_split/train.csv", "eval_file": "/data/seed_split/val.csv"},
+    "sources": [
+        {"split": "train", "rows": 1000, "path": "/data/seed_split/train.csv"},
+        {"split": "eval", "rows": 200, "path": "/data/seed_split/val.csv"},
+    ],
     "versions": {"transformers": "5.23.0", "peft": "0.21.2", "torch": "2.13.0"},
 }
 
@@ -56,10 +61,10 @@ def tiny_base_fixture(tmp_path_factory) -> Path:
 def run_template_fixture(tiny_base, tmp_path_factory) -> Path:
     """A run directory as training writes it (through trainer_ext's own writers): a tiny GPT-2 with a
     LoRA adapter whose weights are perturbed so that it changes the predictions."""
-    from trainer_ext.loading import load_model
-    from trainer_ext.methods import LoraSettings
-    from trainer_ext.reports import plot_confusion_matrix, write_metrics
-    from trainer_ext.saving import save_run
+    from trainer_ext.evaluation.reports import plot_confusion_matrix, write_metrics
+    from trainer_ext.modeling.loading import load_model
+    from trainer_ext.modeling.methods import LoraSettings
+    from trainer_ext.runs.directory import save_run
 
     lora = LoraSettings(method="lora-attention", lora_r=4, lora_alpha=8)
     loaded = load_model(str(tiny_base), quantization="none", method=lora.method, lora=lora, device="cpu")
@@ -69,9 +74,9 @@ def run_template_fixture(tiny_base, tmp_path_factory) -> Path:
             if "lora_B" in name:
                 parameter.normal_(std=0.5)
     out = tmp_path_factory.mktemp("run")
-    info = {**RUN, "base_model": str(tiny_base), "quantization": "none", "method": lora.method}
-    del info["base_model_hub_id"]  # a local base model has none
-    save_run(out, loaded.model, loaded.tokenizer, moderation_task(), info)
+    values = {**RUN, "base_model": str(tiny_base), "quantization": "none", "method": lora.method}
+    del values["base_model_hub_id"]  # a local base model has none
+    save_run(out, loaded.model, loaded.tokenizer, moderation_task(), RunInfo.from_dict(values))
     write_metrics(out, METRICS)
     plot_confusion_matrix(out, [[30, 5, 3], [4, 20, 6], [2, 3, 27]], moderation_task().labels)
     (out / "predictions.csv").write_text("text,gold,predicted\nsome tweet,neutral,neutral\n")
@@ -110,11 +115,13 @@ def test_model_card_front_matter_carries_metadata_and_metrics(tmp_path):
         "text-classification",
         "apache-2.0",
     )
-    assert data.datasets == ["tdavidson/hate_speech_offensive"]
+    assert data.datasets is None  # local files were read, not the Hub data set
     assert {"trainer_ext", "lora", "8bit", "bitsandbytes"} <= set(data.tags)
     scores = {result.metric_type: result.metric_value for result in data.eval_results}
     assert scores == {"accuracy": 0.615, "f1": 0.5871}
-    assert all(result.dataset_type == "tdavidson/hate_speech_offensive" for result in data.eval_results)
+    assert all(
+        result.dataset_type == "custom" and result.dataset_name == "val" for result in data.eval_results
+    )
 
 
 def test_model_card_body_documents_labels_prompt_recipe_and_bias(tmp_path):
@@ -133,10 +140,50 @@ def test_model_card_body_documents_labels_prompt_recipe_and_bias(tmp_path):
         "- peft 0.21.2",
         "African-American English",
         "Davidson, Bhattacharya & Weber (2019)",
-        "1,000 examples",
+        "local file `train.csv`, 1,000 examples",
+        "local file `val.csv`, 200 examples",
     ):
         assert expected in text, expected
     assert MISSING not in text
+
+
+def test_model_card_names_a_hub_dataset_the_run_read(tmp_path):
+    hub = [
+        {"split": split, "rows": rows, "hub_dataset": "tdavidson/hate_speech_offensive"}
+        for split, rows in (("train", 900), ("eval", 100))
+    ]
+    card = render_model_card(_card_dir(tmp_path, run={**RUN, "data": {}, "sources": hub}))
+    assert card.data.datasets == ["tdavidson/hate_speech_offensive"]
+    assert all(r.dataset_type == "tdavidson/hate_speech_offensive" for r in card.data.eval_results)
+    assert "Hub dataset `tdavidson/hate_speech_offensive`, 900 examples" in str(card)
+
+
+def test_model_card_of_other_data_carries_no_dataset_default(tmp_path):
+    # A run on local news headlines: the card names those files and nothing of the moderation data set.
+    bbc = [
+        {"split": "train", "rows": 40, "path": "/work/news/train_headlines.csv"},
+        {"split": "eval", "rows": 10, "path": "/work/news/train_headlines.csv", "held_out": True},
+    ]
+    run = {**RUN, "data": {"train_file": "/work/news/train_headlines.csv"}, "sources": bbc}
+    card = render_model_card(_card_dir(tmp_path, run=run))
+    text = str(card)
+    assert card.data.datasets is None
+    assert "hate_speech_offensive" not in text and "Davidson" not in text and "African-American" not in text
+    assert "local file `train_headlines.csv`, 40 examples" in text
+    assert "(held out of the training file), 10 examples" in text
+    assert "The training data of this model are not documented here" in text
+
+
+def test_model_card_never_takes_a_local_path_for_the_base_model(tmp_path):
+    local = tmp_path / "work" / "tiny-model"
+    local.mkdir(parents=True)
+    run = {**RUN, "base_model": str(local)}
+    del run["base_model_hub_id"]
+    out = _card_dir(tmp_path, run=run)
+    (out / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(local)}))
+    card = render_model_card(out)
+    assert card.data.base_model is None
+    assert str(local) not in str(card) and "a local model (`tiny-model`)" in str(card)
 
 
 def test_model_card_renders_visible_defaults_when_run_files_are_missing(tmp_path):
@@ -173,7 +220,7 @@ def test_select_run_files_publishes_only_safe_run_files(run_dir):
 
 def test_pickled_weights_are_refused_unless_allowed(run_dir):
     (run_dir / "adapter_model.safetensors").rename(run_dir / "adapter_model.bin")
-    with pytest.raises(HubError, match=r"only pickled weights \(adapter_model\.bin\).*--allow-pickle"):
+    with pytest.raises(HubError, match=r"only pickled weights \(adapter_model\.bin\).*--allow_pickle"):
         select_run_files(run_dir)
     names = [path.name for path in select_run_files(run_dir, allow_pickle=True)]
     assert "adapter_model.bin" in names and "training_args.bin" not in names
@@ -318,7 +365,11 @@ def test_space_push_uploads_the_app_with_its_card(fake_hub, tmp_path):
     token = fake_hub.add_user("alice")
     result = push_space(space, "alice/demo", model_repo_id="alice/tiny", token=token)
     remote = set(HfApi().list_repo_files("alice/demo", repo_type="space"))
-    assert {"app.py", "requirements.txt", "README.md", "trainer_ext/hub.py"} <= remote
+    # The demo package under space/, a launcher app.py at the root, and the library with its card templates.
+    assert {"app.py", "space/app.py", "requirements.txt", "README.md", "trainer_ext/hub/repo.py"} <= remote
+    assert "trainer_ext/hub/templates/model_card.md" in remote
+    launcher = HfApi().hf_hub_download("alice/demo", "app.py", repo_type="space")
+    assert "from space.app import main" in Path(launcher).read_text()
     assert not any("__pycache__" in name for name in remote)
     assert HfApi().space_info("alice/demo").sdk == "gradio"
     assert result.commit_oid == fake_hub.branch_head("alice/demo", repo_type="space")
@@ -336,7 +387,7 @@ def test_a_downloaded_run_loads_offline_from_the_cache(fake_hub, run_dir, tmp_pa
 
 
 def test_a_pushed_run_predicts_exactly_what_the_local_run_predicts(fake_hub, run_dir, tmp_path, monkeypatch):
-    from trainer_ext.classifier import Classifier
+    from trainer_ext.inference.classifier import Classifier
 
     token = fake_hub.add_user("alice")
     push_run(run_dir, "alice/tiny", private=True, token=token)

@@ -11,17 +11,17 @@ import torch
 from conftest import TOKENIZERS_DIR, NetworkAccessError
 from transformers import HfArgumentParser
 
-from trainer_ext import loading
-from trainer_ext.loading import (
+from trainer_ext.modeling import loading
+from trainer_ext.modeling.loading import (
     CPU_8BIT_DTYPE,
     LoadedModel,
     ModelLoadError,
-    ModelSettings,
     load_model,
     load_tokenizer,
     resolve_dtype,
 )
-from trainer_ext.methods import LoraSettings, count_parameters
+from trainer_ext.modeling.methods import LoraSettings, count_parameters
+from trainer_ext.modeling.settings import ModelSettings
 
 # --- dtype and settings ---
 
@@ -310,7 +310,7 @@ def _smollm2_expected(model, method: str, rank: int) -> int:
 def test_smollm2_methods_train_what_they_say(smollm2_fp32, method):
     import copy
 
-    from trainer_ext.methods import apply_method
+    from trainer_ext.modeling.methods import apply_method
 
     model = copy.deepcopy(smollm2_fp32)
     expected = _smollm2_expected(model, method, rank=8)

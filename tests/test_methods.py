@@ -6,7 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, OPTConfig
 
-from trainer_ext.methods import METHODS, LoraSettings, apply_method, count_parameters, lora_targets
+from trainer_ext.modeling.methods import LoraSettings, apply_method, count_parameters, lora_targets
+from trainer_ext.vocabulary import METHODS
 
 ARCHS = ("gptj", "gpt2", "gpt_neox", "llama")
 
@@ -195,7 +196,7 @@ def test_lora_on_8bit_tiny_model_trains_adapters_only(tiny_model_dir):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("method", "lora", "unknown method"),
+        ("method", "lora", "method: unknown value 'lora'"),
         ("lora_r", 0, "positive integer"),
         ("lora_alpha", 0, "positive"),
         ("lora_dropout", 1.0, r"\[0, 1\)"),

@@ -19,7 +19,7 @@ def test_import_does_not_load_torch():
 
 
 def test_lazy_exports_resolve_to_their_modules():
-    from trainer_ext.loading import load_model, load_tokenizer
+    from trainer_ext.modeling.loading import load_model, load_tokenizer
 
     assert trainer_ext.load_model is load_model
     assert trainer_ext.load_tokenizer is load_tokenizer
@@ -31,7 +31,7 @@ def test_lazy_exports_resolve_to_their_modules():
 def test_help_lists_every_command(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for command in ("train", "predict", "compare", "bench", "estimate", "push"):
+    for command in ("train", "predict", "compare", "estimate", "push"):
         assert command in COMMANDS
         assert f"  {command}" in out
 

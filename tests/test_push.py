@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def test_dry_run_prints_the_card_and_the_files_without_network(run_dir, monkeypatch, capsys):
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    assert main([str(run_dir), "--repo-id", "alice/tiny", "--dry-run"]) == 0
+    assert main([str(run_dir), "--repo_id", "alice/tiny", "--dry_run"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("---\n") and "model-index:" in out and "library_name: peft" in out
     assert (
@@ -33,7 +33,7 @@ def test_dry_run_prints_the_card_and_the_files_without_network(run_dir, monkeypa
 def test_push_to_a_new_private_branch_from_the_environment_token(fake_hub, run_dir, monkeypatch, capsys):
     token = fake_hub.add_user("alice")
     monkeypatch.setenv("HF_TOKEN", token)
-    argv = [str(run_dir), "--repo-id", "alice/tiny", "--private", "--revision", "exp"]
+    argv = [str(run_dir), "--repo_id", "alice/tiny", "--private", "--revision", "exp"]
     assert main(argv) == 0
     out, err = capsys.readouterr()
     commit_url = f"{fake_hub.endpoint}/alice/tiny/commit/{fake_hub.branch_head('alice/tiny', 'exp')}"
@@ -49,7 +49,7 @@ def test_push_to_a_new_private_branch_from_the_environment_token(fake_hub, run_d
 def test_wrong_token_fails_with_one_clear_line(fake_hub, run_dir, monkeypatch, capsys):
     wrong = "hf_" + "w" * 32
     monkeypatch.setenv("HF_TOKEN", wrong)
-    assert main([str(run_dir), "--repo-id", "alice/tiny"]) == 2
+    assert main([str(run_dir), "--repo_id", "alice/tiny"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1
     assert err.startswith(
@@ -61,10 +61,10 @@ def test_wrong_token_fails_with_one_clear_line(fake_hub, run_dir, monkeypatch, c
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["missing-dir", "--repo-id", "alice/tiny"], "missing-dir is not a directory"),
-        (["space", "--repo-id", "alice/x", "--space", "--revision", "b"], "--revision, --allow-pickle"),
-        (["RUN", "--repo-id", "just-a-name", "--dry-run"], "must be NAMESPACE/NAME"),
-        (["RUN", "--repo-id", "alice/tiny", "--model-repo-id", "alice/m"], "only apply with --space"),
+        (["missing-dir", "--repo_id", "alice/tiny"], "missing-dir is not a directory"),
+        (["space", "--repo_id", "alice/x", "--space", "--revision", "b"], "--revision, --allow_pickle"),
+        (["RUN", "--repo_id", "just-a-name", "--dry_run"], "must be NAMESPACE/NAME"),
+        (["RUN", "--repo_id", "alice/tiny", "--model_repo_id", "alice/m"], "only apply with --space"),
     ],
 )
 def test_user_errors_return_2_with_a_message(run_dir, capsys, argv, message):
@@ -75,7 +75,7 @@ def test_user_errors_return_2_with_a_message(run_dir, capsys, argv, message):
 
 def test_script_wrapper_runs_the_same_command(run_dir):
     script = REPO_ROOT / "scripts" / "push_to_hub.py"
-    command = [sys.executable, str(script), str(run_dir), "--repo-id", "alice/tiny", "--dry-run"]
+    command = [sys.executable, str(script), str(run_dir), "--repo_id", "alice/tiny", "--dry_run"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
     assert "model-index:" in done.stdout and "adapter_model.safetensors" in done.stdout

@@ -3,9 +3,14 @@
 import pytest
 import torch
 
-from trainer_ext.scoring import contextual_calibration, generate_labels, score_labels, shared_prefix_length
+from trainer_ext.inference.scoring import (
+    contextual_calibration,
+    generate_labels,
+    score_labels,
+    shared_prefix_length,
+)
 from trainer_ext.tasks import LabelTask, resolve_template
-from trainer_ext.tokenization import encode_prompt, label_token_ids
+from trainer_ext.training.tokenization import encode_prompt, label_token_ids
 
 TEXTS = ["you are wonderful", "I hate mondays so much!!", "ok", "the game last night was a total disaster 😡"]
 

@@ -3,13 +3,12 @@
 One app serves the embedded SmolLM2-135M-Instruct base model with the app's default settings (no
 adapter: the untrained path the page warns about; quantization `auto`, i.e. unquantized on a CPU); the
 load test uses a second app on a tiny model so that 50 requests stay fast. Latency is not asserted
-here: `scripts/bench_space.py` measures it.
+here: `benchmarks/space.py` measures it.
 """
 
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,13 +16,14 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "space"))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from benchmarks.space import make_messages, run_load
+from space import (
+    handlers,
+    model_store,
+)
+from space.app import serve
 
-import bench_space  # noqa: E402
-import handlers  # noqa: E402
-import model_store  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 MESSAGES_CSV = REPO_ROOT / "space" / "examples" / "messages.csv"
 ENDPOINTS = {"/moderate", "/classify_topic", "/csv_columns", "/classify_csv", "/generate", "/model_info"}
@@ -32,7 +32,7 @@ ENDPOINTS = {"/moderate", "/classify_topic", "/csv_columns", "/classify_csv", "/
 def launch(settings: model_store.SpaceSettings):
     """Launch the demo on a free loopback port; returns the Blocks, the URL and in-process handlers."""
     store = model_store.ModelStore(settings)
-    demo, url = bench_space.serve(store)
+    demo, url = serve(store)
     return demo, url, handlers.DemoHandlers(store)
 
 
@@ -175,12 +175,12 @@ def tiny_app(tiny_model_dir):
 
 
 def test_concurrent_requests_are_all_answered_with_their_own_answer(tiny_app):
-    messages = bench_space.make_messages(50)
+    messages = make_messages(50)
     expected = {index: tiny_app.handlers.moderate(message) for index, message in enumerate(messages)}
     distinct = {tuple(round(p, 4) for p in probs.values()) for probs in expected.values()}
     assert len(distinct) > 40, "the inputs must get distinguishable answers for a mix-up to show"
 
-    result = bench_space.run_load(tiny_app.url, messages, clients=10)
+    result = run_load(tiny_app.url, messages, clients=10)
 
     assert result.errors == {}
     assert sorted(result.answers) == list(range(50))

@@ -10,18 +10,17 @@ them); Playwright's own browser download cannot work offline. A screenshot of ea
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "space"))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
+from space import (
+    handlers,
+    model_store,
+)
+from space.app import serve
 
-import bench_space  # noqa: E402
-import handlers  # noqa: E402
-import model_store  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -43,7 +42,7 @@ def served(tiny_model_dir):
         adapter=None, base_model=str(tiny_model_dir("llama")), quantization="none"
     )
     store = model_store.ModelStore(settings)
-    demo, url = bench_space.serve(store)
+    demo, url = serve(store)
     yield url, handlers.DemoHandlers(store)
     demo.close()
 

@@ -7,21 +7,26 @@ as the base model and with a real LoRA adapter directory, on the CPU without qua
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
-SPACE_DIR = Path(__file__).resolve().parent.parent / "space"
-sys.path.insert(0, str(SPACE_DIR))
+from space import (
+    app,
+    csv_batch,
+    generation,
+    handlers,
+    model_store,
+)
+from space.errors import InputError
 
-import app  # noqa: E402
-import csv_batch  # noqa: E402
-import generation  # noqa: E402
-import handlers  # noqa: E402
-import model_store  # noqa: E402
+SPACE_DIR = Path(__file__).resolve().parent.parent / "space"
+
+#: What a handler raises for a person's input: its own message (`gr.Error`) or the model code's
+#: `InputError`, which `app.user_facing` shows the same way.
+SHOWN_ERRORS = (gr.Error, InputError)
 
 # Input checks
 
@@ -47,7 +52,7 @@ def test_check_message_accepts_and_strips(text, expected):
     ],
 )
 def test_check_message_refuses_with_a_reason(text, fragment):
-    with pytest.raises(gr.Error, match=fragment):
+    with pytest.raises(SHOWN_ERRORS, match=fragment):
         handlers.check_message(text)
 
 
@@ -77,7 +82,7 @@ def test_parse_categories(text, expected):
     ],
 )
 def test_parse_categories_refuses(text, fragment):
-    with pytest.raises(gr.Error, match=fragment):
+    with pytest.raises(SHOWN_ERRORS, match=fragment):
         handlers.parse_categories(text)
 
 
@@ -108,24 +113,29 @@ def test_read_table_reads_text_cells(tmp_path):
         ("many.csv", "text\na\nb\nc\n", {"max_rows": 2}, "more than 2 rows"),
         ("empty.csv", "", {}, "empty.csv is empty"),
         ("header.csv", "id,text\n", {}, "header but no rows"),
-        ("ragged.csv", "id,text\n1,ok\n2,one, two\n", {}, "line 3 has 3 fields where the header has 2"),
-        ("latin.csv", b"text\ncaf\xe9 au lait\n", {}, "not UTF-8"),
+        (
+            "ragged.csv",
+            "id,text\n1,ok\n2,one, two\n",
+            {},
+            "line 3 has 3 fields where the header has 2 .read with",
+        ),
+        ("latin.csv", b"text\n\x81\x98 au lait\n", {}, "not UTF-8 .* nor cp1252 / cp1251"),
     ],
 )
 def test_read_table_refuses_bad_files(tmp_path, name, content, kwargs, fragment):
     path = write(tmp_path / name, content)
-    with pytest.raises(gr.Error, match=fragment):
+    with pytest.raises(SHOWN_ERRORS, match=fragment):
         csv_batch.read_table(path, **kwargs)
 
 
 def test_texts_of_checks_column_and_cells(tmp_path):
     table = csv_batch.read_table(write(tmp_path / "m.csv", "id,message\n1,hi\n2,\n3,  \n4,ok\n"))
-    with pytest.raises(gr.Error, match=r"m.csv has no column 'text'; its columns are 'id', 'message'"):
+    with pytest.raises(SHOWN_ERRORS, match=r"m.csv has no column 'text'; its columns are 'id', 'message'"):
         csv_batch.texts_of(table, "text", tmp_path / "m.csv", 100)
-    with pytest.raises(gr.Error, match=r"rows 2, 3 \(header not counted\) are empty"):
+    with pytest.raises(SHOWN_ERRORS, match=r"rows 2, 3 \(header not counted\) are empty"):
         csv_batch.texts_of(table, "message", tmp_path / "m.csv", 100)
     table = csv_batch.read_table(write(tmp_path / "n.csv", "message\nshort\nmuch longer text\n"))
-    with pytest.raises(gr.Error, match=r"row 2 \(header not counted\) are longer than 10"):
+    with pytest.raises(SHOWN_ERRORS, match=r"row 2 \(header not counted\) are longer than 10"):
         csv_batch.texts_of(table, "message", tmp_path / "n.csv", 10)
     assert csv_batch.texts_of(table, "message", tmp_path / "n.csv", 100) == ["short", "much longer text"]
 
@@ -193,7 +203,7 @@ def test_decoding_kwargs(request_, expected):
     ],
 )
 def test_decoding_request_refuses(kwargs, fragment):
-    with pytest.raises(gr.Error, match=fragment):
+    with pytest.raises(SHOWN_ERRORS, match=fragment):
         generation.DecodingRequest(**kwargs)
 
 
@@ -217,11 +227,11 @@ def test_continue_prompt_styles(tiny_model):
 
 def test_continue_prompt_caps_prompt_length(tiny_model):
     model, tokenizer = tiny_model("gpt2")
-    with pytest.raises(gr.Error, match="The prompt is empty"):
+    with pytest.raises(SHOWN_ERRORS, match="The prompt is empty"):
         generation.continue_prompt(model, tokenizer, "  ", generation.DecodingRequest())
-    with pytest.raises(gr.Error, match=f"up to {generation.MAX_PROMPT_CHARS}"):
+    with pytest.raises(SHOWN_ERRORS, match=f"up to {generation.MAX_PROMPT_CHARS}"):
         generation.continue_prompt(model, tokenizer, "a" * 2001, generation.DecodingRequest())
-    with pytest.raises(gr.Error, match=f"tokens long; .* up to {generation.MAX_PROMPT_TOKENS} tokens"):
+    with pytest.raises(SHOWN_ERRORS, match=f"tokens long; .* up to {generation.MAX_PROMPT_TOKENS} tokens"):
         generation.continue_prompt(model, tokenizer, "7 " * 600, generation.DecodingRequest())
 
 
@@ -289,6 +299,9 @@ def test_user_facing_turns_failures_into_messages():
     assert caught.value.message == "Could not load &lt;the model&gt;"
     with pytest.raises(gr.Error, match="kept as is"):
         app.user_facing(lambda: (_ for _ in ()).throw(gr.Error("kept as is")))()
+    with pytest.raises(gr.Error, match="shown on the page") as caught:
+        app.user_facing(lambda: (_ for _ in ()).throw(InputError("shown on the page")))()
+    assert caught.value.message == "shown on the page"
 
 
 def test_examples_are_readable():
@@ -308,8 +321,9 @@ def run_dir(tiny_model_dir, tmp_path_factory):
     """A real run directory: LoRA on the tiny model, its weights moved off zero so that it changes answers."""
     import torch
 
-    from trainer_ext.loading import load_model
-    from trainer_ext.saving import save_run
+    from trainer_ext.modeling.loading import load_model
+    from trainer_ext.runs.directory import save_run
+    from trainer_ext.runs.info import RunInfo
     from trainer_ext.tasks import moderation_task
 
     base = str(tiny_model_dir("llama"))
@@ -319,7 +333,7 @@ def run_dir(tiny_model_dir, tmp_path_factory):
         for name, param in loaded.model.named_parameters():
             if "lora_B" in name:
                 param.normal_(std=0.5)
-    run_info = {"base_model": base, "quantization": "none", "method": "lora-all"}
+    run_info = RunInfo(base_model=base, quantization="none", method="lora-all", dtype="float32")
     return save_run(
         tmp_path_factory.mktemp("run"), loaded.model, loaded.tokenizer, moderation_task(), run_info
     )
@@ -374,9 +388,9 @@ def test_base_model_answers_differently_from_the_trained_one(trained):
 
 
 def test_untrained_store_refuses_the_trained_choice(untrained):
-    with pytest.raises(gr.Error, match="No trained adapter is configured"):
+    with pytest.raises(SHOWN_ERRORS, match="No trained adapter is configured"):
         untrained.classify_topic("A headline", "sport, tech", "trained")
-    with pytest.raises(gr.Error, match="Unknown model choice 'large'"):
+    with pytest.raises(SHOWN_ERRORS, match="Unknown model choice 'large'"):
         untrained.classify_topic("A headline", "sport, tech", "large")
     probs = untrained.classify_topic("A headline", "sport, tech", "base")
     assert sum(probs.values()) == pytest.approx(1.0, abs=1e-3)
@@ -428,7 +442,7 @@ def test_generate_with_each_style(trained):
     assert trained.generate("Once upon a time", "sampling", 4, seed=3) == trained.generate(
         "Once upon a time", "sampling", 4, seed=3
     )
-    with pytest.raises(gr.Error, match="The prompt is empty"):
+    with pytest.raises(SHOWN_ERRORS, match="The prompt is empty"):
         trained.generate("")
 
 

@@ -9,17 +9,20 @@ import pytest
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import HfArgumentParser, PreTrainedTokenizerFast
 
-import trainer_ext.tasks
+import trainer_ext.tasks.task
 from trainer_ext.tasks import (
     INSTRUCTION_TEMPLATE,
     LabelTask,
     TaskError,
     TaskSettings,
-    check_label_tokens,
+    format_label_list,
     moderation_task,
+    parse_label_list,
     topic_task,
 )
+from trainer_ext.training.tokenization import check_label_tokens
 
+MODERATION = ["hate", "offensive", "neutral"]
 TWEET = "I can't believe it's Monday again"
 SHOT_POOL = [(f"{label} example {i}", label) for label in ("hate", "offensive", "neutral") for i in range(5)]
 
@@ -36,10 +39,10 @@ def test_instruction_prompt_names_the_labels_and_ends_with_the_answer_cue():
 @pytest.mark.parametrize(
     ("settings", "expected_prompt"),
     [
-        (TaskSettings(prompt_style="raw"), f"{TWEET} ###"),
-        (TaskSettings(prompt_style="raw", separator="\n=>"), f"{TWEET}\n=>"),
+        (TaskSettings(labels=MODERATION, prompt_style="raw"), f"{TWEET} ###"),
+        (TaskSettings(labels=MODERATION, prompt_style="raw", separator="\n=>"), f"{TWEET}\n=>"),
         (
-            TaskSettings(prompt_style="Labels: {labels}\nTweet: {text}\nLabel:"),
+            TaskSettings(labels=MODERATION, prompt_style="Labels: {labels}\nTweet: {text}\nLabel:"),
             f"Labels: hate, offensive, neutral\nTweet: {TWEET}\nLabel:",
         ),
     ],
@@ -72,7 +75,7 @@ def test_custom_verbalizers_and_parsing():
         (" hate", "hate"),
         ("Hate.", "hate"),
         ("  OFFENSIVE!\nMessage: more text", "offensive"),
-        (" neutral language is fine", "neutral"),
+        (" neutral language is fine", None),  # more words after a label: another answer, not the label
         (" hate speech", "hate speech"),
         ("", None),
         ("   \n", None),
@@ -105,12 +108,14 @@ def test_with_shots_is_balanced_seeded_and_rendered_in_the_message_format():
 
 
 def test_with_shots_raw_style_and_errors():
-    task = LabelTask.from_settings(TaskSettings(prompt_style="raw", shots=1), shot_examples=SHOT_POOL, seed=0)
+    task = LabelTask.from_settings(
+        TaskSettings(labels=MODERATION, prompt_style="raw", shots=1), shot_examples=SHOT_POOL, seed=0
+    )
     assert len(task.shots) == 3
     text, label = task.shots[0]
     assert task.prompt(TWEET).startswith(f"{text} ### {label}\n\n")
     with pytest.raises(TaskError, match="needs examples"):
-        LabelTask.from_settings(TaskSettings(shots=1))
+        LabelTask.from_settings(TaskSettings(labels=MODERATION, shots=1))
     with pytest.raises(TaskError, match="'hate'"):
         moderation_task().with_shots(SHOT_POOL, k=6)
 
@@ -206,7 +211,7 @@ def _word_tokenizer(vocab: dict[str, int], strip: str | None = None) -> PreTrain
 
 
 def test_docstring_example_runs():
-    result = doctest.testmod(trainer_ext.tasks)
+    result = doctest.testmod(trainer_ext.tasks.task)
     assert result.attempted > 0 and result.failed == 0
 
 
@@ -225,3 +230,43 @@ def test_check_label_tokens_reports_empty_verbalizer():
     tokenizer = _word_tokenizer({"yes": 2}, strip="!")
     with pytest.raises(TaskError, match="label '!!' is empty after tokenisation"):
         check_label_tokens(LabelTask(["yes", "!!"]), tokenizer)
+
+
+@pytest.mark.parametrize(
+    ("generated", "expected"),
+    [
+        (" C", "C"),
+        (" C++", "C++"),
+        (" C#", "C#"),
+        (" C+", None),  # not C, and not C++ either
+        (" C#.", "C#"),
+        (" c++\nnext line", "C++"),
+        (" C-sharp", None),
+        (" N/A", "N/A"),
+        (" N/A!", "N/A"),
+        (" N", None),
+        (" Sci/Tech", "Sci/Tech"),
+        (" Sci", None),
+        (" +1", "+1"),
+        (" +12", None),
+        (" negative", "negative"),
+        (" very negative", "very negative"),
+        (" very negative indeed", None),
+        (" negative</s>", "negative"),
+    ],
+)
+def test_a_label_matches_only_up_to_the_end_of_the_answer(generated, expected):
+    task = LabelTask(["C", "C++", "C#", "N/A", "Sci/Tech", "+1", "negative", "very negative"])
+    assert task.label_from_completion(generated) == expected
+
+
+def test_a_label_with_the_list_separator_is_refused_and_the_string_form_round_trips():
+    with pytest.raises(TaskError, match="contains a comma"):
+        LabelTask(["Business, Finance", "Sports"])
+    with pytest.raises(TaskError, match="contains a comma"):
+        TaskSettings(labels=["a,b", "c"])
+    settings = TaskSettings(labels="Business / Finance, Sports,Sci/Tech")
+    assert settings.labels == ["Business / Finance", "Sports", "Sci/Tech"]
+    assert parse_label_list(format_label_list(settings.labels)) == settings.labels
+    task = LabelTask(settings.labels)
+    assert "categories: Business / Finance, Sports, Sci/Tech\n" in task.prompt("x")

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from trainer_ext.data import Example
 from trainer_ext.tasks import LabelTask, TaskError, TaskSettings, moderation_task
-from trainer_ext.tokenization import (
+from trainer_ext.training.tokenization import (
     IGNORE_INDEX,
     EncodingError,
     encode_dataset,
@@ -39,7 +39,11 @@ CASES = {
     "unicode and emoji": ("Ünïcödé straße 日本語 😀🔥👍🏽 ✨", "neutral", moderation_task()),
     "html entities kept verbatim": ("&#8220;quoted&#8221; &amp; more", "offensive", moderation_task()),
     "text ending in spaces and newlines": ("line one\nline two  \n", "hate", moderation_task()),
-    "raw style": ("just text", "offensive", LabelTask.from_settings(TaskSettings(prompt_style="raw"))),
+    "raw style": (
+        "just text",
+        "offensive",
+        LabelTask.from_settings(TaskSettings(labels=["hate", "offensive", "neutral"], prompt_style="raw")),
+    ),
     "text looks like the cue": ("Category: hate\n\nCategory:", "neutral", moderation_task()),
 }
 

@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import DATA_DIR
 from safetensors.torch import load_file
 
-from trainer_ext.classifier import Classifier
-from trainer_ext.collator import LabelCollator
 from trainer_ext.data import Example
+from trainer_ext.inference.classifier import Classifier
 from trainer_ext.tasks import LabelTask
-from trainer_ext.tokenization import encode_example, label_token_ids
-from trainer_ext.trainer import LabelDataset, LabelTrainer, LabelTrainingArguments, completion_loss
+from trainer_ext.training.collator import LabelCollator
+from trainer_ext.training.tokenization import encode_example, label_token_ids
+from trainer_ext.training.trainer import LabelDataset, LabelTrainer, LabelTrainingArguments, completion_loss
 
 REPO = Path(__file__).resolve().parents[1]
 TASK = LabelTask(["hate", "offensive", "neutral"])
@@ -70,14 +71,14 @@ def _examples(n_per_label: int) -> list[Example]:
 
 def test_training_teaches_a_tiny_model_the_answer_format(tiny_model, tmp_path):
     model, tokenizer = tiny_model("llama")
-    from trainer_ext.methods import LoraSettings, apply_method
+    from trainer_ext.modeling.methods import LoraSettings, apply_method
 
     model = apply_method(model, LoraSettings(method="full"))
     args = LabelTrainingArguments(
         output_dir=str(tmp_path),
-        num_train_epochs=12,
+        num_train_epochs=30,
         per_device_train_batch_size=8,
-        learning_rate=3e-3,
+        learning_rate=1e-2,
         optim="adamw_torch",
         eval_decoding="both",
         use_cpu=True,
@@ -108,6 +109,18 @@ def _train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
         str(model_dir),
         "--quantization",
         "none",
+        "--data_dir",
+        str(DATA_DIR),
+        "--train_file",
+        "seed_split/train.csv",
+        "--eval_file",
+        "seed_split/val.csv",
+        "--decode_html",
+        "true",
+        "--labels",
+        "hate",
+        "offensive",
+        "neutral",
         "--train_samples",
         "48",
         "--eval_samples",
@@ -133,9 +146,7 @@ def _train_command(model_dir: Path, out: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    env["TRAINER_EXT_DATA_DIR"] = str(REPO.parent / "shared" / "data")
-    return env
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
@@ -207,7 +218,7 @@ def test_two_process_ddp_run_matches_single_process_predictions(tiny_model_dir, 
 def test_report_to_tensorboard_writes_event_files(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))  # transformers 5's place for it
     model, tokenizer = tiny_model("gpt2")
-    from trainer_ext.methods import LoraSettings, apply_method
+    from trainer_ext.modeling.methods import LoraSettings, apply_method
 
     model = apply_method(model, LoraSettings(method="lora-attention", lora_dropout=0.0))
     args = LabelTrainingArguments(
@@ -227,7 +238,7 @@ def test_report_to_tensorboard_writes_event_files(tiny_model, tmp_path, monkeypa
 
 def test_norms_method_trains_an_8bit_model(tiny_model_dir, tmp_path):
     """The study's `norms` row: only the 1-D weights of an 8-bit model are trained, and they change."""
-    from trainer_ext.loading import load_model
+    from trainer_ext.modeling.loading import load_model
 
     loaded = load_model(str(tiny_model_dir("llama")), quantization="8bit", method="norms", dtype="float32")
     before = {n: p.detach().clone() for n, p in loaded.model.named_parameters() if p.requires_grad}

@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
-    "load_model": "loading",
-    "load_tokenizer": "loading",
+    "load_model": "modeling.loading",
+    "load_tokenizer": "modeling.loading",
     "LabelTask": "tasks",
-    "LabelTrainer": "trainer",
-    "LabelTrainingArguments": "trainer",
-    "Classifier": "classifier",
-    "LabelCollator": "collator",
+    "LabelTrainer": "training.trainer",
+    "LabelTrainingArguments": "training.trainer",
+    "Classifier": "inference.classifier",
+    "LabelCollator": "training.collator",
     "load_examples": "data",
-    "classification_metrics": "metrics",
-    "estimate_memory": "estimate",
+    "classification_metrics": "evaluation.metrics",
+    "estimate_memory": "memory",
+    "RunInfo": "runs",
 }
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "LabelTask",
     "LabelTrainer",
     "LabelTrainingArguments",
+    "RunInfo",
     "__version__",
     "classification_metrics",
     "estimate_memory",
@@ -39,14 +41,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .classifier import Classifier
-    from .collator import LabelCollator
     from .data import load_examples
-    from .estimate import estimate_memory
-    from .loading import load_model, load_tokenizer
-    from .metrics import classification_metrics
+    from .evaluation.metrics import classification_metrics
+    from .inference.classifier import Classifier
+    from .memory import estimate_memory
+    from .modeling.loading import load_model, load_tokenizer
+    from .runs import RunInfo
     from .tasks import LabelTask
-    from .trainer import LabelTrainer, LabelTrainingArguments
+    from .training.collator import LabelCollator
+    from .training.trainer import LabelTrainer, LabelTrainingArguments
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,6 @@ COMMANDS: dict[str, str] = {
     "train": "fine-tune a causal LM to generate labels, evaluate it and write the run directory",
     "predict": "classify texts (arguments, a file or stdin) with a trained run or a base model",
     "compare": "compare methods, quantizations or models on one task and tabulate their metrics",
-    "bench": "benchmark training and inference speed and memory",
     "estimate": "estimate the memory a training configuration needs, from a model config (offline)",
     "push": "publish a training run (or the demo Space) on the Hugging Face Hub",
 }

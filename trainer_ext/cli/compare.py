@@ -19,7 +19,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from trainer_ext.compare_settings import ROWS, StudySettings
+from trainer_ext.study.settings import ROWS, StudySettings
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -35,11 +35,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--set", action="append", dest="sets", metavar="ROW.KEY=VALUE", help="recipe override for one row"
     )
-    docs = _field_docs()
     for f in dataclasses.fields(StudySettings):
         if f.name in ("overrides", "recipe_args", "preset_dir"):
             continue
-        flag, help_text = f"--{f.name}", docs.get(f.name, "")
+        flag, help_text = f"--{f.name}", f.metadata["help"]
         if f.name in ("rows", "transfer_prompts"):
             extra = f" ({', '.join(ROWS)})" if f.name == "rows" else ""
             parser.add_argument(flag, nargs="+", help=help_text + extra)
@@ -52,29 +51,16 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _field_docs() -> dict[str, str]:
-    """Each settings field's docstring (the string literal under it in the class body)."""
-    import ast
-    import inspect
-
-    body = ast.parse(inspect.getsource(StudySettings)).body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:], strict=False):
-        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr):
-            docs[node.target.id] = str(after.value.value)
-    return docs
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``trainer-ext compare``: 0 when done, 1 when a row failed, 2 on bad input."""
-    from trainer_ext.cli.train import setup_logging
-    from trainer_ext.compare import run_study
-    from trainer_ext.compare_report import write_report
-    from trainer_ext.compare_settings import StudyError, build_settings
-    from trainer_ext.config import RecipeError
+    from trainer_ext.cli.logs import setup_logging
     from trainer_ext.data import DataError
-    from trainer_ext.loading import ModelLoadError
+    from trainer_ext.modeling.loading import ModelLoadError
+    from trainer_ext.study.report import write_report
+    from trainer_ext.study.runner import run_study
+    from trainer_ext.study.settings import StudyError, build_settings
     from trainer_ext.tasks import TaskError
+    from trainer_ext.training.recipe import RecipeError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()

@@ -1,113 +1,124 @@
-"""``trainer-ext predict``: classify texts with a trained run (local directory or Hub repo).
+"""``trainer-ext predict``: classify texts with a trained run, or with a base model and a label set.
 
-    python scripts/predict.py --model runs/moderation-lora-all --input tweets.csv --output preds.csv
-    echo "have a lovely day" | python scripts/predict.py --model runs/moderation-lora-all
+    trainer-ext predict --model runs/moderation-lora-all --input tweets.csv --output preds.csv
+    trainer-ext predict --model runs/moderation-lora-all "have a lovely day" "shut up already"
+    echo "have a lovely day" | trainer-ext predict --model runs/moderation-lora-all
+    trainer-ext predict --model smollm2-135m --labels sport politics tech "Rain stops play at Lord's"
 
-The run directory alone gives everything: base model, adapter, labels and prompt template. The input is a
-CSV / JSON Lines / Parquet file (``--text-column``, default ``text``) or, without ``--input``, one text per
-line on standard input. The output CSV has the text, the predicted label (empty when a generated answer is
-not a label) and one probability column per label (constrained decoding).
+A run directory (or the Hub repo it was pushed to) gives everything: base model, adapter, labels, prompt
+template, and the dtype it was evaluated in. A base model with `--labels` classifies zero-shot. Texts come
+as arguments, from `--input` (CSV, TSV, JSON Lines, Parquet; `--text_column`) or one per line on stdin.
+
+The output CSV (`--output`, else stdout) has the row, the text, the predicted label (empty when a
+generated answer is not a label), whether the text was shortened to fit, and one probability column per
+label (constrained decoding). Rows are written batch by batch as they are predicted; `--resume` continues
+an output file that an interrupted run left.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import csv
+import logging
 import sys
-from pathlib import Path
+from dataclasses import dataclass, field
+
+logger = logging.getLogger("trainer_ext.predict")
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer-ext predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model", required=True, help="Run directory or Hub repo id (user/name) of a trained run."
+@dataclass
+class PredictArguments:
+    """The keys of `trainer-ext predict` (texts given as arguments come after them)."""
+
+    model: str = field(
+        metadata={"help": "Run directory or Hub repo of a trained run; or a base model with --labels."}
     )
-    parser.add_argument("--revision", help="Hub branch, tag or commit to pin.")
-    parser.add_argument(
-        "--input", help="CSV, JSON Lines or Parquet file; default: one text per line on stdin."
+    labels: list[str] | None = field(
+        default=None, metadata={"help": "Labels for a base model (zero-shot); a run brings its own."}
     )
-    parser.add_argument(
-        "--text-column", default="text", help="Column of the texts in --input (default: text)."
+    input: str | None = field(
+        default=None,
+        metadata={"help": "CSV, TSV, JSON Lines or Parquet file; default: the texts given, or stdin."},
     )
-    parser.add_argument("--output", help="Output CSV; default: standard output.")
-    parser.add_argument("--decoding", choices=("constrained", "generate"), default="constrained")
-    parser.add_argument(
-        "--calibrate", action="store_true", help="Contextual calibration of label probabilities."
+    text_column: str = field(default="text", metadata={"help": "Column of the texts in --input."})
+    output: str | None = field(default=None, metadata={"help": "Output CSV; default: standard output."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue --output where an interrupted run stopped (same input)."}
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
-        "--quantization", choices=("8bit", "4bit", "none"), help="Override the run's quantization."
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing --output file."})
+    on_bad_row: str = field(
+        default="skip", metadata={"help": "Empty or unreadable rows: skip (counted and logged) or error."}
     )
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA when available).")
-    parser.add_argument(
-        "--allow-pickle", action="store_true", help="Accept pickled .bin weights (trusted sources)."
+    decoding: str = field(
+        default="constrained",
+        metadata={"help": "constrained (label probabilities, never invalid) or generate (greedy answer)."},
     )
-    return parser
+    calibrate: bool = field(
+        default=False, metadata={"help": "Contextual calibration of the label probabilities (constrained)."}
+    )
+    batch_size: int = field(default=16, metadata={"help": "Texts per forward pass."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Token budget of prompt + label (default: the run's)."}
+    )
+    truncation_side: str | None = field(
+        default=None,
+        metadata={
+            "help": "What to keep of a text too long for max_length: right cuts the end, left the start, "
+            "both the middle (default: the run's)."
+        },
+    )
+    quantization: str | None = field(default=None, metadata={"help": "Override the run's quantization."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "Override the run's dtype (auto, float32, bfloat16)."}
+    )
+    base_model: str | None = field(
+        default=None, metadata={"help": "Load this base model instead of the run's (e.g. a moved directory)."}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "cpu, cuda, cuda:1, ... (default: CUDA when available)."}
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub branch, tag or commit to pin."})
+    allow_pickle: bool = field(
+        default=False, metadata={"help": "Accept pickled .bin weights (trusted sources)."}
+    )
 
 
-def read_texts(args: argparse.Namespace) -> list[str]:
-    """Texts from --input (through `load_examples`, which names bad rows) or from stdin lines."""
-    if args.input is None:
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    from trainer_ext.data import load_examples
+def parse(argv: list[str]) -> tuple[PredictArguments, list[str]]:
+    """The arguments and the texts given on the command line."""
+    from transformers import HfArgumentParser
 
-    return [ex.text for ex in load_examples(args.input, text_column=args.text_column, labels=None)]
-
-
-def write_predictions(predictions, labels: list[str], output: str | None) -> None:
-    with contextlib.ExitStack() as stack:
-        handle = (
-            stack.enter_context(open(output, "w", newline="", encoding="utf-8")) if output else sys.stdout
-        )
-        writer = csv.writer(handle)
-        writer.writerow(["text", "predicted", *[f"prob_{label}" for label in labels]])
-        for p in predictions:
-            probs = [f"{p.probs[label]:.6f}" for label in labels] if p.probs else [""] * len(labels)
-            writer.writerow([p.text, p.label or "", *probs])
+    parser = HfArgumentParser(
+        PredictArguments, prog="trainer-ext predict", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (else --input or stdin)")
+    args, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return args, list(extra.texts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``trainer-ext predict`` and ``scripts/predict.py``."""
-    import logging
+    """Entry point of ``trainer-ext predict`` and ``scripts/predict.py``: 0 when done, 2 on bad input."""
+    from trainer_ext.cli.errors import USER_ERRORS
+    from trainer_ext.cli.logs import setup_logging
+    from trainer_ext.inference.batch import PredictionWriter, check_arguments, load_classifier, read_inputs
 
-    from tqdm.auto import tqdm
-
-    from trainer_ext.classifier import Classifier
-    from trainer_ext.data import DataError
-    from trainer_ext.loading import ModelLoadError
-    from trainer_ext.saving import RunDirError
-
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        hub_errors: tuple[type[Exception], ...] = ()
-        if not Path(args.model).is_dir():
-            from trainer_ext.hub import HubError
-
-            hub_errors = (HubError,)
-        texts = read_texts(args)
-        clf = Classifier.from_pretrained(
-            args.model,
-            revision=args.revision,
-            quantization=args.quantization,
-            device=args.device,
-            allow_pickle=args.allow_pickle,
-        )
-        with tqdm(total=len(texts), desc="Predicting", file=sys.stderr, disable=len(texts) < 2) as bar:
-            predictions = clf.predict(
-                texts,
-                decoding=args.decoding,
-                batch_size=args.batch_size,
-                calibrate=args.calibrate,
-                on_batch=bar.update,
-            )
-        write_predictions(predictions, clf.task.labels, args.output)
-    except (DataError, ModelLoadError, RunDirError, FileNotFoundError, *hub_errors) as error:
+        args, texts = parse(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    setup_logging(True)
+    logging.getLogger().setLevel(logging.WARNING)
+    logger.setLevel(logging.INFO)
+    try:
+        check_arguments(args, texts)
+        rows = read_inputs(args, texts)  # files and stdin are read and checked before the model loads
+        writer = PredictionWriter(args.output, resume=args.resume, overwrite=args.overwrite)
+        todo = writer.remaining(rows)
+        clf = load_classifier(args)
+        written = writer.write_all(clf, todo, args)
+    except USER_ERRORS as error:
         print(f"trainer-ext predict: {error}", file=sys.stderr)
         return 2
     if args.output:
-        print(f"Wrote {len(predictions)} predictions to {args.output}", file=sys.stderr)
+        logger.info("Wrote %d predictions to %s (%d rows in all).", written, args.output, writer.rows_done)
     return 0
 
 

@@ -1,25 +1,52 @@
 """`trainer-ext push`: publish a training run (or, with `--space`, the Gradio demo) on the Hugging Face Hub.
 
-    trainer-ext push OUTPUT_DIR --repo-id USER/NAME [--private] [--revision BRANCH] [--dry-run]
-    trainer-ext push space/ --repo-id USER/NAME --space [--model-repo-id USER/MODEL] [--dry-run]
+    trainer-ext push OUTPUT_DIR --repo_id USER/NAME [--private] [--revision BRANCH] [--dry_run]
+    trainer-ext push space/ --repo_id USER/NAME --space [--model_repo_id USER/MODEL] [--dry_run]
 
-The token comes from `HF_TOKEN` or `hf auth login`; it is never printed. `--dry-run` prints the card and
+The token comes from `HF_TOKEN` or `hf auth login`; it is never printed. `--dry_run` prints the card and
 the files that would be uploaded, and makes no network call.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from trainer_ext.hub import HubError, PushResult, push_run, push_space
 
 
-def make_parser() -> argparse.ArgumentParser:
-    """The argument parser of `trainer-ext push`."""
-    parser = argparse.ArgumentParser(
+@dataclass
+class PushArguments:
+    """The keys of `trainer-ext push` (the run directory is the one positional argument)."""
+
+    repo_id: str = field(metadata={"help": "Target repo, USER/NAME (created if missing)."})
+    private: bool = field(default=False, metadata={"help": "Create the repo private."})
+    revision: str | None = field(
+        default=None, metadata={"help": "Branch to push to; created from main if it does not exist."}
+    )
+    dry_run: bool = field(default=False, metadata={"help": "Print the card and the files; send nothing."})
+    space: bool = field(default=False, metadata={"help": "Push the Gradio app directory to a Space repo."})
+    model_repo_id: str | None = field(
+        default=None, metadata={"help": "With --space: the model repo the app loads."}
+    )
+    allow_pickle: bool = field(default=False, metadata={"help": "Also upload pickled (.bin/.pt) weights."})
+    license: str | None = field(
+        default=None, metadata={"help": "License id for the card (default: run.json, then the base model's)."}
+    )
+    commit_message: str | None = field(default=None, metadata={"help": "Message of the commit."})
+    no_package: bool = field(
+        default=False, metadata={"help": "With --space: do not upload the trainer_ext package source."}
+    )
+
+
+def make_parser():
+    """The argument parser of `trainer-ext push` (`HfArgumentParser` over `PushArguments`)."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        PushArguments,
         prog="trainer-ext push",
         description="Upload a training run's adapter, tokenizer, task and model card (or the demo Space) "
         "to the Hugging Face Hub. The token comes from HF_TOKEN or `hf auth login`.",
@@ -27,26 +54,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "output_dir", help="a training run's output directory (with --space: the app directory)"
     )
-    parser.add_argument("--repo-id", required=True, help="target repo, USER/NAME (created if missing)")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--revision", help="branch to push to; created from main if it does not exist")
-    parser.add_argument("--dry-run", action="store_true", help="print the card and the files; send nothing")
-    parser.add_argument("--space", action="store_true", help="push the Gradio app directory to a Space repo")
-    parser.add_argument("--model-repo-id", help="with --space: the model repo the app loads")
-    parser.add_argument("--allow-pickle", action="store_true", help="also upload pickled (.bin/.pt) weights")
-    parser.add_argument("--license", help="license id for the card (default: run.json, base model)")
-    parser.add_argument("--commit-message", help="message of the commit")
-    parser.add_argument(
-        "--no-package", action="store_true", help="with --space: do not upload the trainer_ext package source"
-    )
     return parser
 
 
-def _check_combination(args: argparse.Namespace) -> str | None:
+def _check_combination(args: PushArguments) -> str | None:
     if args.space and (args.revision or args.allow_pickle or args.license):
-        return "--revision, --allow-pickle and --license apply to model repos, not to --space"
+        return "--revision, --allow_pickle and --license apply to model repos, not to --space"
     if not args.space and (args.model_repo_id or args.no_package):
-        return "--model-repo-id and --no-package only apply with --space"
+        return "--model_repo_id and --no_package only apply with --space"
     return None
 
 
@@ -69,9 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run `trainer-ext push`; returns the exit status (2 for a user error)."""
     parser = make_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_args_into_dataclasses(args=list(sys.argv[1:] if argv is None else argv))
     except SystemExit as exit_:
         return int(exit_.code or 0)
+    args.output_dir = extra.output_dir
     problem = _check_combination(args)
     if problem:
         print(f"trainer-ext push: error: {problem}", file=sys.stderr)

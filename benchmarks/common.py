@@ -1,0 +1,33 @@
+"""Helpers every benchmark shares: where the shared data is, and how process memory is read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# The shared data and tokenizers sit beside the repository; TRAINER_EXT_DATA_DIR moves both.
+DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
+TOKENIZERS_DIR = DATA_DIR.parent / "tokenizers"
+
+
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in KiB."""
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}; memory is measured on Linux only.")
+
+
+def reset_peak_rss() -> None:
+    """Reset ``VmHWM`` (the peak resident set size) to the current resident set size."""
+    Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")
+
+
+def storage_bytes(model) -> int:
+    """Bytes of a model's parameters and buffers (each storage once)."""
+    storages = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())

@@ -1,0 +1,202 @@
+"""Load benchmark of the demo: N classification requests from C concurrent `gradio_client` clients.
+
+    python -m benchmarks.space                                  # launches space/app.py on 127.0.0.1
+    python -m benchmarks.space --requests 50 --clients 10 --quantization 8bit
+    python -m benchmarks.space --url http://127.0.0.1:7860/     # an app that is already running
+
+Each request sends a distinct message to `/moderate`; each answer is checked against its own input by
+asking the same message again, one at a time, after the load (`--no-verify` skips that). The script
+prints the latency percentiles (p50, p95) and throughput, and writes them with the settings to a JSON
+file. The first request, which loads the model, is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SPACE_DIR = REPO_ROOT / "space"
+DEFAULT_OUTPUT = REPO_ROOT / "runs" / "bench_space.json"
+
+logger = logging.getLogger("bench_space")
+
+
+@dataclass
+class LoadResult:
+    """Answers and latencies of one load run.
+
+    Args:
+        answers (`dict[int, dict]`): Answer of each request that succeeded, by request index.
+        latencies (`dict[int, float]`): Seconds from sending to answer, by request index.
+        errors (`dict[int, str]`): Error of each request that failed, by request index.
+        wall_s (`float`): Seconds from the first request sent to the last answer.
+    """
+
+    answers: dict[int, Any] = field(default_factory=dict)
+    latencies: dict[int, float] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+
+
+def make_messages(n: int) -> list[str]:
+    """`n` distinct messages: the demo's example messages, each tagged with its request number."""
+    import csv
+
+    with open(SPACE_DIR / "examples" / "messages.csv", newline="", encoding="utf-8") as handle:
+        base = [row["message"] for row in csv.DictReader(handle)]
+    return [f"{base[i % len(base)]} (request {i})" for i in range(n)]
+
+
+def run_load(url: str, messages: list[str], clients: int, api_name: str = "/moderate") -> LoadResult:
+    """Send `messages` to `api_name` from `clients` concurrent clients, each sending its share in turn.
+
+    Args:
+        url (`str`): The app's address.
+        messages (`list[str]`): One request per message; request `i` goes to client `i % clients`.
+        clients (`int`): Concurrent clients (one `gradio_client.Client` and one thread each).
+        api_name (`str`, *optional*, defaults to `"/moderate"`): The endpoint.
+
+    Returns:
+        `LoadResult`: every answer and latency by request index, and the failures.
+    """
+    from gradio_client import Client
+
+    result = LoadResult()
+
+    def worker(first: int) -> None:
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        for index in range(first, len(messages), clients):
+            start = time.perf_counter()
+            try:
+                result.answers[index] = client.predict(messages[index], api_name=api_name)
+            except Exception as err:  # a lost or refused request is a result, not a crash
+                result.errors[index] = f"{type(err).__name__}: {err}"
+            result.latencies[index] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(worker, range(clients)))
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+def summarize(result: LoadResult, n_requests: int) -> dict[str, Any]:
+    """Counts, latency percentiles (seconds) and throughput of a load run."""
+    latencies = np.array([result.latencies[i] for i in sorted(result.answers)])
+    stats = {"requests": n_requests, "answered": len(result.answers), "failed": len(result.errors)}
+    has = len(latencies) > 0
+    stats.update(
+        p50_s=float(np.percentile(latencies, 50)) if has else None,
+        p95_s=float(np.percentile(latencies, 95)) if has else None,
+        mean_s=float(latencies.mean()) if has else None,
+        max_s=float(latencies.max()) if has else None,
+        throughput_rps=len(latencies) / result.wall_s if has else 0.0,
+    )
+    stats["wall_s"] = result.wall_s
+    return stats
+
+
+def launch_app(args: argparse.Namespace) -> tuple[Any, str]:
+    """Launch the demo with the settings of the command line (and the environment)."""
+    from space.app import serve
+    from space.model_store import ModelStore, SpaceSettings
+
+    settings = SpaceSettings.from_env(
+        adapter=args.adapter, base_model=args.base_model, quantization=args.quantization
+    )
+    return serve(ModelStore(settings), concurrency=args.concurrency)
+
+
+def mismatches(url: str, messages: list[str], result: LoadResult) -> list[int]:
+    """Requests whose answer under load differs from the answer to the same message asked alone."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+    return [
+        index
+        for index in sorted(result.answers)
+        if client.predict(messages[index], api_name="/moderate") != result.answers[index]
+    ]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line of the benchmark."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="an app that is already running (default: launch one here)")
+    parser.add_argument("--requests", type=int, default=50, help="number of requests (default 50)")
+    parser.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
+    parser.add_argument("--adapter", help="adapter of the launched app (see space/README.md)")
+    parser.add_argument("--base_model", help="base model of the launched app")
+    parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
+    parser.add_argument("--concurrency", type=int, default=2, help="concurrency limit of the launched app")
+    parser.add_argument("--no-verify", action="store_true", help="do not re-ask each message alone")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 1 when a request failed or an answer did not match its input."""
+    from gradio_client import Client
+
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo, url = (None, args.url) if args.url else launch_app(args)
+    try:
+        messages = make_messages(args.requests)
+        logger.info("Warm-up request to %s (loads the model) ...", url)
+        warm_up = run_load(url, ["warm-up message"], 1)
+        if warm_up.errors:
+            print(f"error: the app failed its first request: {warm_up.errors[0]}", file=sys.stderr)
+            return 1
+        logger.info("%d requests from %d clients ...", args.requests, args.clients)
+        result = run_load(url, messages, args.clients)
+        stats = summarize(result, args.requests)
+        served = Client(url, verbose=False, analytics_enabled=False).predict(api_name="/model_info")
+        if not args.no_verify:
+            stats["mismatched"] = len(mismatches(url, messages, result))
+    finally:
+        if demo is not None:
+            demo.close()
+    report = {
+        "benchmark": "space_load",
+        "url": args.url or "launched in-process",
+        "clients": args.clients,
+        "served": served,  # what the app reports through /model_info
+        "concurrency": None if args.url else args.concurrency,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "load_average_1min": os.getloadavg()[0],  # other processes on the CPU skew the figures
+        },
+        **stats,
+        "errors": sorted(set(result.errors.values()))[:5],
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    p50, p95 = (f"{stats[key]:.3f} s" if stats[key] is not None else "n/a" for key in ("p50_s", "p95_s"))
+    print(
+        f"{stats['answered']}/{args.requests} answered, {stats['failed']} failed, "
+        f"{stats.get('mismatched', 'unchecked')} mismatched; latency p50 {p50}, p95 {p95}; "
+        f"{stats['throughput_rps']:.2f} requests/s -> {args.output}"
+    )
+    return 1 if stats["failed"] or stats.get("mismatched") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation of generated labels: classification metrics and the files a run reports them in."""

@@ -1,0 +1,82 @@
+"""Files a run writes for people: metrics.json, predictions.csv, the confusion-matrix picture."""
+
+from __future__ import annotations
+
+import csv
+import json
+import resource
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer_ext.inference.scoring import LabelScores
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+CONFUSION_FILE = "confusion_matrix.png"
+
+
+def peak_memory_mb(device: str | torch.device = "cpu") -> float:
+    """Peak memory of this process so far, in MiB: CUDA allocations on a GPU, else the peak RSS."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def write_metrics(output_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write the flat metrics dict as `metrics.json` (sorted keys)."""
+    path = Path(output_dir) / METRICS_FILE
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def write_predictions(
+    output_dir: str | Path, examples: Sequence[Any], scores: LabelScores, labels: Sequence[str]
+) -> Path:
+    """Write `predictions.csv`: text, gold, predicted (empty when invalid), a probability per label."""
+    path = Path(output_dir) / PREDICTIONS_FILE
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "gold", "predicted", *[f"prob_{label}" for label in labels]])
+        for i, example in enumerate(examples):
+            probs = scores.probs[i].tolist() if scores.probs is not None else [""] * len(labels)
+            writer.writerow(
+                [
+                    example.text,
+                    example.label or "",
+                    scores.labels[i] or "",
+                    *[f"{p:.6f}" if p != "" else "" for p in probs],
+                ]
+            )
+    return path
+
+
+def plot_confusion_matrix(
+    output_dir: str | Path, matrix: Sequence[Sequence[int]], labels: Sequence[str]
+) -> Path:
+    """Draw the confusion matrix (rows: gold; columns: predicted, then invalid) to `confusion_matrix.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [*labels, "invalid"]
+    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.9 * len(labels) + 1.8))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    top = max((max(row) for row in matrix), default=0)
+    for r, row in enumerate(matrix):
+        for c, value in enumerate(row):
+            ax.text(c, r, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+    fig.tight_layout()
+    path = Path(output_dir) / CONFUSION_FILE
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,1 @@
+"""Inference: constrained label scoring, greedy generation, calibration, and the `Classifier`."""

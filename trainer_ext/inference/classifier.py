@@ -1,0 +1,254 @@
+"""`Classifier`: a trained run (local directory or Hub repo) as a text classifier in one line.
+
+```python
+clf = Classifier.from_pretrained("runs/moderation-lora-all")  # the run directory `make train` writes
+clf.predict(["have a lovely day"])[0].label  # 'neutral'
+```
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer_ext.inference.scoring import contextual_calibration, generate_labels, score_labels
+from trainer_ext.tasks import LabelTask
+from trainer_ext.training.tokenization import encode_prompts
+from trainer_ext.vocabulary import DECODINGS, is_local_path
+
+logger = logging.getLogger(__name__)
+
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
+@dataclass
+class Prediction:
+    """One prediction.
+
+    Args:
+        text (`str`): The input text.
+        label (`str | None`): The predicted label; `None` when a generated answer is not a label.
+        probs (`dict[str, float] | None`): Probability of each label (constrained decoding only).
+        completion (`str | None`): The generated text (generate decoding only).
+        truncated (`bool`): Whether the text was shortened to fit `max_length` (see
+            `Classifier.truncation_side`).
+    """
+
+    text: str
+    label: str | None
+    probs: dict[str, float] | None = None
+    completion: str | None = None
+    truncated: bool = False
+
+
+class Classifier:
+    """A causal LM and a `LabelTask`: texts in, labels out.
+
+    Build it with `from_pretrained` (a training run) or `from_base` (a frozen model, zero- or few-shot).
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): The model, in eval mode.
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer.
+        task (`LabelTask`): Labels and prompt template.
+        base_model (`str`): Name of the base model (for display).
+        max_length (`int`, *optional*, defaults to 256): Prompt + completion budget; longer
+            messages are shortened.
+        decode_html (`bool`, *optional*, defaults to `False`): Decode HTML entities (``&amp;``) in texts
+            first, as
+            the training data was (a run records its choice).
+    """
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        task: LabelTask,
+        base_model: str,
+        max_length: int = 256,
+        decode_html: bool = False,
+        truncation_side: str = "right",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.base_model = base_model
+        self.max_length = max_length
+        self.decode_html = decode_html
+        self.truncation_side = truncation_side
+        self._content_free: torch.Tensor | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_repo_id: str | Path,
+        revision: str | None = None,
+        quantization: str | None = None,
+        device: str | None = None,
+        allow_pickle: bool = False,
+        dtype: Any = None,
+        base_model: str | None = None,
+    ) -> Classifier:
+        """Load a run directory, or a Hub repo a run was pushed to.
+
+        By default the run is reloaded as it was evaluated: its quantization and dtype (from `run.json`),
+        so that its predictions reproduce the run's `predictions.csv`.
+
+        Args:
+            path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
+            revision (`str`, *optional*): Hub branch, tag or commit to pin.
+            quantization (`str`, *optional*): Override the run's quantization (``"8bit"``, ``"4bit"``,
+                ``"none"``).
+            device (`str`, *optional*): Defaults to CUDA when available.
+            allow_pickle (`bool`, *optional*, defaults to `False`): Accept pickled `.bin` weights.
+            dtype (`str` or `torch.dtype`, *optional*): Override the run's dtype (``"auto"`` picks the
+                fastest this machine runs).
+            base_model (`str`, *optional*): Load this base model (directory or Hub id) instead of the one
+                `run.json` records, e.g. when the recorded local directory has moved.
+
+        Raises:
+            `FileNotFoundError`: for a name that is neither a directory nor a Hub id;
+            `RunDirError`: for a directory that is not a run, or a recorded base model directory that is gone.
+        """
+        from trainer_ext.runs.directory import load_run
+
+        path = Path(path_or_repo_id)
+        if not path.is_dir():
+            if is_local_path(path_or_repo_id) or str(path_or_repo_id).count("/") != 1:
+                raise FileNotFoundError(
+                    f"{str(path_or_repo_id)!r} is neither a run directory nor a Hub repo id (user/name)."
+                )
+            from trainer_ext.hub import download_model_dir
+
+            path = download_model_dir(str(path_or_repo_id), revision=revision, allow_pickle=allow_pickle)
+        loaded, task, info = load_run(
+            path,
+            quantization=quantization,
+            device=device,
+            dtype=dtype,
+            allow_pickle=allow_pickle,
+            base_model=base_model,
+        )
+        max_length = int(info.task.get("max_length", 256))
+        decode_html = bool(info.data.get("decode_html", False))
+        truncation_side = str(info.task.get("truncation_side", "right"))
+        return cls(
+            loaded.model, loaded.tokenizer, task, info.base_model, max_length, decode_html, truncation_side
+        )
+
+    @classmethod
+    def from_base(
+        cls,
+        model_name_or_path: str,
+        task: LabelTask,
+        quantization: str = "8bit",
+        device: str | None = None,
+        max_length: int = 256,
+    ) -> Classifier:
+        """A frozen base model with a task: zero-shot, or few-shot when the task has shots."""
+        from trainer_ext.modeling.loading import load_model
+
+        loaded = load_model(model_name_or_path, quantization=quantization, method="none", device=device)
+        loaded.model.eval()
+        return cls(loaded.model, loaded.tokenizer, task, model_name_or_path, max_length)
+
+    def with_labels(self, labels: Sequence[str]) -> Classifier:
+        """The same model and template over another label set (zero-shot topics)."""
+        return Classifier(
+            self.model,
+            self.tokenizer,
+            self.task.with_labels(labels),
+            self.base_model,
+            self.max_length,
+            self.decode_html,
+            self.truncation_side,
+        )
+
+    def prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Prompt ids of `texts` (messages shortened to fit `max_length`)."""
+        return [ids for ids, _ in self.encode(texts)]
+
+    def encode(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
+        """Prompt ids of `texts` and whether each message was shortened to fit `max_length`.
+
+        Raises:
+            `TypeError`: for an item that is not a string.
+        """
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"Texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}.")
+        if self.decode_html:
+            texts = [html.unescape(text) for text in texts]
+        return encode_prompts(self.tokenizer, self.task, list(texts), self.max_length, self.truncation_side)
+
+    def content_free_probs(self) -> torch.Tensor:
+        """Label probabilities of content-free inputs (``"N/A"``, ...), averaged: the model's label bias."""
+        if self._content_free is None:
+            scores = score_labels(
+                self.model, self.tokenizer, self.task, self.prompts(list(CONTENT_FREE_INPUTS))
+            )
+            self._content_free = scores.probs.mean(0)
+        return self._content_free
+
+    def predict(
+        self,
+        texts: Sequence[str] | str,
+        decoding: str = "constrained",
+        batch_size: int = 16,
+        calibrate: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[Prediction]:
+        """Classify texts.
+
+        Args:
+            texts (`str` or `Sequence[str]`): The messages.
+            decoding (`str`, *optional*, defaults to `"constrained"`): ``"constrained"`` (label probabilities,
+                never invalid) or ``"generate"`` (greedy answer parsed to a label).
+            batch_size (`int`, *optional*, defaults to 16): Texts per forward pass.
+            calibrate (`bool`, *optional*, defaults to `False`): Contextual calibration of constrained scores
+                (divide out the bias measured on content-free inputs).
+            on_batch (`Callable[[int], None]`, *optional*): Progress callback, called with each batch's size.
+
+        Returns:
+            `list[Prediction]`, in input order.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding: unknown value {decoding!r}; choose one of {DECODINGS}.")
+        if calibrate and decoding != "constrained":
+            raise ValueError(
+                "calibrate needs constrained decoding: generated answers have no label probabilities."
+            )
+        if not texts:
+            return []
+        encoded = self.encode(texts)
+        prompts, cut = [ids for ids, _ in encoded], [flag for _, flag in encoded]
+        if decoding == "generate":
+            result = generate_labels(
+                self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
+            )
+            rows = zip(texts, result.labels, result.completions, cut, strict=True)
+            return [Prediction(text, label, None, completion, flag) for text, label, completion, flag in rows]
+        result = score_labels(self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch)
+        probs = result.probs
+        if calibrate:
+            probs = contextual_calibration(probs, self.content_free_probs())
+        labels = self.task.labels
+        return [
+            Prediction(
+                text,
+                labels[int(row.argmax())],
+                dict(zip(labels, map(float, row.tolist()), strict=True)),
+                truncated=flag,
+            )
+            for text, row, flag in zip(texts, probs, cut, strict=True)
+        ]
+
+    def __repr__(self) -> str:
+        return f"Classifier(base_model={self.base_model!r}, labels={self.task.labels})"

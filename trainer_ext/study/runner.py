@@ -1,0 +1,351 @@
+"""The study: every way of turning one causal LM into a classifier, on one split, in one run.
+
+Rows (in table order):
+
+| row                     | what                                                                        |
+|-------------------------|-----------------------------------------------------------------------------|
+| `tfidf-logreg`          | TF-IDF + logistic regression (scikit-learn), the classical baseline         |
+| `zero-shot`             | the frozen model and the prompt alone                                       |
+| `zero-shot-calibrated`  | the same scores with contextual calibration (Zhao et al. 2021)              |
+| `few-shot`              | the frozen model, `shots` balanced examples per label in the prompt         |
+| `few-shot-calibrated`   | the same scores, calibrated                                                 |
+| `norms`                 | trained: only the normalisation layers (the 1-D parameters)                 |
+| `lora-attention`        | trained: LoRA adapters on the attention projections                         |
+| `lora-all`              | trained: LoRA adapters on every linear layer and the input embedding       |
+| `full`                  | trained: every parameter, unquantized (skipped above `full_max_params`)     |
+
+Each trained row is one ``trainer-ext train`` subprocess (so its peak memory is its own), started from
+one training recipe with the study's overrides. The frozen rows are scored in this process, with one
+model load. Then every model (the frozen base and each trained run) classifies a balanced sample of BBC
+headlines into topic labels it never saw, zero-shot, with each transfer prompt, uncalibrated and
+calibrated. `compare_report` writes the table, the JSON and the chart.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer_ext.runs.info import RunInfo
+from trainer_ext.study.scoring import (
+    TransferResult,
+    decodings,
+    load_transfer,
+    score_classifier,
+    short_scores,
+    transfer_scores,
+)
+from trainer_ext.study.settings import (
+    CALIBRATED_ROWS,
+    FROZEN_ROWS,
+    TRAINED_ROWS,
+    StudySettings,
+    row_argv,
+)
+
+logger = logging.getLogger(__name__)
+
+COMMAND_FILE = "compare_command.json"
+
+
+@dataclass
+class RowResult:
+    """One row of the table.
+
+    Args:
+        name (`str`): The row (`zero-shot`, `lora-all`, ...).
+        status (`str`): ``"ok"``, ``"failed"`` or ``"skipped"``.
+        trainable_params (`int`, *optional*): Parameters updated by training (0 for frozen rows).
+        train_runtime (`float`, *optional*): Training seconds.
+        train_samples_per_second (`float`, *optional*): Training throughput.
+        peak_memory_mb (`float`, *optional*): Peak memory of the process that produced the row, MiB.
+        constrained (`dict`, *optional*): `accuracy`, `macro_f1`, `invalid_rate` with constrained decoding.
+        generate (`dict`, *optional*): The same with greedy generation.
+        epochs (`float`, *optional*): Training epochs.
+        run_dir (`str`, *optional*): The run directory of a trained or frozen row.
+        note (`str`): Why a row failed or was skipped, or how to read it.
+    """
+
+    name: str
+    status: str = "ok"
+    trainable_params: int | None = None
+    train_runtime: float | None = None
+    train_samples_per_second: float | None = None
+    peak_memory_mb: float | None = None
+    constrained: dict[str, float] | None = None
+    generate: dict[str, float] | None = None
+    epochs: float | None = None
+    run_dir: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Study:
+    """Everything a study measured (what `compare_report` renders)."""
+
+    settings: dict[str, Any]
+    rows: list[RowResult] = field(default_factory=list)
+    transfer: list[TransferResult] = field(default_factory=list)
+    transfer_labels: list[str] = field(default_factory=list)
+    transfer_samples: int = 0
+    eval_samples: int = 0
+    train_samples: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def row(self, name: str) -> RowResult | None:
+        """The row called `name`, if the study has it."""
+        return next((r for r in self.rows if r.name == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+# The rows.
+
+
+def run_baseline(settings: StudySettings, train, evaluation, labels) -> RowResult:
+    """The TF-IDF + logistic regression row."""
+    from trainer_ext.study.baselines import tfidf_logreg
+
+    logger.info("Row tfidf-logreg: fitting on %d examples", len(train))
+    result = tfidf_logreg(train, evaluation, labels, seed=settings.seed)
+    return RowResult(
+        "tfidf-logreg",
+        trainable_params=result.trainable_params,
+        train_runtime=round(result.train_runtime, 2),
+        train_samples_per_second=round(result.train_samples_per_second, 2),
+        peak_memory_mb=round(result.peak_memory_mb, 1),
+        constrained=short_scores(result.metrics),
+        note="peak memory: Python/NumPy allocations of the fit (tracemalloc), not a process's resident size",
+    )
+
+
+def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str) -> list[RowResult]:
+    """The rows of one frozen scoring pass: uncalibrated and calibrated, those asked for."""
+    shared = {"trainable_params": 0, "train_runtime": 0.0, "epochs": 0.0}
+    rows = []
+    if row in wanted:
+        rows.append(
+            RowResult(
+                row,
+                constrained=scores.get("constrained"),
+                generate=scores.get("generate"),
+                note=note,
+                **shared,
+            )
+        )
+    if f"{row}-calibrated" in wanted:
+        rows.append(
+            RowResult(
+                f"{row}-calibrated",
+                constrained=scores.get("calibrated"),
+                note=(
+                    "the same scores with the label bias of content-free inputs divided out; constrained only"
+                ),
+                **shared,
+            )
+        )
+    return rows
+
+
+def run_frozen(settings: StudySettings, recipe, train, evaluation, study: Study, headlines, topics) -> None:
+    """Score the frozen rows (zero-/few-shot, calibrated or not) and the base model's transfer, in-process."""
+    from trainer_ext.evaluation.reports import peak_memory_mb
+    from trainer_ext.inference.classifier import Classifier
+    from trainer_ext.tasks import LabelTask
+
+    wanted = [r for r in settings.rows if r in FROZEN_ROWS or r in CALIBRATED_ROWS]
+    if not wanted and not headlines:
+        return
+    task = LabelTask.from_settings(recipe.task)
+    m = recipe.model
+    logger.info("Loading the frozen model %s (%s)", m.model_name_or_path, m.quantization)
+    base = Classifier.from_base(m.model_name_or_path, task, m.quantization, max_length=recipe.task.max_length)
+    study.info["total_params"] = sum(p.numel() for p in base.model.parameters())
+    modes = decodings(settings.eval_decoding)
+    for row in (r for r in FROZEN_ROWS if r in wanted or f"{r}-calibrated" in wanted):
+        classifier, note = base, ""
+        if row == "few-shot":
+            shots = task.with_shots(train, settings.shots, recipe.data.sample_seed)
+            classifier = Classifier(
+                base.model, base.tokenizer, shots, m.model_name_or_path, settings.few_shot_max_length
+            )
+            note = f"; {settings.shots} example(s) per label in the prompt"
+        logger.info("Row %s: scoring %d examples (%s)", row, len(evaluation), ", ".join(modes))
+        started = time.perf_counter()
+        scores = score_classifier(classifier, evaluation, modes, settings.batch_size, row)
+        note = f"inference only, {time.perf_counter() - started:.0f} s for {len(evaluation)} examples" + note
+        study.rows.extend(_frozen_rows(row, wanted, scores, note))
+    peak = round(peak_memory_mb(next(base.model.parameters()).device), 1)
+    for result in study.rows:
+        if result.name in FROZEN_ROWS or result.name in CALIBRATED_ROWS:
+            result.peak_memory_mb = peak
+    if headlines:
+        study.transfer.extend(transfer_scores(base, "base", settings, headlines, topics))
+    del base
+    gc.collect()
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    return " | ".join(line.strip() for line in text[-lines:])
+
+
+def train_row(settings: StudySettings, row: str, argv: list[str], run_dir: Path, log_dir: Path) -> RowResult:
+    """Run one trained row as a ``trainer-ext train`` subprocess (or reuse a finished identical run)."""
+    command = [sys.executable, "-m", "trainer_ext.cli.train", *argv]
+    stamp = run_dir / COMMAND_FILE
+    reusable = (
+        settings.reuse
+        and (run_dir / "metrics.json").is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text(encoding="utf-8")) == argv
+    )
+    log = log_dir / f"{row}.log"
+    if reusable:
+        logger.info("Row %s: reusing the finished run in %s", row, run_dir)
+    else:
+        logger.info("Row %s: training (log: %s)", row, log)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with log.open("w", encoding="utf-8") as handle:
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
+        if code != 0 or not (run_dir / "metrics.json").is_file():
+            logger.error("Row %s failed (exit %d); see %s", row, code, log)
+            return RowResult(row, status="failed", note=f"exit {code}: {_tail(log)} (full log: {log})")
+        stamp.write_text(json.dumps(argv) + "\n", encoding="utf-8")
+        logger.info("Row %s: done in %.0f s", row, time.perf_counter() - started)
+    metrics = _read_metrics(run_dir)
+    generate = None
+    if "eval_generate_accuracy" in metrics:
+        generate = short_scores(
+            {k: metrics[f"eval_generate_{k}"] for k in ("accuracy", "macro_f1", "invalid_rate")}
+        )
+    info = RunInfo.load(run_dir)
+    return RowResult(
+        row,
+        trainable_params=int(metrics["trainable_params"]),
+        train_runtime=round(float(metrics.get("train_runtime", 0.0)), 1),
+        train_samples_per_second=round(float(metrics.get("train_samples_per_second", 0.0)), 3),
+        peak_memory_mb=metrics.get("peak_memory_mb"),
+        constrained=short_scores({k: metrics[f"eval_{k}"] for k in ("accuracy", "macro_f1", "invalid_rate")}),
+        generate=generate,
+        epochs=float(info.training.get("num_train_epochs", 0.0)),
+        run_dir=str(run_dir),
+        note=f"{_weights(info.quantization)}, optimizer {info.optimizer}"
+        + (f"; reused the finished run in `{run_dir}` (trained by an earlier study)" if reusable else ""),
+    )
+
+
+def _weights(quantization: str | None) -> str:
+    return "unquantized weights" if quantization == "none" else f"{quantization} weights"
+
+
+def _too_big(settings: StudySettings, study: Study) -> int | None:
+    """The model's parameter count when it is above `full_max_params` (known once a model was loaded)."""
+    counts = [study.info.get("total_params")] + [
+        _read_metrics(Path(r.run_dir)).get("total_params") for r in study.rows if r.run_dir
+    ]
+    known = [int(c) for c in counts if c]
+    return known[0] if known and known[0] > settings.full_max_params else None
+
+
+def run_trained(settings: StudySettings, study: Study, headlines, topics) -> None:
+    """Train every requested method, one subprocess each, then score its transfer to the topics."""
+    from trainer_ext.inference.classifier import Classifier
+
+    for row in (r for r in settings.rows if r in TRAINED_ROWS):
+        run_dir = settings.runs_path / row
+        if row == "full" and (count := _too_big(settings, study)):
+            study.rows.append(
+                RowResult(
+                    row,
+                    status="skipped",
+                    note=f"{count:,} parameters is above --full_max_params "
+                    f"{settings.full_max_params:,}; train a LoRA method instead",
+                )
+            )
+            continue
+        result = train_row(
+            settings, row, row_argv(settings, row, run_dir), run_dir, settings.runs_path / "logs"
+        )
+        study.rows.append(result)
+        if result.status == "ok" and headlines:
+            classifier = Classifier.from_pretrained(run_dir)
+            study.transfer.extend(transfer_scores(classifier, row, settings, headlines, topics))
+            del classifier
+            gc.collect()
+
+
+def run_study(settings: StudySettings) -> Study:
+    """Run every row of the study and return what it measured (nothing is written; see `compare_report`).
+
+    Args:
+        settings (`StudySettings`): The study (rows, recipe, overrides, transfer, seeds).
+
+    Returns:
+        `Study`: the rows in table order and the transfer results.
+    """
+    from trainer_ext.data import load_split
+    from trainer_ext.training.recipe import parse_recipe
+
+    started = time.perf_counter()
+    recipe = parse_recipe(row_argv(settings, "zero-shot", settings.runs_path / "zero-shot"))
+    for row in (r for r in settings.rows if r in TRAINED_ROWS):  # every recipe error before any work
+        parse_recipe(row_argv(settings, row, settings.runs_path / row))
+    labels = list(recipe.task.labels)
+    train = load_split(recipe.data, "train", labels=labels)
+    evaluation = load_split(recipe.data, "eval", labels=labels)
+    headlines, topics = load_transfer(settings, recipe)
+    study = Study(
+        settings=settings.to_dict(),
+        transfer_labels=topics,
+        transfer_samples=len(headlines),
+        eval_samples=len(evaluation),
+        train_samples=len(train),
+        info={
+            "model": recipe.model.model_name_or_path,
+            "quantization": recipe.model.quantization,
+            "labels": labels,
+            "recipe": settings.recipe_path.as_posix(),
+        },
+    )
+    if "tfidf-logreg" in settings.rows:
+        study.rows.append(run_baseline(settings, train, evaluation, labels))
+    run_frozen(settings, recipe, train, evaluation, study, headlines, topics)
+    run_trained(settings, study, headlines, topics)
+    order = {name: i for i, name in enumerate(settings.rows)}
+    study.rows.sort(key=lambda r: order[r.name])
+    study.info.update(_environment(), wall_seconds=round(time.perf_counter() - started, 1))
+    return study
+
+
+def _environment() -> dict[str, Any]:
+    import os
+
+    import torch
+
+    from trainer_ext.modeling.loading import default_device
+    from trainer_ext.runs.info import framework_versions
+
+    device = default_device()
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    return {
+        "device": name,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": framework_versions(),
+    }

@@ -1,0 +1,1 @@
+"""Training: tokenization with completion masking, the collator, `LabelTrainer`, recipes and the pipeline."""

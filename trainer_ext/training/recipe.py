@@ -1,0 +1,172 @@
+"""Recipes: one YAML file of settings, overridden on the command line.
+
+A recipe is flat: every key is a field of one of the settings dataclasses (model, method/LoRA, data,
+task, `LabelTrainingArguments`), and the same name is the command-line flag (``--lora_r 8``). Values
+given on the command line override the file; an unknown key in either is an error that names it.
+
+>>> recipe = parse_recipe(["--model_name_or_path", "smollm2-135m", "--lora_r", "4", "--output_dir", "/tmp/x"])
+>>> recipe.model.model_name_or_path, recipe.lora.lora_r, recipe.training.optim.value
+('smollm2-135m', 4, 'adamw_bnb_8bit')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer_ext.configs import load_yaml_mapping
+from trainer_ext.data import DataSettings
+from trainer_ext.modeling.settings import LoraSettings, ModelSettings
+from trainer_ext.tasks import TaskSettings
+from trainer_ext.training.arguments import LabelArguments
+
+#: The settings classes whose fields are the project's own keys (light: no torch import).
+LIGHT_SETTINGS = (ModelSettings, LoraSettings, DataSettings, TaskSettings, LabelArguments)
+
+
+def settings_classes() -> tuple[type, ...]:
+    """Every settings class of a recipe, `LabelTrainingArguments` (which imports torch) last."""
+    from trainer_ext.training.trainer import LabelTrainingArguments
+
+    return (*LIGHT_SETTINGS[:-1], LabelTrainingArguments)
+
+
+class RecipeError(ValueError):
+    """A recipe file or command line that cannot be used as given."""
+
+
+@dataclass
+class Recipe:
+    """The settings of one training run, one dataclass per concern."""
+
+    model: ModelSettings
+    lora: LoraSettings
+    data: DataSettings
+    task: TaskSettings
+    training: LabelTrainingArguments  # noqa: F821 (imported on first use, see settings_classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as flat YAML-ready values (the training arguments that differ from their defaults)."""
+        values: dict[str, Any] = {}
+        for part in (self.model, self.lora, self.data, self.task):
+            values.update(dataclasses.asdict(part))
+        arguments = type(self.training)
+        defaults = arguments(output_dir=self.training.output_dir)
+        for f in dataclasses.fields(arguments):
+            value = getattr(self.training, f.name, None)
+            if (
+                f.init
+                and value != getattr(defaults, f.name, None)
+                and isinstance(value, (str, int, float, bool))
+            ):
+                values[f.name] = value
+        values["output_dir"] = self.training.output_dir
+        return values
+
+
+def known_keys() -> dict[str, type]:
+    """Every recipe key and the settings class it belongs to."""
+    return {f.name: cls for cls in settings_classes() for f in dataclasses.fields(cls) if f.init}
+
+
+def _check_keys(keys, where: str) -> None:
+    known = known_keys()
+    own = [f.name for cls in LIGHT_SETTINGS for f in dataclasses.fields(cls)]
+    for key in keys:
+        if key not in known:
+            # The project's own keys are suggested first: `lora_rank` means `lora_r`, not `local_rank`.
+            close = difflib.get_close_matches(key, own, n=1, cutoff=0.6) or difflib.get_close_matches(
+                key, known, n=1
+            )
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RecipeError(
+                f"{where}: unknown key {key!r}.{hint} See `trainer-ext train --help` for the keys."
+            )
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a recipe file into a flat dict, checking that it is a mapping of known keys."""
+    path = Path(path)
+    values = load_yaml_mapping(path, "Recipe file", RecipeError)
+    _check_keys(values, f"Recipe file {str(path)!r}")
+    return values
+
+
+def _parser():
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(settings_classes())
+
+
+def parse_recipe(argv: list[str] | None = None) -> Recipe:
+    """Parse ``[--config FILE.yaml] [--key value ...]`` into a `Recipe`.
+
+    Args:
+        argv (`list[str]`, *optional*): Command-line arguments; defaults to `sys.argv[1:]`.
+
+    Returns:
+        `Recipe`: the file's values overridden by the command line's.
+
+    Raises:
+        `RecipeError`: naming an unknown key, an unreadable file or a bad value.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_values: dict[str, Any] = {}
+    if "--config" in argv:
+        at = argv.index("--config")
+        if at + 1 >= len(argv):
+            raise RecipeError("--config needs a YAML file path.")
+        file_values = load_yaml(argv[at + 1])
+        del argv[at : at + 2]
+    flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")]
+    _check_keys(flags, "Command line")
+    parser = _parser()
+    parser.set_defaults(**{k: _as_flag_value(v) for k, v in file_values.items()})
+    try:
+        parts = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"Invalid recipe value: {error}") from None
+    except ImportError as error:
+        raise RecipeError(
+            f"The launch configuration needs a package that is not installed: {error}"
+        ) from None
+    recipe = Recipe(*parts)
+    check_launch(recipe)
+    return recipe
+
+
+def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
+    """Refuse recipe + launcher combinations that cannot work, before any model is loaded.
+
+    `accelerate launch` tells the processes its distributed mode through environment variables.
+    """
+    import os
+
+    environ = os.environ if environ is None else environ
+    fsdp = environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    deepspeed = environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if fsdp and recipe.model.quantization == "8bit":
+        raise RecipeError(
+            "FSDP cannot shard 8-bit (LLM.int8) base weights. Use quantization 4bit (QLoRA) or none with "
+            "FSDP, "
+            "or keep 8bit with a DDP or DeepSpeed ZeRO-2 launch config."
+        )
+    optim = str(getattr(recipe.training.optim, "value", recipe.training.optim))
+    if (fsdp or deepspeed) and ("bnb" in optim or "8bit" in optim):
+        raise RecipeError(
+            f"optim {optim} (bitsandbytes 8-bit) does not work under "
+            f"{'FSDP' if fsdp else 'DeepSpeed'}; set optim adamw_torch for this launch config."
+        )
+
+
+def _as_flag_value(value: Any) -> Any:
+    """YAML mappings and lists become what the command-line parser would produce for those fields."""
+    if isinstance(value, dict):
+        import json
+
+        return json.dumps(value)
+    return value

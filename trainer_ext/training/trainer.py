@@ -1,0 +1,258 @@
+"""`LabelTrainer`: a `transformers.Trainer` that trains a causal LM to generate labels, and evaluates them.
+
+It overrides only what it must:
+
+- `compute_loss`: cross-entropy on the completion tokens only, with the LM head applied only at the
+  positions that predict a completion token (``logits_to_keep`` as a boolean mask), never to the full
+  `(batch, seq, vocab)` tensor.
+- `evaluate`: the usual loss, then the labels the model *produces* for each eval sample (constrained
+  scoring and/or greedy generation, see `trainer_ext.inference.scoring`), scored by `classification_metrics`.
+  Under data parallelism each process decodes a strided share of the samples and the results are
+  gathered once per sample, so the metrics equal those of a single-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainingArguments
+
+from trainer_ext.evaluation.metrics import classification_metrics, flat_metrics
+from trainer_ext.inference.scoring import LabelScores, generate_labels, score_labels
+from trainer_ext.tasks import LabelTask
+from trainer_ext.training.arguments import LabelArguments
+from trainer_ext.training.collator import LabelCollator
+from trainer_ext.training.tokenization import IGNORE_INDEX, encode_dataset, encode_prompts
+from trainer_ext.vocabulary import DECODINGS
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabelTrainingArguments(LabelArguments, TrainingArguments):
+    """`TrainingArguments` with the defaults and options of label fine-tuning (see `LabelArguments`)."""
+
+    def __post_init__(self) -> None:
+        self.check_label_arguments()
+        # bf16 on a machine without CUDA means bf16 autocast on the CPU, which TrainingArguments only
+        # accepts with use_cpu set.
+        if self.bf16 and not torch.cuda.is_available():
+            self.use_cpu = True
+        self.prediction_loss_only = True
+        super().__post_init__()
+
+
+class LabelDataset(Dataset):
+    """Labelled examples with their training encodings and their prompts (for decoding).
+
+    Args:
+        examples (`Sequence[Example]`): Objects with `text`, `label` and `source` (see `data.Example`).
+        tokenizer (`PreTrainedTokenizerBase`): The model's tokenizer.
+        task (`LabelTask`): Template and verbalizers.
+        max_length (`int`): Maximum sequence length; only messages are shortened.
+        truncation_side (`str`, *optional*, defaults to `"right"`): What a too long message keeps.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Any],
+        tokenizer,
+        task: LabelTask,
+        max_length: int,
+        truncation_side: str = "right",
+    ) -> None:
+        self.examples = list(examples)
+        self.encoded = encode_dataset(tokenizer, task, self.examples, max_length, truncation_side)
+        texts = [example.text for example in self.examples]
+        self.prompts = [ids for ids, _ in encode_prompts(tokenizer, task, texts, max_length, truncation_side)]
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.encoded[index]
+
+
+def completion_loss(
+    model, inputs: dict[str, torch.Tensor], num_items: Any = None
+) -> tuple[torch.Tensor, Any]:
+    """Cross-entropy of the completion tokens, computing logits only where a completion token is predicted.
+
+    Args:
+        model (`PreTrainedModel`): A causal LM whose forward accepts ``logits_to_keep`` (transformers 5).
+        inputs (`dict`): `input_ids`, `attention_mask`, `labels` (-100 outside completions), all `(B, T)`.
+        num_items (`int` or `torch.Tensor`, *optional*): Divisor of the summed loss (the Trainer's count of
+            completion tokens across accumulation steps and devices); defaults to this batch's count.
+
+    Returns:
+        `(loss, outputs)`.
+    """
+    labels = inputs["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): position t predicts token t + 1
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    outputs = model(
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = outputs.logits  # (N, V): one row per completion token, in row-major order of `keep`
+    targets = labels[:, 1:][keep[:, :-1]]  # (N,)
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    divisor = num_items if num_items is not None else targets.numel()
+    return loss / divisor, outputs
+
+
+@contextlib.contextmanager
+def _allow_trained_norms(model):
+    """Let `Trainer` accept a quantized model whose trainable parameters are its own 1-D ones (``norms``).
+
+    `Trainer.__init__` refuses any quantized model without PEFT adapters, assuming nothing in it can be
+    trained; the ``norms`` method of the reference study trains the unquantized norm weights of an 8-bit
+    model, which works. The check stays in force for every other model.
+    """
+    import transformers.trainer as hf_trainer
+
+    quantized = getattr(model, "is_quantized", False) and not hasattr(model, "peft_config")
+    if not (quantized and any(p.requires_grad for p in model.parameters())):
+        yield
+        return
+    original = hf_trainer.validate_quantization_for_training
+    hf_trainer.validate_quantization_for_training = lambda model: None
+    try:
+        yield
+    finally:
+        hf_trainer.validate_quantization_for_training = original
+
+
+class LabelTrainer(Trainer):
+    """A `Trainer` for label generation: completion-only loss and label metrics of generated answers.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): The model, e.g. from `trainer_ext.load_model`.
+        args (`LabelTrainingArguments`): Training arguments.
+        task (`LabelTask`): Labels and prompt template; needed to decode labels in evaluation.
+        train_dataset (`LabelDataset`, *optional*): Training samples.
+        eval_dataset (`LabelDataset` or `dict[str, LabelDataset]`, *optional*): Evaluation sets.
+        processing_class (`PreTrainedTokenizerBase`): The tokenizer.
+        **kwargs: Passed to `Trainer` (callbacks, ...). The default collator is a `LabelCollator`.
+    """
+
+    def __init__(
+        self, model=None, args: LabelTrainingArguments | None = None, task: LabelTask | None = None, **kwargs
+    ):
+        if task is None:
+            raise ValueError(
+                "LabelTrainer needs the task (labels and prompt template) to decode labels in eval."
+            )
+        tokenizer = kwargs.get("processing_class")
+        if tokenizer is None:
+            raise ValueError("LabelTrainer needs the tokenizer as processing_class.")
+        kwargs.setdefault("data_collator", LabelCollator(tokenizer))
+        with _allow_trained_norms(model):
+            super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
+        self.task = task
+        # Our loss divides by the completion-token count the Trainer gathers across accumulation steps and
+        # devices (`num_items_in_batch`); this flag makes the Trainer compute that count and not rescale.
+        self.model_accepts_loss_kwargs = True
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = completion_loss(model, inputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def predict_labels(self, dataset: LabelDataset, decoding: str = "constrained") -> LabelScores:
+        """Decode a label for every sample of `dataset`, sharing the work between processes.
+
+        Args:
+            dataset (`LabelDataset`): The samples (their prompts are used, not their labels).
+            decoding (`str`, *optional*, defaults to `"constrained"`): ``"constrained"`` or ``"generate"``.
+
+        Returns:
+            `LabelScores` in dataset order, identical on every process.
+        """
+        from accelerate.utils import gather_object
+        from tqdm.auto import tqdm
+
+        if decoding not in DECODINGS:
+            raise ValueError(f"decoding: unknown value {decoding!r}; choose one of {DECODINGS}.")
+        rank, world = self.args.process_index, self.args.world_size
+        mine = list(range(rank, len(dataset), world))
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        bar = tqdm(
+            total=len(mine),
+            desc=f"Decoding labels ({decoding})",
+            disable=not self.is_local_process_zero() or self.args.disable_tqdm,
+            leave=False,
+        )
+        decode = score_labels if decoding == "constrained" else generate_labels
+        with torch.no_grad(), self.autocast_smart_context_manager():
+            part = decode(
+                model,
+                self.processing_class,
+                self.task,
+                [dataset.prompts[i] for i in mine],
+                batch_size=self.args.per_device_eval_batch_size,
+                on_batch=bar.update,
+            )
+        bar.close()
+        model.train(was_training)
+        probs = part.probs.tolist() if part.probs is not None else [None] * len(mine)
+        texts = part.completions or [None] * len(mine)
+        rows = (
+            gather_object(list(zip(mine, part.labels, probs, texts, strict=False)))
+            if world > 1
+            else list(zip(mine, part.labels, probs, texts, strict=False))
+        )
+        by_index = {row[0]: row for row in rows}  # one row per sample, whatever the padding of the shards
+        ordered = [by_index[i] for i in range(len(dataset))]
+        return LabelScores(
+            [row[1] for row in ordered],
+            probs=torch.tensor([row[2] for row in ordered]) if decoding == "constrained" else None,
+            completions=[row[3] for row in ordered] if decoding == "generate" else None,
+        )
+
+    def label_metrics(self, dataset: LabelDataset, metric_key_prefix: str = "eval") -> dict[str, Any]:
+        """Label metrics of every decoding mode in `args.decodings` (see `LabelTrainingArguments`).
+
+        The decoded labels stay available as `self.last_label_scores[decoding]`.
+        """
+        if not isinstance(dataset, LabelDataset):
+            raise TypeError(
+                f"Label metrics need a LabelDataset (examples + prompts), got {type(dataset).__name__}; "
+                "build the "
+                "eval set with LabelDataset(examples, tokenizer, task, max_length)."
+            )
+        gold = [ex.label for ex in dataset.examples]
+        metrics: dict[str, Any] = {}
+        self.last_label_scores = {}
+        for n, decoding in enumerate(self.args.decodings):
+            self.last_label_scores[decoding] = self.predict_labels(dataset, decoding)
+            scores = classification_metrics(gold, self.last_label_scores[decoding].labels, self.task.labels)
+            prefix = f"{metric_key_prefix}_" if n == 0 else f"{metric_key_prefix}_{decoding}_"
+            metrics.update(flat_metrics(scores, prefix))
+        return metrics
+
+    def evaluate(
+        self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """Loss and label metrics of an eval set (or of each set of a dict of them)."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):
+            results: dict[str, float] = {}
+            for name, part in dataset.items():
+                results.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return results
+        metrics = super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        extra = self.label_metrics(dataset, metric_key_prefix)
+        self.log(extra)
+        metrics.update(extra)
+        return metrics
