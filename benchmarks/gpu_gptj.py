@@ -41,7 +41,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="Directory of the GPT-J tokenizer (saved beside the random checkpoint).",
     )
     parser.add_argument(
-        "--checkpoint-dir",
+        "--checkpoint_dir",
         default="/tmp/gptj-6b-random",
         help="Where the random float16 checkpoint is written (about 12 GB); reused if present.",
     )
@@ -50,12 +50,12 @@ def make_parser() -> argparse.ArgumentParser:
         default=str(REPO_ROOT / "docs" / "benchmarks" / "gpu_gptj.json"),
         help="JSON file for the results (rewritten after each stage).",
     )
-    parser.add_argument("--seq-len", type=int, default=128, help="Tokens per example.")
-    parser.add_argument("--batch-size", type=int, default=2, help="Examples per step.")
+    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per example.")
+    parser.add_argument("--batch_size", type=int, default=2, help="Examples per step.")
     parser.add_argument(
         "--steps", type=int, default=6, help="Training steps per run (the first is not timed)."
     )
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank.")
+    parser.add_argument("--lora_r", type=int, default=8, help="LoRA rank.")
     parser.add_argument(
         "--variants",
         nargs="+",

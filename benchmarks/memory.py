@@ -13,7 +13,7 @@ with right padding. Two measurements of the peak:
   the first step are in. glibc's default *dynamic* mmap threshold rises after large blocks are freed, so
   later tensors of that size come from the heap and freed ones stay resident: the RSS then runs 15-55%
   above the live tensors. The measuring processes therefore fix ``MALLOC_MMAP_THRESHOLD_`` (128 KiB by
-  default, `--mmap-threshold 0` for glibc's default), so that a freed tensor leaves the resident set.
+  default, `--mmap_threshold 0` for glibc's default), so that a freed tensor leaves the resident set.
 - **tensors**: the bytes of the model's parameters and buffers plus the peak of the tensor allocations
   during the steps, as `torch.profiler` records them (``profile_memory=True``). It is what the estimator
   models, without allocator overhead.
@@ -91,11 +91,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="Run these configurations only.")
     parser.add_argument("--steps", type=int, default=2, help="Training steps per configuration.")
-    parser.add_argument("--seq-len", type=int, default=128, help="Tokens per example.")
-    parser.add_argument("--batch-size", type=int, default=2, help="Examples per step.")
-    parser.add_argument("--out-dir", default=str(REPO_ROOT / "docs" / "benchmarks"), help="Where results go.")
+    parser.add_argument("--seq_len", type=int, default=128, help="Tokens per example.")
+    parser.add_argument("--batch_size", type=int, default=2, help="Examples per step.")
+    parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"), help="Where results go.")
     parser.add_argument(
-        "--mmap-threshold",
+        "--mmap_threshold",
         type=int,
         default=128 * 1024,
         help="glibc MALLOC_MMAP_THRESHOLD_ of the measuring processes (0: glibc's default, which keeps freed "

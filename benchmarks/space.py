@@ -5,7 +5,7 @@
     python -m benchmarks.space --url http://127.0.0.1:7860/     # an app that is already running
 
 Each request sends a distinct message to `/moderate`; each answer is checked against its own input by
-asking the same message again, one at a time, after the load (`--no-verify` skips that). The script
+asking the same message again, one at a time, after the load (`--no_verify` skips that). The script
 prints the latency percentiles (p50, p95) and throughput, and writes them with the settings to a JSON
 file. The first request, which loads the model, is not timed.
 """
@@ -141,7 +141,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_model", help="base model of the launched app")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
     parser.add_argument("--concurrency", type=int, default=2, help="concurrency limit of the launched app")
-    parser.add_argument("--no-verify", action="store_true", help="do not re-ask each message alone")
+    parser.add_argument("--no_verify", action="store_true", help="do not re-ask each message alone")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
     return parser
 

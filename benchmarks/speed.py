@@ -14,7 +14,7 @@ Measured pair by pair, each configuration in a fresh process (see `benchmarks.tr
   one-prompt-at-a-time `model.generate` loop: samples/s and accuracy (see `benchmarks.decoding`).
 
 Timings are only worth something on a quiet machine: the run is refused when the 1-minute load average
-exceeds ``--max-load`` (1.5), unless ``--force``. Results go to ``OUT_DIR/speed.json`` and ``speed.md``.
+exceeds ``--max_load`` (1.5), unless ``--force``. Results go to ``OUT_DIR/speed.json`` and ``speed.md``.
 """
 
 from __future__ import annotations
@@ -57,27 +57,27 @@ def make_parser() -> argparse.ArgumentParser:
         choices=[*TRAIN_CONFIGS, "decoding"],
         help="Measure only these training configurations and/or the decoding part (the matmul rate always).",
     )
-    parser.add_argument("--warmup-steps", type=int, default=3, help="Untimed optimizer steps first.")
+    parser.add_argument("--warmup_steps", type=int, default=3, help="Untimed optimizer steps first.")
     parser.add_argument("--steps", type=int, default=20, help="Timed optimizer steps per configuration.")
     parser.add_argument(
-        "--eval-samples", type=int, help="Decode only the first N eval samples (default: all)."
+        "--eval_samples", type=int, help="Decode only the first N eval samples (default: all)."
     )
     parser.add_argument(
-        "--profile-steps",
+        "--profile_steps",
         type=int,
         default=0,
         help="Profile this many steps after the timed ones (top operators).",
     )
-    parser.add_argument("--eval-batch-size", type=int, help="Prompts per batch (default: the recipe's).")
+    parser.add_argument("--eval_batch_size", type=int, help="Prompts per batch (default: the recipe's).")
     parser.add_argument(
-        "--run-dir", help="Trained run to decode with (default: the recipe's output_dir, if it holds a run)."
+        "--run_dir", help="Trained run to decode with (default: the recipe's output_dir, if it holds a run)."
     )
     parser.add_argument(
-        "--matmul-seconds", type=float, default=1.0, help="Time spent on each matmul rate measurement."
+        "--matmul_seconds", type=float, default=1.0, help="Time spent on each matmul rate measurement."
     )
-    parser.add_argument("--out-dir", default="docs/benchmarks", help="Where speed.json and speed.md go.")
+    parser.add_argument("--out_dir", default="docs/benchmarks", help="Where speed.json and speed.md go.")
     parser.add_argument(
-        "--max-load", type=float, default=1.5, help="Refuse to run above this 1-minute load average."
+        "--max_load", type=float, default=1.5, help="Refuse to run above this 1-minute load average."
     )
     parser.add_argument("--force", action="store_true", help="Run and write the report whatever the load.")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)  # KIND JSON: one measurement, here
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         print(RESULT_MARKER + json.dumps(result), flush=True)
         return 0
     if args.steps < 1 or args.warmup_steps < 1:
-        print("python -m benchmarks.speed: --steps and --warmup-steps must be at least 1.", file=sys.stderr)
+        print("python -m benchmarks.speed: --steps and --warmup_steps must be at least 1.", file=sys.stderr)
         return 2
     try:
         recipe = parse_recipe(["--config", args.config, *recipe_args])

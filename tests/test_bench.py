@@ -16,10 +16,10 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, da
     out = tmp_path / "bench"
     argv = [
         "--only", "trl-bf16", "ours-bf16", "decoding",
-        "--warmup-steps", "1", "--steps", "2", "--profile-steps", "1",
-        "--eval-samples", "6", "--matmul-seconds", "0.05",
-        "--run-dir", str(tmp_path / "no-run"),  # no trained run: the base model decodes
-        "--out-dir", str(out),
+        "--warmup_steps", "1", "--steps", "2", "--profile_steps", "1",
+        "--eval_samples", "6", "--matmul_seconds", "0.05",
+        "--run_dir", str(tmp_path / "no-run"),  # no trained run: the base model decodes
+        "--out_dir", str(out),
         "--force",  # the test machine is not quiet; the report says so
         "--model_name_or_path", str(tiny_model_dir("llama")),
         "--train_samples", "48", "--data_dir", str(data_dir),
@@ -56,7 +56,7 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, da
 
 def test_bench_refuses_a_busy_machine_without_writing_anything(tmp_path, capsys):
     assert os.getloadavg()[0] > 0  # this test process itself keeps the load above zero
-    assert main(["--max-load", "0", "--out-dir", str(tmp_path / "bench")]) == 3
+    assert main(["--max_load", "0", "--out_dir", str(tmp_path / "bench")]) == 3
     assert "machine is busy" in capsys.readouterr().err
     assert not (tmp_path / "bench").exists()
 

@@ -5,7 +5,7 @@
     python scripts/compare.py --model_name_or_path EleutherAI/gpt-j-6B --quantization 8bit --lora_r 2 \\
         --per_device_train_batch_size 4 --output_dir runs/compare-gptj
 
-Study flags (below) come from the preset (default: the shipped ``compare_smollm2.yaml``); any other
+Study flags (below) come from the preset (default: the shipped ``studies/compare_smollm2.yaml``); any other
 ``--flag value`` is a training-recipe key (see ``trainer-ext train --help``) applied to every row, such
 as ``--model_name_or_path``, ``--quantization``, ``--lora_r``, ``--train_samples``. ``--set
 ROW.KEY=VALUE`` changes one row only (``--set norms.learning_rate=1e-3``).
@@ -13,42 +13,44 @@ ROW.KEY=VALUE`` changes one row only (``--set norms.learning_rate=1e-3``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import shlex
 import sys
 from collections.abc import Sequence
 
-from trainer_ext.study.settings import ROWS, StudySettings
 
+def parse(argv: list[str]):
+    """(study arguments over the preset, preset path, ``--set`` items, recipe flags for every row)."""
+    from transformers import HfArgumentParser
 
-def make_parser() -> argparse.ArgumentParser:
-    """The parser of the study flags; unknown flags are left for the training recipe."""
-    parser = argparse.ArgumentParser(
+    from trainer_ext.study.settings import DEFAULT_PRESET, StudyArguments, load_preset
+
+    parser = HfArgumentParser(
+        StudyArguments,
         prog="trainer-ext compare",
         description=__doc__.split("\n\n")[0],
         epilog="Other --flags are recipe keys applied to every row (see `trainer-ext train --help`).",
         allow_abbrev=False,  # an abbreviation must not swallow a recipe flag
-        argument_default=argparse.SUPPRESS,  # only flags given on the command line override the preset
     )
-    parser.add_argument("--preset", help="study preset YAML (default: the shipped compare_smollm2.yaml)")
     parser.add_argument(
-        "--set", action="append", dest="sets", metavar="ROW.KEY=VALUE", help="recipe override for one row"
+        "--preset", help="study preset YAML (default: the shipped studies/compare_smollm2.yaml)"
     )
-    for f in dataclasses.fields(StudySettings):
-        if f.name in ("overrides", "recipe_args", "preset_dir"):
-            continue
-        flag, help_text = f"--{f.name}", f.metadata["help"]
-        if f.name in ("rows", "transfer_prompts"):
-            extra = f" ({', '.join(ROWS)})" if f.name == "rows" else ""
-            parser.add_argument(flag, nargs="+", help=help_text + extra)
-        elif f.type == "bool":
-            parser.add_argument(flag, action="store_true", help=help_text)
-        elif f.type == "int":
-            parser.add_argument(flag, type=int, help=help_text)
-        else:
-            parser.add_argument(flag, help=help_text)
-    return parser
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="sets",
+        metavar="ROW.KEY=VALUE",
+        help="recipe key for one row",
+    )
+    preset = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
+    known = {f.name for f in dataclasses.fields(StudyArguments)}
+    values = load_preset(preset or DEFAULT_PRESET)
+    parser.set_defaults(**{key: value for key, value in values.items() if key in known})
+    args, extra, recipe_args = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    return args, extra.preset, extra.sets, recipe_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,15 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from trainer_ext.training.recipe import RecipeError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
     try:
-        args, recipe_args = parser.parse_known_args(argv)
+        args, preset, sets, recipe_args = parse(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    flags = vars(args)
-    preset, sets = flags.pop("preset", None), flags.pop("sets", [])
+    except StudyError as error:
+        print(f"trainer-ext compare: {error}", file=sys.stderr)
+        return 2
     try:
-        settings = build_settings(preset, flags, sets, recipe_args)
+        settings = build_settings(preset, dataclasses.asdict(args), sets, recipe_args)
         setup_logging(True)
         study = run_study(settings)
     except (StudyError, RecipeError, DataError, TaskError, ModelLoadError) as error:

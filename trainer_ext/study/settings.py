@@ -65,8 +65,8 @@ def transfer_template(prompt: str) -> str:
 
 
 @dataclass
-class StudySettings:
-    """What the study runs (preset keys; each is also a ``--flag`` of `trainer-ext compare`)."""
+class StudyArguments:
+    """What the study runs: the preset keys, each also a ``--flag`` of `trainer-ext compare`."""
 
     recipe: str = field(
         default="moderation_lora_all.yaml",
@@ -138,6 +138,12 @@ class StudySettings:
     reuse: bool = field(
         default=False, metadata={"help": "Reuse a trained row's finished run when its command is unchanged."}
     )
+
+
+@dataclass
+class StudySettings(StudyArguments):
+    """A study's arguments with the per-row recipe overrides and the recipe flags of every row."""
+
     overrides: dict[str, dict[str, Any]] = field(
         default_factory=dict,
         metadata={"help": 'Recipe keys per row, e.g. ``{"norms": {"learning_rate": 1e-3}}``.'},
