@@ -263,6 +263,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="Hub revision of the adapter")
     parser.add_argument("--base_model", help="base model when there is no adapter (default smollm2-135m)")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
+    parser.add_argument("--dtype", help="dtype of the models (default: the dtype the run was evaluated in)")
+    parser.add_argument(
+        "--adapter_base_model",
+        help="base model to load the adapter on instead of the one its run.json records",
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME)")
     parser.add_argument(
         "--port", type=int, help="port (default: the first free one from 7860; $GRADIO_SERVER_PORT)"
@@ -305,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             adapter=args.adapter,
             revision=args.revision,
             base_model=args.base_model,
+            dtype=args.dtype,
+            adapter_base_model=args.adapter_base_model,
             quantization=args.quantization,
         )
     except ModelSetupError as err:

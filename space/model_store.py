@@ -44,6 +44,8 @@ ENV_ADAPTER = "TRAINER_EXT_SPACE_ADAPTER"
 ENV_REVISION = "TRAINER_EXT_SPACE_REVISION"
 ENV_BASE_MODEL = "TRAINER_EXT_SPACE_BASE_MODEL"
 ENV_QUANTIZATION = "TRAINER_EXT_SPACE_QUANTIZATION"
+ENV_DTYPE = "TRAINER_EXT_SPACE_DTYPE"
+ENV_ADAPTER_BASE_MODEL = "TRAINER_EXT_SPACE_ADAPTER_BASE_MODEL"
 
 T = TypeVar("T")
 
@@ -72,12 +74,20 @@ class SpaceSettings:
         quantization (`str`, *optional*, defaults to `"auto"`):
             Weight quantization of every model: `8bit`, `4bit`, `none`, or `auto` (`8bit` on a GPU,
             `none` on a CPU); `auto` is resolved when the settings are made.
+        dtype (`str`, *optional*):
+            dtype of the models (`auto`, `float32`, `bfloat16`, ...); default: the dtype the run was
+            evaluated in.
+        adapter_base_model (`str`, *optional*):
+            Base model the adapter is loaded on instead of the one its `run.json` records (e.g. a moved
+            local directory).
     """
 
     adapter: str | None = None
     base_model: str = DEFAULT_BASE_MODEL
     revision: str | None = None
     quantization: str = "auto"
+    dtype: str | None = None
+    adapter_base_model: str | None = None
     adapter_is_default: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -116,6 +126,8 @@ class SpaceSettings:
             "base_model": environ.get(ENV_BASE_MODEL) or DEFAULT_BASE_MODEL,
             "revision": environ.get(ENV_REVISION) or None,
             "quantization": environ.get(ENV_QUANTIZATION) or "auto",
+            "dtype": environ.get(ENV_DTYPE) or None,
+            "adapter_base_model": environ.get(ENV_ADAPTER_BASE_MODEL) or None,
         }
         if ENV_ADAPTER in environ:
             values["adapter"] = environ[ENV_ADAPTER]
@@ -192,7 +204,11 @@ class ModelStore:
             "trained",
             f"the trained classifier from {settings.adapter} ({settings.quantization})",
             lambda: Classifier.from_pretrained(
-                settings.adapter, revision=settings.revision, quantization=settings.quantization
+                settings.adapter,
+                revision=settings.revision,
+                quantization=settings.quantization,
+                dtype=settings.dtype,
+                base_model=settings.adapter_base_model,
             ),
         )
 

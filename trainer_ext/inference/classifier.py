@@ -8,6 +8,7 @@ clf.predict(["have a lovely day"])[0].label  # 'neutral'
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 from collections.abc import Callable, Sequence
@@ -60,8 +61,10 @@ class Classifier:
         max_length (`int`, *optional*, defaults to 256): Prompt + completion budget; longer
             messages are shortened.
         decode_html (`bool`, *optional*, defaults to `False`): Decode HTML entities (``&amp;``) in texts
-            first, as
-            the training data was (a run records its choice).
+            first, as the training data was (a run records its choice).
+        truncation_side (`str`, *optional*, defaults to `"right"`): What a too long message keeps.
+        autocast (`str`, *optional*): Compute under `torch.autocast` in this dtype (``"bfloat16"``), as the
+            run was evaluated; `None` computes in the weights' dtype.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class Classifier:
         max_length: int = 256,
         decode_html: bool = False,
         truncation_side: str = "right",
+        autocast: str | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -81,6 +85,7 @@ class Classifier:
         self.max_length = max_length
         self.decode_html = decode_html
         self.truncation_side = truncation_side
+        self.autocast = autocast
         self._content_free: torch.Tensor | None = None
 
     @classmethod
@@ -137,8 +142,17 @@ class Classifier:
         max_length = int(info.task.get("max_length", 256))
         decode_html = bool(info.data.get("decode_html", False))
         truncation_side = str(info.task.get("truncation_side", "right"))
+        # As evaluated: under the run's autocast too, unless another dtype was asked for.
+        autocast = info.autocast if dtype is None else None
         return cls(
-            loaded.model, loaded.tokenizer, task, info.base_model, max_length, decode_html, truncation_side
+            loaded.model,
+            loaded.tokenizer,
+            task,
+            info.base_model,
+            max_length,
+            decode_html,
+            truncation_side,
+            autocast,
         )
 
     @classmethod
@@ -167,6 +181,7 @@ class Classifier:
             self.max_length,
             self.decode_html,
             self.truncation_side,
+            self.autocast,
         )
 
     def prompts(self, texts: Sequence[str]) -> list[list[int]]:
@@ -186,12 +201,20 @@ class Classifier:
             texts = [html.unescape(text) for text in texts]
         return encode_prompts(self.tokenizer, self.task, list(texts), self.max_length, self.truncation_side)
 
+    def _compute(self):
+        """The autocast context the model computes in (the run's, see `from_pretrained`), or none."""
+        if not self.autocast:
+            return contextlib.nullcontext()
+        device = next(self.model.parameters()).device
+        return torch.autocast(device_type=device.type, dtype=getattr(torch, self.autocast))
+
     def content_free_probs(self) -> torch.Tensor:
         """Label probabilities of content-free inputs (``"N/A"``, ...), averaged: the model's label bias."""
         if self._content_free is None:
-            scores = score_labels(
-                self.model, self.tokenizer, self.task, self.prompts(list(CONTENT_FREE_INPUTS))
-            )
+            with self._compute():
+                scores = score_labels(
+                    self.model, self.tokenizer, self.task, self.prompts(list(CONTENT_FREE_INPUTS))
+                )
             self._content_free = scores.probs.mean(0)
         return self._content_free
 
@@ -230,12 +253,16 @@ class Classifier:
         encoded = self.encode(texts)
         prompts, cut = [ids for ids, _ in encoded], [flag for _, flag in encoded]
         if decoding == "generate":
-            result = generate_labels(
-                self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
-            )
+            with self._compute():
+                result = generate_labels(
+                    self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
+                )
             rows = zip(texts, result.labels, result.completions, cut, strict=True)
             return [Prediction(text, label, None, completion, flag) for text, label, completion, flag in rows]
-        result = score_labels(self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch)
+        with self._compute():
+            result = score_labels(
+                self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
+            )
         probs = result.probs
         if calibrate:
             probs = contextual_calibration(probs, self.content_free_probs())

@@ -132,6 +132,7 @@ def run_info(recipe: Recipe, loaded, data: PreparedData) -> RunInfo:
         quantization=loaded.quantization,
         method=loaded.method,
         dtype=str(loaded.dtype).removeprefix("torch."),
+        autocast="bfloat16" if recipe.training.bf16 else "float16" if recipe.training.fp16 else None,
         base_model_hub_id=recipe.model.base_model_id,
         optimizer=str(getattr(optim, "value", optim)),
         trainable_params=loaded.trainable_params,

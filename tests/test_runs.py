@@ -1,0 +1,96 @@
+"""A run directory as a user meets it: trained from a relative model path and a task of one's own, then
+reloaded from elsewhere, reproducing its own predictions, and told clearly when its base model moved."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer_ext.hub.cards import render_model_card
+from trainer_ext.inference.classifier import Classifier
+from trainer_ext.runs.info import RunDirError, RunInfo
+
+REPO = Path(__file__).resolve().parent.parent
+POSITIVE = ["what a lovely day", "great work, thank you", "I love this song", "such a kind neighbour"]
+NEGATIVE = ["this is awful", "worst service ever", "I hate waiting", "a terrible, sad film"]
+
+
+def _sentiment_csv(path: Path) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(3):
+            writer.writerows([[f"{text} {i}", "positive"] for text in POSITIVE])
+            writer.writerows([[f"{text} {i}", "negative"] for text in NEGATIVE])
+    return path
+
+
+@pytest.fixture(scope="module", params=["false", "true"], ids=["fp32", "bf16-autocast"])
+def trained(request, tiny_model_dir, tmp_path_factory):
+    """A run trained from the working directory `work/` with the relative model path `tiny-model`, on a
+    sentiment CSV with no labels, eval file or data directory given (labels found, eval held out)."""
+    work = tmp_path_factory.mktemp("work")
+    shutil.copytree(tiny_model_dir("llama"), work / "tiny-model")
+    _sentiment_csv(work / "reviews.csv")
+    command = [
+        sys.executable, "-m", "trainer_ext.cli.train",
+        "--model_name_or_path", "tiny-model", "--quantization", "none", "--method", "lora-all",
+        "--train_file", "reviews.csv", "--output_dir", "run", "--max_steps", "3",
+        "--per_device_train_batch_size", "4", "--optim", "adamw_torch", "--bf16", request.param,
+        "--disable_tqdm", "true", "--report_to", "none",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, work / "run"
+
+
+def test_the_run_records_what_it_read_and_an_absolute_base_model(trained):
+    work, run = trained
+    info = RunInfo.load(run)
+    assert info.base_model == str((work / "tiny-model").resolve())
+    assert info.task["labels"] == ["negative", "positive"]  # found in the training file, sorted
+    sources = {source.split: source for source in info.sources}
+    assert sources["train"].path == str((work / "reviews.csv").resolve()) and sources["eval"].held_out
+    assert sources["train"].rows + sources["eval"].rows == 24
+    assert info.data["hub_dataset"] is None and "hate" not in json.dumps(info.to_dict())
+    card = render_model_card(run)
+    assert card.data.base_model is None and card.data.datasets is None
+    assert str(work) not in str(card) and "a local model (`tiny-model`)" in str(card)
+
+
+def test_a_reloaded_run_reproduces_its_predictions(trained, monkeypatch, tmp_path):
+    _, run = trained
+    monkeypatch.chdir(tmp_path)  # another working directory
+    with (run / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    clf = Classifier.from_pretrained(run)
+    info = RunInfo.load(run)
+    assert clf.autocast == info.autocast and str(next(clf.model.parameters()).dtype) == f"torch.{info.dtype}"
+    predictions = clf.predict([row["text"] for row in rows], batch_size=16)
+    for row, prediction in zip(rows, predictions, strict=True):
+        assert prediction.label == row["predicted"]
+        for label, probability in prediction.probs.items():
+            assert abs(probability - float(row[f"prob_{label}"])) < 1e-6
+
+
+def test_a_moved_base_model_is_named_and_can_be_pointed_to(trained, tmp_path):
+    work, run = trained
+    moved_run = tmp_path / "run"
+    shutil.copytree(run, moved_run)
+    info = RunInfo.load(moved_run)
+    info.base_model = str(tmp_path / "gone" / "tiny-model")
+    info.save(moved_run)
+    with pytest.raises(
+        RunDirError, match=r"base model directory '.*gone/tiny-model' does not exist.*base_model="
+    ):
+        Classifier.from_pretrained(moved_run)
+    clf = Classifier.from_pretrained(moved_run, base_model=str(work / "tiny-model"))
+    assert clf.predict(["what a lovely day"])[0].label in ("negative", "positive")
