@@ -14,6 +14,10 @@ KNOWN_HARMLESS_WARNINGS = (
     r".*Failed to load CPU gemm_4bit_forward.*",
     # DataLoader asks for pinned memory, which has no meaning without an accelerator.
     r".*'pin_memory' argument is set as true but no accelerator is found.*",
+    # transformers renamed a method that PEFT still calls; nothing a user can change.
+    r".*`is_gradient_checkpointing` is deprecated.*",
+    # PEFT on tied embeddings; the project logs what it means for the run (see modeling.methods).
+    r".*Model has `tie_word_embeddings=True` and a tied layer is part of the adapter.*",
 )
 KNOWN_HARMLESS_LOGGERS = {
     # bitsandbytes logs the same missing-kernel note at import.

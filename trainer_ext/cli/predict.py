@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 logger = logging.getLogger("trainer_ext.predict")
+#: The values a switch may take on the command line (as `HfArgumentParser` reads them).
+BOOLEAN_WORDS = ("true", "false", "yes", "no", "t", "f", "y", "n", "1", "0")
 
 
 @dataclass
@@ -89,8 +91,20 @@ def parse(argv: list[str]) -> tuple[PredictArguments, list[str]]:
         PredictArguments, prog="trainer-ext predict", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (else --input or stdin)")
-    args, extra = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    args, extra = parser.parse_args_into_dataclasses(args=_explicit_switches(argv), look_for_args_file=False)
     return args, list(extra.texts)
+
+
+def _explicit_switches(argv: list[str]) -> list[str]:
+    """`--calibrate TEXT` means the switch and a text: a switch not followed by true/false gets `true`."""
+    switches = {f"--{f.name}" for f in fields(PredictArguments) if f.type in (bool, "bool")}
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        following = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if arg in switches and following not in BOOLEAN_WORDS:
+            out.append("true")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -114,7 +114,7 @@ def _read(
     settings: DataSettings, source, labels: Sequence[str] | None, split: str = "train"
 ) -> list[Example]:
     logger.info("Reading %s", source)
-    return load_examples(
+    examples = load_examples(
         source,
         settings.text_column,
         settings.label_column,
@@ -123,6 +123,15 @@ def _read(
         labels,
         split=split,
     )
+    if not examples:
+        raise DataError(f"{source}: no data rows (only a header?); add labelled rows below the header.")
+    unlabelled = next((example for example in examples if example.label is None), None)
+    if unlabelled is not None:
+        raise DataError(
+            f"{unlabelled.source}: no label in column {settings.label_column!r}; every training and "
+            "evaluation row needs one (set label_column to the column that holds the labels)."
+        )
+    return examples
 
 
 def _hub_pool(settings: DataSettings, split: str, labels: Sequence[str] | None) -> tuple[list[Example], bool]:

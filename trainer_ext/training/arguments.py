@@ -52,6 +52,14 @@ class LabelArguments:
         error = choice_error("eval_decoding", self.eval_decoding, EVAL_DECODINGS)
         if error:
             raise ValueError(error)
+        for key in (
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+        ):
+            value = getattr(self, key, 1)
+            if value < 1:
+                raise ValueError(f"{key} must be at least 1, got {value}.")
 
     @property
     def decodings(self) -> tuple[str, ...]:

@@ -62,6 +62,13 @@ def prepare_data(recipe: Recipe) -> PreparedData:
     if labels is None:
         labels = _labels_of(train, "training")
         logger.info("labels not set: using the %d labels found in the training data: %s", len(labels), labels)
+    if all(label.strip().lstrip("-").isdigit() for label in labels):
+        logger.warning(
+            "The labels %s are numbers: the model learns to write them, and a number tells it nothing about "
+            'the class. Map them to words with label_mapping (e.g. {"0": "negative", "1": "positive"}) '
+            "and set labels to those words.",
+            labels,
+        )
     evaluation = load_split(recipe.data, "eval", labels=labels)
     settings = dataclasses.replace(recipe.task, labels=labels)
     task = LabelTask.from_settings(settings, shot_examples=train, seed=recipe.data.sample_seed)

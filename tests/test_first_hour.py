@@ -1,0 +1,181 @@
+"""A new user's first hour, through the real entry points: own task, bad inputs, help, estimates.
+
+Every user-caused error is one line on stderr with exit status 2, and inputs are checked before any
+model loads: the cases below name a model that does not exist, so an error about the model would mean
+the input was not checked first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer_ext.cli import predict, train
+from trainer_ext.cli.estimate import EstimateArguments
+from trainer_ext.cli.push import PushArguments
+from trainer_ext.study.settings import StudyArguments
+from trainer_ext.training.recipe import LIGHT_SETTINGS
+
+REPO = Path(__file__).resolve().parent.parent
+NO_MODEL = "/nonexistent/model-dir"
+
+
+def _run(*argv: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [sys.executable, "-m", *argv], input=stdin, capture_output=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+def test_train_without_arguments_prints_usage_and_starts_nothing():
+    done = _run("trainer_ext.cli.train")
+    assert done.returncode == 2
+    assert b"usage: trainer-ext train --config RECIPE.yaml" in done.stderr and b"Traceback" not in done.stderr
+
+
+def test_help_answers_without_loading_torch_and_lists_the_projects_keys_first():
+    code = (
+        "import sys; from trainer_ext.cli.train import main; main(['--help']); "
+        "print('TORCH_LOADED' if 'torch' in sys.modules else 'NO_TORCH')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    out = done.stdout
+    assert done.returncode == 0 and out.strip().endswith("NO_TORCH")
+    for key in (
+        "--config",
+        "--model_name_or_path",
+        "--train_file",
+        "--labels",
+        "--lora_r",
+        "--eval_decoding",
+    ):
+        assert key in out
+    assert "--help-all" in out and "--gradient_accumulation_steps" not in out
+    assert out.index("--model_name_or_path") < out.index("--eval_decoding")
+
+
+def test_help_after_a_config_and_the_full_list(capsys):
+    recipe = str(REPO / "trainer_ext/configs/recipes/moderation_lora_all.yaml")
+    assert train.main(["--config", recipe, "--help"]) == 0
+    assert "--config" in capsys.readouterr().out
+    assert train.main(["--help-all"]) == 0
+    assert "--gradient_accumulation_steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [*LIGHT_SETTINGS, EstimateArguments, PushArguments, StudyArguments, predict.PredictArguments],
+    ids=lambda cls: cls.__name__,
+)
+def test_every_option_has_a_help_line(fields):
+    for field in dataclasses.fields(fields):
+        if field.init:
+            assert field.metadata.get("help"), f"{fields.__name__}.{field.name} has no help"
+
+
+def _csv(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("files", "extra", "message"),
+    [
+        ({"t.csv": "text,label\n"}, [], r"t.csv: no data rows \(only a header\?\)"),
+        ({}, ["--train_file", "missing.csv"], "train_file '/.*/missing.csv' does not exist"),
+        (
+            {"t.csv": "text,label\na,b\n"},
+            ["--eval_file", "nope.csv"],
+            "eval_file '/.*/nope.csv' does not exist",
+        ),
+        ({"t.csv": "text,sentiment\nfine,good\n"}, [], r"t.csv:row 1 \(line 2\): no label in column 'label'"),
+        (
+            {"t.csv": "text,label\nfine,good\nbad,neutral\n"},
+            ["--labels", "good", "bad"],
+            "label 'neutral' is not",
+        ),
+        (
+            {"t.csv": "text,label\nfine,good\n"},
+            ["--lora_rank", "4"],
+            "unknown key 'lora_rank'. Did you mean 'lora_r'",
+        ),
+        ({"t.csv": "text,label\nfine,good\n"}, ["--per_device_train_batch_size", "0"], "at least 1, got 0"),
+        ({"t.csv": "text,label\nfine,good\n"}, ["--labels", "a, b", "c"], "contains a comma"),
+    ],
+)
+def test_train_input_errors_come_before_the_model_loads(tmp_path, monkeypatch, capsys, files, extra, message):
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        _csv(tmp_path / name, text)
+    argv = ["--model_name_or_path", NO_MODEL, "--output_dir", "run"]
+    if "--train_file" not in extra:
+        argv += ["--train_file", "t.csv"]
+    assert train.main(argv + extra) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("trainer-ext train: ")
+    assert re.search(message, line), line
+
+
+def test_numeric_labels_are_pointed_to_label_mapping(tmp_path, caplog):
+    from trainer_ext.training.pipeline import prepare_data
+    from trainer_ext.training.recipe import parse_recipe
+
+    path = _csv(tmp_path / "n.csv", "text,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(10)))
+    recipe = parse_recipe(["--train_file", path, "--output_dir", str(tmp_path / "run")])
+    with caplog.at_level("WARNING"):
+        data = prepare_data(recipe)
+    assert data.task.labels == ["0", "1"] and "Map them to words with label_mapping" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--decoding", "generate", "--calibrate", "hello"], "--calibrate needs --decoding constrained"),
+        (["--batch_size", "0", "hello"], "--batch_size must be at least 1, got 0"),
+        (["--device", "cuda", "hello"], "--device cuda: this torch build has no CUDA support"),
+        (["--decoding", "beam", "hello"], "--decoding: unknown value 'beam'"),
+        (["--input", "none.csv"], "none.csv: no such file"),
+        (["--input", "x.csv", "hello"], "Give texts as arguments or --input, not both"),
+        (["--resume", "hello"], "--resume and --overwrite need --output"),
+    ],
+)
+def test_predict_input_errors_come_before_the_model_loads(tmp_path, monkeypatch, capsys, argv, message):
+    import torch
+
+    if "cuda" in argv and torch.version.cuda is not None:
+        pytest.skip("this torch build has CUDA; the case is the CPU build's")
+    monkeypatch.chdir(tmp_path)
+    assert predict.main(["--model", NO_MODEL, *argv]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("trainer-ext predict: ") and message in line, line
+
+
+def test_predict_reads_stdin_and_refuses_latin1_with_the_line():
+    done = _run("trainer_ext.cli.predict", "--model", NO_MODEL, stdin="fine\ncafé crème\n".encode("latin-1"))
+    assert done.returncode == 2
+    line = _one_line(done.stderr.decode())
+    assert "standard input, line 2: not UTF-8 text (byte 0xe9)" in line and "iconv" in line
+
+
+def test_an_existing_output_is_never_overwritten_silently(tmp_path, capsys):
+    out = _csv(tmp_path / "preds.csv", "row,text\n1,kept\n")
+    assert predict.main(["--model", NO_MODEL, "--output", out, "hello"]) == 2
+    assert "exists; pass --resume" in capsys.readouterr().err
+    assert Path(out).read_text() == "row,text\n1,kept\n"
