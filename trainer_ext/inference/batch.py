@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,7 +141,9 @@ def read_inputs(args: Any, texts: Sequence[str]) -> list[InputRow]:
         on_bad_row="raise" if args.on_bad_row == "error" else "skip",
     )
     return [
-        InputRow(example.source.split(":", 1)[1].removeprefix("row "), example.text) for example in examples
+        # A source is `file:row 12 (line 15)` (or `record 3`, `line 7`): the row's number is its first number.
+        InputRow(re.search(r"\d+", example.source.rpartition(":")[2]).group(), example.text)
+        for example in examples
     ]
 
 
