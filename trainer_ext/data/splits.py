@@ -65,6 +65,17 @@ class DataSettings:
         default=None, metadata={"help": "Balanced evaluation sample size (all; held out: a tenth)."}
     )
     sample_seed: int = field(default=42, metadata={"help": "Seed of the balanced samples and k-shot draws."})
+    validation_split: float | None = field(
+        default=None,
+        metadata={
+            "help": "Share of the training data held out, stratified and seeded, as a dev set for model "
+            "selection, early stopping and decision tuning (the eval file stays untouched)."
+        },
+    )
+    drop_eval_duplicates: bool = field(
+        default=False,
+        metadata={"help": "Leave out dev and eval rows whose text is also in the training data."},
+    )
 
     def __post_init__(self) -> None:
         self.label_mapping = parse_mapping(self.label_mapping)
@@ -72,6 +83,10 @@ class DataSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DataError(f"{name} must be a positive number of examples or unset (all), got {value}.")
+        if self.validation_split is not None and not 0 < self.validation_split < 1:
+            raise DataError(
+                f"validation_split must be between 0 and 1 (a share), got {self.validation_split}."
+            )
         if self.train_file and self.hub_dataset:
             raise DataError(
                 f"Both train_file ({self.train_file!r}) and hub_dataset ({self.hub_dataset!r}) are set; "
@@ -202,3 +217,25 @@ def load_split(settings: DataSettings, split: str, labels: Sequence[str] | None 
         return held
     held_sources = {example.source for example in held}
     return balanced_sample([e for e in pool if e.source not in held_sources], size, settings.sample_seed)
+
+
+def split_dev(examples: Sequence[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Carve a stratified, seeded dev set out of training examples (scikit-learn's `train_test_split`).
+
+    Returns:
+        `(train, dev)`: disjoint, every class in both (each class needs at least two examples).
+
+    Raises:
+        `DataError`: when a class has too few examples to be in both sets.
+    """
+    from sklearn.model_selection import train_test_split
+
+    labels = [example.label for example in examples]
+    try:
+        train, dev = train_test_split(list(examples), test_size=share, random_state=seed, stratify=labels)
+    except ValueError as err:
+        raise DataError(
+            f"validation_split {share}: cannot carve a stratified dev set from {len(examples)} training rows "
+            f"({err}); add rows of the rare classes or change validation_split."
+        ) from None
+    return train, dev

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from trainer_ext.inference.decision import apply_decision_bias
 from trainer_ext.inference.scoring import contextual_calibration, generate_labels, score_labels
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import encode_prompts
@@ -266,6 +267,8 @@ class Classifier:
         probs = result.probs
         if calibrate:
             probs = contextual_calibration(probs, self.content_free_probs())
+        # Offsets fitted on a dev set for the class prior (task.json), after any calibration.
+        probs = apply_decision_bias(probs, self.task.labels, self.task.decision_bias)
         labels = self.task.labels
         return [
             Prediction(

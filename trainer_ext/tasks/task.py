@@ -51,6 +51,9 @@ class LabelTask:
             Prompt template with one `{text}` and optionally `{labels}` (rendered comma-separated).
         shots (`list[tuple[str, str]]`, *optional*):
             k-shot examples `(text, label)`, rendered before the message in the message block's format.
+        decision_bias (`dict[str, float]`, *optional*):
+            An additive offset per label on the log-probabilities of constrained scoring before the argmax,
+            fitted on a dev set (`trainer_ext.inference.decision`); empty: none.
 
     Example:
 
@@ -74,6 +77,7 @@ class LabelTask:
     verbalizers: dict[str, str] = field(default_factory=dict)
     template: str = INSTRUCTION_TEMPLATE
     shots: list[tuple[str, str]] = field(default_factory=list)
+    decision_bias: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.labels = list(self.labels)
@@ -101,6 +105,9 @@ class LabelTask:
                 raise TaskError(
                     f"Shot example {text[:40]!r} has label {label!r}, not in labels {self.labels}."
                 )
+        unknown = [label for label in self.decision_bias if label not in self.labels]
+        if unknown:
+            raise TaskError(f"decision_bias names labels {unknown} that are not in labels {self.labels}.")
 
     # Prompts and completions
 
@@ -221,6 +228,7 @@ class LabelTask:
             "verbalizers": dict(self.verbalizers),
             "template": self.template,
             "shots": [list(shot) for shot in self.shots],
+            "decision_bias": dict(self.decision_bias),
         }
 
     @classmethod
@@ -241,6 +249,7 @@ class LabelTask:
             verbalizers=dict(data.get("verbalizers") or {}),
             template=data.get("template", INSTRUCTION_TEMPLATE),
             shots=[tuple(shot) for shot in data.get("shots") or []],
+            decision_bias={str(k): float(v) for k, v in (data.get("decision_bias") or {}).items()},
         )
 
     def save(self, directory: str | Path) -> Path:

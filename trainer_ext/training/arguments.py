@@ -46,12 +46,56 @@ class LabelArguments:
     )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_strategy: str = field(default="no", metadata={"help": "'no', 'steps' or 'epoch'."})
+    class_weights: str | None = field(
+        default="none",
+        metadata={
+            "help": "Weight of each class in the loss: none, balanced (n_samples / (n_classes * n_class)), "
+            "or a mapping label -> weight (YAML, or JSON on the command line: "
+            '\'{"hate": 5, "offensive": 1}\').'
+        },
+    )
+    train_sampling: str = field(
+        default="default",
+        metadata={
+            "help": "default (train_sampling_strategy decides), or balanced: draw every class equally often "
+            "per epoch, with replacement."
+        },
+    )
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without improving metric_for_best_model (needs "
+            "load_best_model_at_end and an eval_strategy)."
+        },
+    )
+    tune_decision_bias: bool = field(
+        default=False,
+        metadata={
+            "help": "Fit one log-probability offset per label on the dev set (validation_split) to maximise "
+            "metric_for_best_model (default macro_f1); stored in task.json and applied by every predictor."
+        },
+    )
 
     def check_label_arguments(self) -> None:
         """Refuse values of these keys that cannot work (raises `ValueError` naming the key)."""
         error = choice_error("eval_decoding", self.eval_decoding, EVAL_DECODINGS)
         if error:
             raise ValueError(error)
+        from trainer_ext.training.weights import TRAIN_SAMPLINGS, parse_class_weights
+
+        self.class_weights = parse_class_weights(self.class_weights)
+        error = choice_error("train_sampling", self.train_sampling, TRAIN_SAMPLINGS)
+        if error:
+            raise ValueError(error)
+        if self.train_sampling == "balanced" and self.class_weights != "none":
+            raise ValueError(
+                "train_sampling balanced and class_weights both correct for imbalance; use one of them "
+                "(the README's 'Imbalanced data' says which works better)."
+            )
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ValueError(
+                f"early_stopping_patience must be at least 1, got {self.early_stopping_patience}."
+            )
         for key in (
             "per_device_train_batch_size",
             "per_device_eval_batch_size",

@@ -16,8 +16,8 @@ class LabelCollator:
     Samples come from [`~tokenization.encode_example`] / [`~tokenization.encode_dataset`] (training:
     `input_ids`, `attention_mask`, `labels`) or are prompts for inference (`input_ids` and optionally
     `attention_mask`). Padding positions get the pad id in `input_ids`, 0 in `attention_mask` and -100
-    in `labels`, so a pad token equal to EOS never hides the learned EOS. Keys other than these three
-    (e.g. `length`) are ignored.
+    in `labels`, so a pad token equal to EOS never hides the learned EOS. A `sample_weight` (class weight
+    of the loss) is kept as a float tensor `(B,)`; other keys (e.g. `length`) are ignored.
 
     Batches of similar length waste less padding: with `TrainingArguments(group_by_length=True)` the
     Trainer groups a list of encoded dicts by `len(sample["input_ids"])`, which every encoded sample
@@ -108,4 +108,7 @@ class LabelCollator:
         }
         if with_labels:
             batch["labels"] = [self._pad(f["labels"], length, IGNORE_INDEX) for f in features]
-        return {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
+        tensors = {key: torch.tensor(rows, dtype=torch.long) for key, rows in batch.items()}
+        if "sample_weight" in features[0]:  # class weights of the loss, one per sample: (B,)
+            tensors["sample_weight"] = torch.tensor([float(f["sample_weight"]) for f in features])
+        return tensors

@@ -1,8 +1,7 @@
 """Tokenisation with exact completion-only masking.
 
-The prompt (prefix, message, suffix) and the completion are tokenised apart and concatenated, so
-the boundary between what the model reads and what it learns to write is exact whatever the
-tokenizer would merge across it. Layout of one encoded sample::
+An encoded sample has the ids of its running text (prompt + completion tokenised as one string), with
+labels only on the completion. Layout of one encoded sample::
 
     [BOS]  prefix  message[:budget]  suffix(answer cue)  completion  EOS
     -100   -100    -100              -100                ids         eos_id     <- labels
@@ -13,11 +12,15 @@ tokenizer would merge across it. Layout of one encoded sample::
 - truncation to `max_length` shortens only the message; when the fixed parts leave no room for it,
   [`EncodingError`] names the sample.
 
-Spaces that end the prefix (`"Message: "`) are tokenised with the message, as a tokenizer would
-see them in running text (`" hello"` rather than `" "` + `"hello"`). A message that contains the
-text of a special token (`"<|endoftext|>"`) gets it as plain text, not as the special token, for
-tokenizers that encode pieces independently (byte-level BPE: GPT-2, GPT-J, SmolLM2); templates and
-verbalizers may use special tokens on purpose (chat markers) and keep them.
+Fast tokenizers encode the prompt as one string, split by character offsets (so a word marker such as
+SentencePiece's "▁", which `legacy` Llama-2 / Mistral normalizers prepend to every string, appears only
+where the running text has it), and the completion after the answer cue, keeping the tokens that start
+in it. Pieces are tokenised apart instead where a token straddles that boundary (or, when both template
+and message hold special-token text, a message bound), and with slow tokenizers (no offsets).
+
+Spaces that end the prefix (`"Message: "`) belong to the message (`" hello"`, not `" "` + `"hello"`). A
+message that contains the text of a special token (`"<|endoftext|>"`) gets it as plain text; templates
+and verbalizers may use special tokens on purpose (chat markers) and keep them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ def _raw_ids(tokenizer: Any, text: str, split_special_tokens: bool = False) -> l
         return []
     encoded = tokenizer(text, add_special_tokens=False, split_special_tokens=split_special_tokens)
     return list(encoded["input_ids"])
+
+
+def _offset_ids(tokenizer: Any, text: str, split: bool = False) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids of `text` (no special tokens added) and the `(start, end)` character span of each."""
+    if not text:
+        return [], []
+    encoded = tokenizer(
+        text, add_special_tokens=False, split_special_tokens=split, return_offsets_mapping=True
+    )
+    return list(encoded["input_ids"]), [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
 
 class _PieceEncoder:
@@ -90,6 +103,14 @@ class _PieceEncoder:
     def completion(self, task: LabelTask, label: str) -> list[int]:
         return self.piece(task.completion(label), first=False) + [self.eos_id]
 
+    def parts(self, task: LabelTask, text: str) -> tuple[list[int], list[int], list[int]]:
+        """Ids of the prompt before the message, of the message, and after it (pieces tokenised apart)."""
+        prefix, message, suffix = task.prompt_parts(text)
+        core = prefix.rstrip(" ")
+        prefix_ids = self.piece(core, first=True)
+        message_ids = self.message(prefix[len(core) :] + message, first=not prefix_ids)
+        return prefix_ids, message_ids, self.piece(suffix, first=False)
+
     def prompt(
         self,
         task: LabelTask,
@@ -100,13 +121,8 @@ class _PieceEncoder:
         truncation_side: str = "right",
     ) -> tuple[list[int], bool]:
         """Prompt ids leaving `reserve` tokens for the completion; also whether the message was cut."""
-        prefix, message, suffix = task.prompt_parts(text)
-        core = prefix.rstrip(" ")
-        message = prefix[len(core) :] + message
-        prefix_ids = self.piece(core, first=True)
-        message_ids = self.message(message, first=not prefix_ids)
-        suffix_ids = self.piece(suffix, first=False)
-        fixed = len(self.bos_ids) + len(prefix_ids) + len(suffix_ids) + reserve
+        head, message_ids, tail = self.parts(task, text)
+        fixed = len(self.bos_ids) + len(head) + len(tail) + reserve
         budget = max_length - fixed
         if budget < (1 if message_ids else 0):
             raise EncodingError(
@@ -115,8 +131,60 @@ class _PieceEncoder:
                 "max_length or shorten the template, verbalizers or k-shot examples."
             )
         truncated = len(message_ids) > budget
-        ids = self.bos_ids + prefix_ids + cut_message(message_ids, budget, truncation_side) + suffix_ids
-        return ids, truncated
+        return self.bos_ids + head + cut_message(message_ids, budget, truncation_side) + tail, truncated
+
+
+class _OffsetEncoder(_PieceEncoder):
+    """Encodes with a fast tokenizer: whole strings, split by the character offsets of their tokens."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer)
+        decoder = getattr(tokenizer, "added_tokens_decoder", {})
+        self.specials = tuple(token.content for token in decoder.values() if token.special)
+
+    def completion(self, task: LabelTask, label: str) -> list[int]:
+        """Tokens that start in the completion when it follows the answer cue, + EOS."""
+        context = task.prompt_parts("")[2] or "\n"
+        ids, offsets = _offset_ids(self.tokenizer, context + task.completion(label))
+        at = len(context)
+        if any(start < at < end for start, end in offsets):
+            return super().completion(task, label)
+        return [token for token, (start, _) in zip(ids, offsets, strict=True) if start >= at] + [self.eos_id]
+
+    def parts(self, task: LabelTask, text: str) -> tuple[list[int], list[int], list[int]]:
+        """The ids of the whole prompt, split around the tokens that lie inside the message.
+
+        A token that straddles a message boundary stays with the template part it overlaps, so the three
+        parts joined are the ids of the prompt, and truncation cuts only message tokens. Special-token
+        text is plain text in the message; when the template holds special tokens too, the message ids
+        come from a second reading of the prompt with them as plain text.
+        """
+        prefix, message, suffix = task.prompt_parts(text)
+        start, end = len(prefix.rstrip(" ")), len(prefix) + len(message)
+        full = prefix + message + suffix
+        marked = self._has_special(prefix[:start]) or self._has_special(suffix)
+        head, inside, tail, clean = self._split(full, start, end, plain=not marked)
+        if not (marked and self._has_special(full[start:end])):
+            return head, inside, tail
+        _, inside, _, plain_clean = self._split(full, start, end, plain=True)
+        return (head, inside, tail) if clean and plain_clean else super().parts(task, text)
+
+    def _has_special(self, text: str) -> bool:
+        return any(token in text for token in self.specials)
+
+    def _split(
+        self, text: str, start: int, end: int, plain: bool
+    ) -> tuple[list[int], list[int], list[int], bool]:
+        """Ids of `text` before, inside and after `[start, end)`; also whether no token straddles a bound."""
+        ids, offsets = _offset_ids(self.tokenizer, text, split=plain)
+        n_head = sum(1 for first, _ in offsets if first < start)
+        n_tail = min(sum(1 for _, last in offsets if last > end), len(ids) - n_head)
+        clean = not any(first < bound < last for first, last in offsets for bound in (start, end))
+        return ids[:n_head], ids[n_head : len(ids) - n_tail], ids[len(ids) - n_tail :], clean
+
+
+def _encoder(tokenizer: Any) -> _PieceEncoder:
+    return _OffsetEncoder(tokenizer) if getattr(tokenizer, "is_fast", False) else _PieceEncoder(tokenizer)
 
 
 def cut_message(ids: list[int], budget: int, side: str = "right") -> list[int]:
@@ -156,7 +224,7 @@ def label_token_ids(tokenizer: Any, task: LabelTask) -> dict[str, list[int]]:
     Returns:
         `dict[str, list[int]]`: label -> completion token ids ending with `tokenizer.eos_token_id`.
     """
-    encoder = _PieceEncoder(tokenizer)
+    encoder = _encoder(tokenizer)
     return {label: encoder.completion(task, label) for label in task.labels}
 
 
@@ -209,9 +277,7 @@ def encode_example(
     Raises:
         `EncodingError`: when the label is unknown or the fixed parts leave no room for the message.
     """
-    encoded, _ = _encode_with(
-        _PieceEncoder(tokenizer), task, text, label, max_length, source, truncation_side
-    )
+    encoded, _ = _encode_with(_encoder(tokenizer), task, text, label, max_length, source, truncation_side)
     return encoded
 
 
@@ -246,7 +312,7 @@ def encode_prompts(
     tokenizer: Any, task: LabelTask, texts: list[str], max_length: int, truncation_side: str = "right"
 ) -> list[tuple[list[int], bool]]:
     """The prompt ids of each text (see `encode_prompt`) and whether its message was shortened."""
-    encoder = _PieceEncoder(tokenizer)
+    encoder = _encoder(tokenizer)
     reserve = max(len(encoder.completion(task, label)) for label in task.labels)
     return [encoder.prompt(task, text, reserve, max_length, None, truncation_side) for text in texts]
 
@@ -274,7 +340,7 @@ def encode_dataset(
             ([`check_label_tokens`]).
     """
     check_label_tokens(task, tokenizer)
-    encoder = _PieceEncoder(tokenizer)
+    encoder = _encoder(tokenizer)
     encoded: list[dict[str, list[int]]] = []
     truncated: list[str] = []
     for example in examples:

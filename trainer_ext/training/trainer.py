@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
 from trainer_ext.evaluation.metrics import classification_metrics, flat_metrics
+from trainer_ext.inference.decision import apply_decision_bias
 from trainer_ext.inference.scoring import LabelScores, generate_labels, score_labels
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.arguments import LabelArguments
@@ -58,6 +59,8 @@ class LabelDataset(Dataset):
         task (`LabelTask`): Template and verbalizers.
         max_length (`int`): Maximum sequence length; only messages are shortened.
         truncation_side (`str`, *optional*, defaults to `"right"`): What a too long message keeps.
+        class_weights (`dict[str, float]`, *optional*): Loss weight per label; each sample then carries its
+            label's weight as `sample_weight` (see `trainer_ext.training.weights`).
     """
 
     def __init__(
@@ -67,17 +70,23 @@ class LabelDataset(Dataset):
         task: LabelTask,
         max_length: int,
         truncation_side: str = "right",
+        class_weights: dict[str, float] | None = None,
     ) -> None:
         self.examples = list(examples)
+        self.class_weights = class_weights
         self.encoded = encode_dataset(tokenizer, task, self.examples, max_length, truncation_side)
         texts = [example.text for example in self.examples]
-        self.prompts = [ids for ids, _ in encode_prompts(tokenizer, task, texts, max_length, truncation_side)]
+        encoded_prompts = encode_prompts(tokenizer, task, texts, max_length, truncation_side)
+        self.prompts = [ids for ids, _ in encoded_prompts]
+        self.truncated = sum(cut for _, cut in encoded_prompts)  # messages shortened to fit max_length
 
     def __len__(self) -> int:
         return len(self.encoded)
 
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        return self.encoded[index]
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if self.class_weights is None:
+            return self.encoded[index]
+        return {**self.encoded[index], "sample_weight": self.class_weights[self.examples[index].label]}
 
 
 def completion_loss(
@@ -87,9 +96,14 @@ def completion_loss(
 
     Args:
         model (`PreTrainedModel`): A causal LM whose forward accepts ``logits_to_keep`` (transformers 5).
-        inputs (`dict`): `input_ids`, `attention_mask`, `labels` (-100 outside completions), all `(B, T)`.
+        inputs (`dict`): `input_ids`, `attention_mask`, `labels` (-100 outside completions), all `(B, T)`;
+            optionally `sample_weight` `(B,)`, each sample's class weight, which multiplies the loss of its
+            completion tokens.
         num_items (`int` or `torch.Tensor`, *optional*): Divisor of the summed loss (the Trainer's count of
-            completion tokens across accumulation steps and devices); defaults to this batch's count.
+            completion tokens across accumulation steps and devices); defaults to this batch's count. The
+            divisor is the unweighted token count: with class weights of mean 1 over the training set (see
+            `trainer_ext.training.weights`) the loss keeps its scale and the learning rate its meaning, and
+            the result is the same however the batches are accumulated or split between processes.
 
     Returns:
         `(loss, outputs)`.
@@ -105,7 +119,11 @@ def completion_loss(
     )
     logits = outputs.logits  # (N, V): one row per completion token, in row-major order of `keep`
     targets = labels[:, 1:][keep[:, :-1]]  # (N,)
-    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    if "sample_weight" in inputs:
+        token_weights = inputs["sample_weight"][:, None].expand_as(labels)[keep]  # (N,): each token's sample
+        loss = (F.cross_entropy(logits.float(), targets, reduction="none") * token_weights).sum()
+    else:
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
     divisor = num_items if num_items is not None else targets.numel()
     return loss / divisor, outputs
 
@@ -162,6 +180,19 @@ class LabelTrainer(Trainer):
         # Our loss divides by the completion-token count the Trainer gathers across accumulation steps and
         # devices (`num_items_in_batch`); this flag makes the Trainer compute that count and not rescale.
         self.model_accepts_loss_kwargs = True
+
+    def _get_train_sampler(self, train_dataset=None):
+        """A class-balanced sampler with ``train_sampling: balanced``, else the default."""
+        if self.args.train_sampling != "balanced":
+            return super()._get_train_sampler(train_dataset)
+        from torch.utils.data import WeightedRandomSampler
+
+        from trainer_ext.training.weights import sampler_weights
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        weights = sampler_weights(dataset.examples)  # every class drawn equally often per epoch
+        generator = torch.Generator().manual_seed(self.args.seed)
+        return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = completion_loss(model, inputs, num_items_in_batch)
@@ -235,11 +266,20 @@ class LabelTrainer(Trainer):
         metrics: dict[str, Any] = {}
         self.last_label_scores = {}
         for n, decoding in enumerate(self.args.decodings):
-            self.last_label_scores[decoding] = self.predict_labels(dataset, decoding)
+            self.last_label_scores[decoding] = self._with_decision_bias(
+                self.predict_labels(dataset, decoding)
+            )
             scores = classification_metrics(gold, self.last_label_scores[decoding].labels, self.task.labels)
             prefix = f"{metric_key_prefix}_" if n == 0 else f"{metric_key_prefix}_{decoding}_"
             metrics.update(flat_metrics(scores, prefix))
         return metrics
+
+    def _with_decision_bias(self, scores: LabelScores) -> LabelScores:
+        """Constrained scores with the task's decision offsets applied (`trainer_ext.inference.decision`)."""
+        if scores.probs is None or not self.task.decision_bias:
+            return scores
+        probs = apply_decision_bias(scores.probs, self.task.labels, self.task.decision_bias)
+        return LabelScores([self.task.labels[i] for i in probs.argmax(-1).tolist()], probs=probs)
 
     def evaluate(
         self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"
@@ -251,8 +291,16 @@ class LabelTrainer(Trainer):
             for name, part in dataset.items():
                 results.update(self.evaluate(part, ignore_keys, f"{metric_key_prefix}_{name}"))
             return results
-        metrics = super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        # Callbacks (early stopping, ...) must see the label metrics: the Trainer's own `on_evaluate` call,
+        # made before they exist, is held back and made here with them.
+        handler = self.callback_handler
+        handler.on_evaluate = lambda args, state, control, metrics=None, **kwargs: control
+        try:
+            metrics = super().evaluate(dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+        finally:
+            del handler.on_evaluate  # back to the class's method
         extra = self.label_metrics(dataset, metric_key_prefix)
         self.log(extra)
         metrics.update(extra)
+        self.control = handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
