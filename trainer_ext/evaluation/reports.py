@@ -58,23 +58,28 @@ def write_predictions(
 def plot_confusion_matrix(
     output_dir: str | Path, matrix: Sequence[Sequence[int]], labels: Sequence[str]
 ) -> Path:
-    """Draw the confusion matrix (rows: gold; columns: predicted, then invalid) to `confusion_matrix.png`."""
+    """Draw the confusion matrix to `confusion_matrix.png`: rows gold, columns predicted then invalid; each
+    cell shows its count and its share of the row (the recall of the gold class on the diagonal), and is
+    shaded by that share, so that a rare class's row reads as clearly as a common one's."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     columns = [*labels, "invalid"]
-    fig, ax = plt.subplots(figsize=(1.2 * len(columns) + 2, 0.9 * len(labels) + 1.8))
-    ax.imshow(matrix, cmap="Blues")
+    rates = [[value / max(sum(row), 1) for value in row] for row in matrix]  # row-normalised
+    fig, ax = plt.subplots(figsize=(1.4 * len(columns) + 2, 1.0 * len(labels) + 1.8))
+    ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
+    ax.set_yticks(
+        range(len(labels)), [f"{label} ({sum(row)})" for label, row in zip(labels, matrix, strict=True)]
+    )
     ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    top = max((max(row) for row in matrix), default=0)
+    ax.set_ylabel("gold (rows)")
     for r, row in enumerate(matrix):
         for c, value in enumerate(row):
-            ax.text(c, r, str(value), ha="center", va="center", color="white" if value > top / 2 else "black")
+            colour = "white" if rates[r][c] > 0.5 else "black"
+            ax.text(c, r, f"{value}\n{rates[r][c]:.0%}", ha="center", va="center", color=colour, fontsize=9)
     fig.tight_layout()
     path = Path(output_dir) / CONFUSION_FILE
     fig.savefig(path, dpi=120)
