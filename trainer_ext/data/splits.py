@@ -9,6 +9,7 @@ data (`eval_samples` examples, else a tenth of them).
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,8 @@ class DataSettings:
     )
     train_samples: int | None = field(default=None, metadata={"help": "Balanced training sample size (all)."})
     eval_samples: int | None = field(
-        default=None, metadata={"help": "Balanced evaluation sample size (all; held out: a tenth)."}
+        default=None,
+        metadata={"help": "Balanced evaluation sample size (default: all; held out: a stratified tenth)."},
     )
     sample_seed: int = field(default=42, metadata={"help": "Seed of the balanced samples and k-shot draws."})
     validation_split: float | None = field(
@@ -173,17 +175,20 @@ def _pool(settings: DataSettings, split: str, labels: Sequence[str] | None) -> t
 
 
 def _held_out(settings: DataSettings, pool: list[Example]) -> list[Example]:
+    """The evaluation examples held out of the training file: `eval_samples` drawn balanced, else a
+    stratified tenth (the data's own class mix, so that metrics on imbalanced data keep their meaning)."""
     size = settings.eval_samples
     if size is None:
-        n_labels = len({example.label for example in pool})
-        size = max(n_labels, round(DEFAULT_HELD_OUT_SHARE * len(pool)))
+        counts = Counter(example.label for example in pool)
+        size = max(len(counts), round(DEFAULT_HELD_OUT_SHARE * len(pool)))
+        if len(pool) - size >= len(counts) and min(counts.values()) >= 2:
+            # A seed of its own, so that the held-out set does not depend on train_samples.
+            return split_dev(pool, size, settings.sample_seed + 1)[1]
     if size >= len(pool):
         raise DataError(
             f"Cannot hold {size} evaluation examples out of {len(pool)} training examples; set eval_file, "
-            "or a "
-            "smaller eval_samples."
+            "or a smaller eval_samples."
         )
-    # A seed of its own, so that the held-out set does not depend on train_samples.
     return balanced_sample(pool, size, settings.sample_seed + 1)
 
 
@@ -219,8 +224,15 @@ def load_split(settings: DataSettings, split: str, labels: Sequence[str] | None 
     return balanced_sample([e for e in pool if e.source not in held_sources], size, settings.sample_seed)
 
 
-def split_dev(examples: Sequence[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_dev(
+    examples: Sequence[Example], share: float | int, seed: int
+) -> tuple[list[Example], list[Example]]:
     """Carve a stratified, seeded dev set out of training examples (scikit-learn's `train_test_split`).
+
+    Args:
+        examples (`Sequence[Example]`): Labelled examples.
+        share (`float` or `int`): The dev set's share of the examples (a float in (0, 1)) or its size.
+        seed (`int`): Seed of the split.
 
     Returns:
         `(train, dev)`: disjoint, every class in both (each class needs at least two examples).
@@ -235,7 +247,7 @@ def split_dev(examples: Sequence[Example], share: float, seed: int) -> tuple[lis
         train, dev = train_test_split(list(examples), test_size=share, random_state=seed, stratify=labels)
     except ValueError as err:
         raise DataError(
-            f"validation_split {share}: cannot carve a stratified dev set from {len(examples)} training rows "
+            f"Cannot carve a stratified set of {share} out of {len(examples)} training rows "
             f"({err}); add rows of the rare classes or change validation_split."
         ) from None
     return train, dev
