@@ -33,14 +33,15 @@ def test_shipped_preset_parses_into_valid_recipes_for_every_row(tmp_path):
         recipe = parse_recipe(row_argv(settings, row, tmp_path / row))
         assert recipe.lora.method == row
         assert recipe.training.output_dir == str(tmp_path / row)
-        assert recipe.training.seed == recipe.data.sample_seed == settings.seed
+        assert recipe.data.sample_seed == settings.seed and recipe.training.seed == settings.seeds[0]
+    assert settings.seeds == [42, 1, 2]
     assert parse_recipe(row_argv(settings, "zero-shot", tmp_path / "z")).lora.method == "none"
 
 
 def test_row_overrides_win_over_global_flags_and_the_row_fixes_win_over_both(tmp_path):
     settings = build_settings(
         DEFAULT_PRESET,
-        {"seed": 7},
+        {"seeds": [7, 8]},
         ["norms.learning_rate=0.005", "full.quantization=8bit"],
         ["--learning_rate", "1e-4", "--num_train_epochs", "3", "--lora_r", "2"],
     )
@@ -49,7 +50,7 @@ def test_row_overrides_win_over_global_flags_and_the_row_fixes_win_over_both(tmp
     assert norms.num_train_epochs == 1  # the preset's row override beats the global flag
     lora = parse_recipe(row_argv(settings, "lora-all", tmp_path / "l"))
     assert (lora.training.learning_rate, lora.training.num_train_epochs, lora.lora.lora_r) == (1e-4, 3, 2)
-    assert lora.training.seed == 7
+    assert lora.training.seed == 7  # the first training seed
     full = parse_recipe(row_argv(settings, "full", tmp_path / "f"))
     assert full.model.quantization == "none"  # full fine-tuning needs unquantized weights, whatever is asked
 
@@ -220,14 +221,14 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
             "--quantization", "none", "--bf16", "false", "--train_samples", "12", "--eval_samples", "6",
             "--per_device_train_batch_size", "4", "--set", "lora-all.num_train_epochs=1", "--data_dir",
             str(data_dir),
-            "--set", f"norms.model_name_or_path={missing}"]  # fmt: skip
+            "--set", f"norms.model_name_or_path={missing}", "--seeds", "42"]  # fmt: skip
     assert main(argv) == 1
     assert "row(s) norms failed" in capsys.readouterr().err
     data = json.loads((tmp_path / "out" / "compare.json").read_text(encoding="utf-8"))
     by_name = {row["name"]: row for row in data["rows"]}
     assert list(by_name) == rows
     assert by_name["full"]["status"] == "skipped" and "1,000" in by_name["full"]["note"]
-    log = tmp_path / "out" / "runs" / "logs" / "norms.log"
+    log = tmp_path / "out" / "runs" / "logs" / "norms-seed-42.log"
     assert by_name["norms"]["status"] == "failed" and str(log) in by_name["norms"]["note"]
     assert "no-such-model" in log.read_text(encoding="utf-8")
     assert "| norms | failed: exit 2" in (tmp_path / "out" / "compare.md").read_text(encoding="utf-8")
@@ -242,5 +243,5 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
     ]  # fmt: skip
     assert data["transfer_labels"] == ["business", "entertainment", "politics", "sport", "tech"]
     assert data["settings"]["seed"] == 42 and data["eval_samples"] == 6
-    assert Path(tmp_path / "out" / "runs" / "lora-all" / "adapter_model.safetensors").is_file()
+    assert Path(tmp_path / "out" / "runs" / "lora-all" / "seed-42" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "out" / "compare.png").is_file()

@@ -2,13 +2,16 @@
 
     python scripts/compare.py --output_dir runs/compare
     python scripts/compare.py --rows zero-shot zero-shot-calibrated lora-all --transfer_samples 100
+    python scripts/compare.py --rows tfidf-logreg embedding-logreg lora-all classification-head --seeds 42 1 2
     python scripts/compare.py --model_name_or_path EleutherAI/gpt-j-6B --quantization 8bit --lora_r 2 \\
         --per_device_train_batch_size 4 --output_dir runs/compare-gptj
 
 Study flags (below) come from the preset (default: the shipped ``studies/compare_smollm2.yaml``); any other
 ``--flag value`` is a training-recipe key (see ``trainer-ext train --help``) applied to every row, such
 as ``--model_name_or_path``, ``--quantization``, ``--lora_r``, ``--train_samples``. ``--set
-ROW.KEY=VALUE`` changes one row only (``--set norms.learning_rate=1e-3``).
+ROW.KEY=VALUE`` changes one row only (``--set norms.learning_rate=1e-3``). The trained rows,
+``embedding-logreg`` and ``classification-head`` run once per ``--seeds`` seed; the table shows mean ±
+standard deviation.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def parse(argv: list[str]):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``trainer-ext compare``: 0 when done, 1 when a row failed, 2 on bad input."""
+    """Entry point of ``trainer-ext compare``: 0 when done, 1 when a row (or a seed's run) failed, 2 on bad
+    input."""
     from trainer_ext.cli.logs import setup_logging
     from trainer_ext.data import DataError
     from trainer_ext.modeling.loading import ModelLoadError
@@ -83,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paths = write_report(study, settings.output_dir, command)
     print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
     print("Written: " + ", ".join(str(p) for p in paths.values()))
-    failed = [row.name for row in study.rows if row.status == "failed"]
+    failed = [row.name for row in study.rows if row.has_failure]
     if failed:
         print(f"trainer-ext compare: row(s) {', '.join(failed)} failed; see their logs.", file=sys.stderr)
         return 1

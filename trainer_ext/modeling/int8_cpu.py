@@ -6,10 +6,18 @@ On a CPU this is slow for training: the outlier part and the backward pass run f
 and CPUs have no fast float16 path (a SmolLM2-135M LoRA step measured 10-20x slower than bf16).
 
 On the CPU we therefore keep bitsandbytes' int8 storage (same ``Linear8bitLt`` modules, same memory)
-and compute each matmul as *weight-only* int8: the weight is dequantized row-scale by row-scale to
-the activation dtype (bf16 where the CPU has AVX-512 BF16) right before the matmul and dropped right
-after; the backward pass dequantizes it again instead of keeping it. The activations are never
-quantized, so the result is at least as accurate as LLM.int8(). CUDA layers are left untouched.
+and compute each matmul as *weight-only* int8, in one of two ways:
+
+- PyTorch's weight-only int8 kernel (``aten::_weight_int8pack_mm``), which takes the int8 rows and one
+  scale per output row, exactly bitsandbytes' layout (scale = ``SCB / 127``), and never materializes a
+  floating-point weight. It is used in the forward pass for bf16 activations on x86 CPUs when the shape
+  suits it (see `_int8_kernel_fits`);
+- otherwise the weight is dequantized row-scale by row-scale to the activation dtype right before a
+  regular matmul and dropped right after.
+
+The backward pass (``grad_input = grad_output @ W``; the int8 weight itself gets no gradient) always
+dequantizes the weight again instead of keeping it: the kernel has no transposed form. The activations
+are never quantized, so the result is at least as accurate as LLM.int8(). CUDA layers are left untouched.
 
 >>> import torch, bitsandbytes as bnb
 >>> layer = bnb.nn.Linear8bitLt(4, 3, bias=False, has_fp16_weights=False)
@@ -40,6 +48,27 @@ except ImportError:  # pragma: no cover - bitsandbytes is a hard dependency, kep
     _Linear8bitLt = None
 
 
+# One availability guard for the kernel: it is vectorized (AVX2 / AVX-512) for bf16 on x86 only; elsewhere,
+# and for fp16 / fp32 activations, it runs a scalar loop far slower than dequantize + matmul.
+_INT8_KERNEL = (
+    getattr(torch.ops.aten, "_weight_int8pack_mm", None)
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    else None
+)
+# The kernel computes 4x4 output tiles as dot products over the whole row, without cache blocking: it
+# beats dequantize + a BLAS matmul only while the matmul is small next to the dequantization, that is for
+# few rows (decoding, small batches). `python -m benchmarks.int8_matmul` measures both paths.
+KERNEL_MAX_ROWS = 64
+# It reads 16 values of a row at a time with aligned loads (32 bytes of bf16, 16 bytes of int8).
+_KERNEL_K_MULTIPLE = 16
+_KERNEL_ALIGNMENT = 32
+
+
+def _row_scales(row_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``SCB / 127`` in `dtype`, shape `(out,)`: the factors that turn the int8 rows back into weights."""
+    return (row_scale.to(torch.float32) / 127.0).to(dtype)
+
+
 def dequantize_rows(int8_weight: torch.Tensor, row_scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Turns bitsandbytes' row-wise int8 weights back into floating point.
 
@@ -52,15 +81,51 @@ def dequantize_rows(int8_weight: torch.Tensor, row_scale: torch.Tensor, dtype: t
         `torch.Tensor` of shape `(out, in)`: ``int8_weight * row_scale / 127`` in `dtype`.
     """
     # int8 values are exact in bf16 (8 significant bits), so only the scale rounds.
-    return int8_weight.to(dtype) * (row_scale.to(torch.float32) / 127.0).to(dtype).unsqueeze(1)
+    return int8_weight.to(dtype) * _row_scales(row_scale, dtype).unsqueeze(1)
+
+
+def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
+    """Whether the forward matmul of `x` with `int8_weight` runs on `aten::_weight_int8pack_mm`.
+
+    The kernel must be able to compute it (outside these conditions it reads past the rows, giving wrong
+    results, or faults) and should be the faster path.
+
+    Args:
+        x (`torch.Tensor`, shape `(..., in)`): the activations.
+        int8_weight (`torch.Tensor` of dtype int8, shape `(out, in)`): the quantized weight.
+
+    Returns:
+        `bool`: True for bf16, contiguous, aligned `x` and `int8_weight` with `in` a multiple of 16 and at
+        most `KERNEL_MAX_ROWS` rows of `x`.
+    """
+    in_features = x.shape[-1]
+    rows = x.numel() // in_features if in_features else 0
+    return (
+        _INT8_KERNEL is not None
+        and x.dtype == torch.bfloat16
+        and in_features % _KERNEL_K_MULTIPLE == 0
+        and 0 < rows <= KERNEL_MAX_ROWS
+        and x.is_contiguous()
+        and int8_weight.is_contiguous()
+        and x.data_ptr() % _KERNEL_ALIGNMENT == 0
+        and int8_weight.data_ptr() % _KERNEL_ALIGNMENT == 0
+    )
 
 
 class _WeightOnlyInt8Matmul(torch.autograd.Function):
-    """``x @ dequant(W).T + b`` that recomputes ``dequant(W)`` in the backward pass instead of saving it."""
+    """``x @ dequant(W).T + b`` that recomputes ``dequant(W)`` in the backward pass instead of saving it.
+
+    With ``use_kernel`` (only where `_int8_kernel_fits`), the forward pass runs on ``_weight_int8pack_mm``.
+    """
 
     @staticmethod
-    def forward(ctx, x, int8_weight, row_scale, bias):
+    def forward(ctx, x, int8_weight, row_scale, bias, use_kernel):
         ctx.save_for_backward(int8_weight, row_scale)
+        if use_kernel:
+            scales = _row_scales(row_scale, x.dtype)  # (out,)
+            out = _INT8_KERNEL(x.reshape(-1, x.shape[-1]), int8_weight, scales)  # (rows, out)
+            out = out.reshape(*x.shape[:-1], int8_weight.shape[0])  # (..., out)
+            return out if bias is None else out + bias.to(x.dtype)
         weight = dequantize_rows(int8_weight, row_scale, x.dtype)  # (out, in)
         return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
 
@@ -71,7 +136,7 @@ class _WeightOnlyInt8Matmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, grad_out.dtype)  # (..., in)
         # The int8 weight, its scale and the bias are frozen in 8-bit training.
-        return grad_x, None, None, None
+        return grad_x, None, None, None, None
 
 
 if _Linear8bitLt is not None:
@@ -83,7 +148,8 @@ if _Linear8bitLt is not None:
             if x.device.type != "cpu":
                 return super().forward(x)
             row_scale = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
-            return _WeightOnlyInt8Matmul.apply(x, self.weight.data, row_scale, self.bias)
+            use_kernel = _int8_kernel_fits(x, self.weight.data)
+            return _WeightOnlyInt8Matmul.apply(x, self.weight.data, row_scale, self.bias, use_kernel)
 
 
 def use_weight_only_int8(model: nn.Module) -> int:

@@ -212,7 +212,7 @@ def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_
     return tokenizer
 
 
-def _quantization_config(quantization: str, dtype, device: str):
+def quantization_config(quantization: str, dtype, device: str):
     """The `BitsAndBytesConfig` of a quantization, after checking the machine can run it."""
     import importlib.util
 
@@ -300,7 +300,7 @@ def load_model(
         config = AutoConfig.from_pretrained(source, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise _load_error(model_name_or_path, error, "config") from error
-    quantization_config = _quantization_config(quantization, torch_dtype, device)
+    bnb_config = quantization_config(quantization, torch_dtype, device)
     tokenizer = load_tokenizer(model_name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -309,7 +309,7 @@ def load_model(
             revision=revision,
             trust_remote_code=trust_remote_code,
             dtype=torch_dtype,
-            quantization_config=quantization_config,
+            quantization_config=bnb_config,
             device_map={"": device},
         )
     except (OSError, ValueError) as error:

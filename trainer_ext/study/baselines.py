@@ -22,7 +22,7 @@ from trainer_ext.evaluation.metrics import classification_metrics
 
 @dataclass
 class BaselineResult:
-    """What the baseline measured.
+    """What a baseline (`tfidf_logreg`, `embedding_logreg`) measured.
 
     Args:
         metrics (`dict`): `classification_metrics` of the evaluation split.
@@ -30,8 +30,9 @@ class BaselineResult:
         trainable_params (`int`): Coefficients and intercepts of the logistic regression.
         train_runtime (`float`): Seconds to build the features and fit the model.
         train_samples_per_second (`float`): Training examples over `train_runtime`.
-        peak_memory_mb (`float`): Peak of the Python and NumPy allocations of a fit (tracemalloc), MiB; not
-            comparable to a process's resident size.
+        peak_memory_mb (`float`): MiB. `tfidf_logreg`: peak of the Python and NumPy allocations of a fit
+            (tracemalloc), not comparable to a process's resident size; `embedding_logreg`: the process's
+            peak.
     """
 
     metrics: dict[str, Any]
@@ -49,6 +50,7 @@ def tfidf_logreg(
     seed: int = 42,
     max_features: int = 50_000,
     C: float = 1.0,
+    class_weight: str | None = None,
 ) -> BaselineResult:
     """Fit TF-IDF (word 1-2-grams and character 2-5-grams) + logistic regression and score it.
 
@@ -59,6 +61,8 @@ def tfidf_logreg(
         seed (`int`, *optional*, defaults to 42): Seed of the solver.
         max_features (`int`, *optional*, defaults to 50000): Vocabulary size of each TF-IDF part.
         C (`float`, *optional*, defaults to 1.0): Inverse regularisation strength (scikit-learn's default).
+        class_weight (`str`, *optional*): ``"balanced"`` weights classes by their inverse frequency
+            (scikit-learn's option), for imbalanced data.
 
     Returns:
         `BaselineResult`.
@@ -78,7 +82,8 @@ def tfidf_logreg(
             analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2, max_features=max_features
         ),
     )
-    model = make_pipeline(features, LogisticRegression(C=C, max_iter=2000, random_state=seed))
+    regression = LogisticRegression(C=C, max_iter=2000, random_state=seed, class_weight=class_weight)
+    model = make_pipeline(features, regression)
     texts, gold = [ex.text for ex in train], [ex.label for ex in train]
     # Timed without tracing (tracemalloc slows allocation-heavy code), then fitted again under tracing.
     start = time.perf_counter()

@@ -5,6 +5,7 @@ Rows (in table order):
 | row                     | what                                                                        |
 |-------------------------|-----------------------------------------------------------------------------|
 | `tfidf-logreg`          | TF-IDF + logistic regression (scikit-learn), the classical baseline         |
+| `embedding-logreg`      | a sentence encoder's embeddings + logistic regression (scikit-learn)        |
 | `zero-shot`             | the frozen model and the prompt alone                                       |
 | `zero-shot-calibrated`  | the same scores with contextual calibration (Zhao et al. 2021)              |
 | `few-shot`              | the frozen model, `shots` balanced examples per label in the prompt         |
@@ -13,12 +14,15 @@ Rows (in table order):
 | `lora-attention`        | trained: LoRA adapters on the attention projections                         |
 | `lora-all`              | trained: LoRA adapters on every linear layer and the input embedding       |
 | `full`                  | trained: every parameter, unquantized (skipped above `full_max_params`)     |
+| `classification-head`   | the LM as a sequence classifier, lora-all's adapters + a new linear head    |
 
-Each trained row is one ``trainer-ext train`` subprocess (so its peak memory is its own), started from
-one training recipe with the study's overrides. The frozen rows are scored in this process, with one
-model load. Then every model (the frozen base and each trained run) classifies a balanced sample of BBC
-headlines into topic labels it never saw, zero-shot, with each transfer prompt, uncalibrated and
-calibrated. `compare_report` writes the table, the JSON and the chart.
+Each trained row is one ``trainer-ext train`` subprocess per training seed (so its peak memory is its
+own), started from one training recipe with the study's overrides; `embedding-logreg` and
+`classification-head` run in a fresh Python process for the same reason. The frozen rows are scored in
+this process, with one model load. Then every model (the frozen base and each trained run) classifies a
+balanced sample of BBC headlines into topic labels it never saw, zero-shot, with each transfer prompt,
+uncalibrated and calibrated. A seeded row's runs are combined by `combine_seeds` (mean, standard
+deviation, every run kept); `compare_report` writes the table, the JSON and the chart.
 """
 
 from __future__ import annotations
@@ -29,13 +33,16 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainer_ext.runs.info import RunInfo
 from trainer_ext.study.scoring import (
+    RowResult,
     TransferResult,
+    combine_seeds,
     decodings,
     load_transfer,
     score_classifier,
@@ -44,46 +51,18 @@ from trainer_ext.study.scoring import (
 )
 from trainer_ext.study.settings import (
     CALIBRATED_ROWS,
+    EMBEDDING_ROW,
     FROZEN_ROWS,
+    HEAD_ROW,
     TRAINED_ROWS,
     StudySettings,
     row_argv,
+    run_path,
 )
 
 logger = logging.getLogger(__name__)
 
 COMMAND_FILE = "compare_command.json"
-
-
-@dataclass
-class RowResult:
-    """One row of the table.
-
-    Args:
-        name (`str`): The row (`zero-shot`, `lora-all`, ...).
-        status (`str`): ``"ok"``, ``"failed"`` or ``"skipped"``.
-        trainable_params (`int`, *optional*): Parameters updated by training (0 for frozen rows).
-        train_runtime (`float`, *optional*): Training seconds.
-        train_samples_per_second (`float`, *optional*): Training throughput.
-        peak_memory_mb (`float`, *optional*): Peak memory of the process that produced the row, MiB.
-        constrained (`dict`, *optional*): `accuracy`, `macro_f1`, `invalid_rate` with constrained decoding.
-        generate (`dict`, *optional*): The same with greedy generation.
-        epochs (`float`, *optional*): Training epochs.
-        run_dir (`str`, *optional*): The run directory of a trained or frozen row.
-        note (`str`): Why a row failed or was skipped, or how to read it.
-    """
-
-    name: str
-    status: str = "ok"
-    trainable_params: int | None = None
-    train_runtime: float | None = None
-    train_samples_per_second: float | None = None
-    peak_memory_mb: float | None = None
-    constrained: dict[str, float] | None = None
-    generate: dict[str, float] | None = None
-    epochs: float | None = None
-    run_dir: str | None = None
-    note: str = ""
 
 
 @dataclass
@@ -126,6 +105,20 @@ def run_baseline(settings: StudySettings, train, evaluation, labels) -> RowResul
         constrained=short_scores(result.metrics),
         note="peak memory: Python/NumPy allocations of the fit (tracemalloc), not a process's resident size",
     )
+
+
+def run_embeddings(settings: StudySettings, train, evaluation, labels) -> RowResult:
+    """The embedding-logreg row: embeddings once, a regression per seed, in a fresh process."""
+    from trainer_ext.study.embeddings import embedding_logreg, seed_rows
+
+    logger.info("Row %s: %s, %d training examples", EMBEDDING_ROW, settings.embedding_model, len(train))
+    args = (train, evaluation, labels, settings.embedding_model, settings.seeds, settings.batch_size)
+    try:
+        results = in_fresh_process(embedding_logreg, *args)
+    except Exception as error:  # any failure of the row is reported in the table, the study goes on
+        logger.error("Row %s failed: %s", EMBEDDING_ROW, error)
+        return RowResult(EMBEDDING_ROW, status="failed", note=_one_line(error))
+    return combine_seeds(EMBEDDING_ROW, seed_rows(results, settings.seeds, settings.embedding_model))
 
 
 def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str) -> list[RowResult]:
@@ -203,17 +196,26 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
-def train_row(settings: StudySettings, row: str, argv: list[str], run_dir: Path, log_dir: Path) -> RowResult:
-    """Run one trained row as a ``trainer-ext train`` subprocess (or reuse a finished identical run)."""
-    command = [sys.executable, "-m", "trainer_ext.cli.train", *argv]
+def _reusable(settings: StudySettings, run_dir: Path, argv: list[str]) -> bool:
+    """Whether `run_dir` holds a finished run of the very same arguments (and ``reuse`` is on)."""
     stamp = run_dir / COMMAND_FILE
-    reusable = (
+    return (
         settings.reuse
         and (run_dir / "metrics.json").is_file()
         and stamp.is_file()
         and json.loads(stamp.read_text(encoding="utf-8")) == argv
     )
-    log = log_dir / f"{row}.log"
+
+
+def train_row(
+    settings: StudySettings, row: str, argv: list[str], run_dir: Path, log_dir: Path, seed: int | None = None
+) -> RowResult:
+    """Run one trained row (one seed) as a ``trainer-ext train`` subprocess, or reuse a finished identical
+    run; the log is ``log_dir/ROW-seed-SEED.log`` (``ROW.log`` without a seed)."""
+    command = [sys.executable, "-m", "trainer_ext.cli.train", *argv]
+    stamp = run_dir / COMMAND_FILE
+    reusable = _reusable(settings, run_dir, argv)
+    log = log_dir / (f"{row}-seed-{seed}.log" if seed is not None else f"{row}.log")
     if reusable:
         logger.info("Row %s: reusing the finished run in %s", row, run_dir)
     else:
@@ -224,7 +226,9 @@ def train_row(settings: StudySettings, row: str, argv: list[str], run_dir: Path,
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
         if code != 0 or not (run_dir / "metrics.json").is_file():
             logger.error("Row %s failed (exit %d); see %s", row, code, log)
-            return RowResult(row, status="failed", note=f"exit {code}: {_tail(log)} (full log: {log})")
+            return RowResult(
+                row, status="failed", seed=seed, note=f"exit {code}: {_tail(log)} (full log: {log})"
+            )
         stamp.write_text(json.dumps(argv) + "\n", encoding="utf-8")
         logger.info("Row %s: done in %.0f s", row, time.perf_counter() - started)
     metrics = _read_metrics(run_dir)
@@ -244,8 +248,9 @@ def train_row(settings: StudySettings, row: str, argv: list[str], run_dir: Path,
         generate=generate,
         epochs=float(info.training.get("num_train_epochs", 0.0)),
         run_dir=str(run_dir),
+        seed=seed,
         note=f"{_weights(info.quantization)}, optimizer {info.optimizer}"
-        + (f"; reused the finished run in `{run_dir}` (trained by an earlier study)" if reusable else ""),
+        + ("; reused finished runs (trained by an earlier study)" if reusable else ""),
     )
 
 
@@ -255,8 +260,9 @@ def _weights(quantization: str | None) -> str:
 
 def _too_big(settings: StudySettings, study: Study) -> int | None:
     """The model's parameter count when it is above `full_max_params` (known once a model was loaded)."""
+    runs = [run for row in study.rows for run in [row, *row.per_seed] if run.run_dir]
     counts = [study.info.get("total_params")] + [
-        _read_metrics(Path(r.run_dir)).get("total_params") for r in study.rows if r.run_dir
+        _read_metrics(Path(run.run_dir)).get("total_params") for run in runs
     ]
     known = [int(c) for c in counts if c]
     return known[0] if known and known[0] > settings.full_max_params else None
@@ -267,7 +273,6 @@ def run_trained(settings: StudySettings, study: Study, headlines, topics) -> Non
     from trainer_ext.inference.classifier import Classifier
 
     for row in (r for r in settings.rows if r in TRAINED_ROWS):
-        run_dir = settings.runs_path / row
         if row == "full" and (count := _too_big(settings, study)):
             study.rows.append(
                 RowResult(
@@ -278,15 +283,61 @@ def run_trained(settings: StudySettings, study: Study, headlines, topics) -> Non
                 )
             )
             continue
-        result = train_row(
-            settings, row, row_argv(settings, row, run_dir), run_dir, settings.runs_path / "logs"
-        )
-        study.rows.append(result)
-        if result.status == "ok" and headlines:
-            classifier = Classifier.from_pretrained(run_dir)
-            study.transfer.extend(transfer_scores(classifier, row, settings, headlines, topics))
-            del classifier
-            gc.collect()
+        runs = []
+        for seed in settings.seeds:
+            run_dir = run_path(settings, row, seed)
+            argv = row_argv(settings, row, run_dir, seed)
+            runs.append(train_row(settings, row, argv, run_dir, settings.runs_path / "logs", seed))
+            if runs[-1].status == "ok" and headlines:
+                classifier = Classifier.from_pretrained(run_dir)
+                study.transfer.extend(transfer_scores(classifier, row, settings, headlines, topics, seed))
+                del classifier
+                gc.collect()
+        study.rows.append(combine_seeds(row, runs))
+
+
+def head_run(settings: StudySettings, seed: int) -> RowResult:
+    """One seed of the classification-head row, in a fresh process (or a finished identical run reused)."""
+    from trainer_ext.evaluation.reports import write_metrics
+    from trainer_ext.study.head import seed_row, train_head
+
+    run_dir = run_path(settings, HEAD_ROW, seed)
+    argv = row_argv(settings, HEAD_ROW, run_dir, seed)
+    reused = _reusable(settings, run_dir, argv)
+    if not reused:
+        logger.info("Row %s, seed %d: training", HEAD_ROW, seed)
+        try:
+            metrics = in_fresh_process(train_head, argv)
+        except Exception as error:  # any failure of the row is reported in the table, the study goes on
+            logger.error("Row %s, seed %d failed: %s", HEAD_ROW, seed, error)
+            return RowResult(HEAD_ROW, status="failed", seed=seed, note=_one_line(error))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_metrics(run_dir, metrics)
+        (run_dir / COMMAND_FILE).write_text(json.dumps(argv) + "\n", encoding="utf-8")
+    return seed_row(_read_metrics(run_dir), str(run_dir), seed, reused)
+
+
+def in_fresh_process(function: Callable, *args):
+    """``function(*args)`` in a new Python process (spawned, logging at this process's level), so that its
+    peak memory is its own; its exception, if any, is raised here."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    with ProcessPoolExecutor(1, mp_context=context, initializer=_child_logging, initargs=(level,)) as pool:
+        return pool.submit(function, *args).result()
+
+
+def _child_logging(level: int) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _one_line(error: BaseException) -> str:
+    """An error as one line: its message (the type first, unless it is a user error)."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    return message if isinstance(error, ValueError) and message else f"{type(error).__name__}: {message}"
 
 
 def run_study(settings: StudySettings) -> Study:
@@ -303,8 +354,8 @@ def run_study(settings: StudySettings) -> Study:
 
     started = time.perf_counter()
     recipe = parse_recipe(row_argv(settings, "zero-shot", settings.runs_path / "zero-shot"))
-    for row in (r for r in settings.rows if r in TRAINED_ROWS):  # every recipe error before any work
-        parse_recipe(row_argv(settings, row, settings.runs_path / row))
+    for row in (r for r in settings.rows if r in (*TRAINED_ROWS, HEAD_ROW)):  # recipe errors before any work
+        parse_recipe(row_argv(settings, row, run_path(settings, row, settings.seeds[0])))
     labels = list(recipe.task.labels)
     train = load_split(recipe.data, "train", labels=labels)
     evaluation = load_split(recipe.data, "eval", labels=labels)
@@ -324,8 +375,12 @@ def run_study(settings: StudySettings) -> Study:
     )
     if "tfidf-logreg" in settings.rows:
         study.rows.append(run_baseline(settings, train, evaluation, labels))
+    if EMBEDDING_ROW in settings.rows:
+        study.rows.append(run_embeddings(settings, train, evaluation, labels))
     run_frozen(settings, recipe, train, evaluation, study, headlines, topics)
     run_trained(settings, study, headlines, topics)
+    if HEAD_ROW in settings.rows:
+        study.rows.append(combine_seeds(HEAD_ROW, [head_run(settings, seed) for seed in settings.seeds]))
     order = {name: i for i, name in enumerate(settings.rows)}
     study.rows.sort(key=lambda r: order[r.name])
     study.info.update(_environment(), wall_seconds=round(time.perf_counter() - started, 1))

@@ -6,15 +6,22 @@ per-row recipe overrides (fewer epochs for the secondary methods, a learning rat
 ```yaml
 recipe: moderation_lora_all.yaml   # a shipped recipe name, or a path (relative to this file)
 rows: [tfidf-logreg, zero-shot, zero-shot-calibrated, lora-all]
+seeds: [42, 1, 2]                  # every seeded row runs once per training seed
 transfer_samples: 250
 overrides:
   norms: {learning_rate: 1.0e-3, num_train_epochs: 1}
 ```
 
+Two seeds, two jobs: `seed` draws the data (the recipe's ``sample_seed``, the few-shot examples, the
+transfer sample), so every row sees the same examples; `seeds` are the training seeds of the
+`SEEDED_ROWS`, each run once per seed, so their spread measures training noise only.
+
 A trained row's recipe arguments are, later ones winning: the recipe file, ``--eval_decoding``, the
 command line's extra recipe flags (``--lora_r 2``, same for every row), the preset's overrides of the
 row, ``--set ROW.KEY=VALUE`` flags, then what the row itself fixes (method, output directory, seeds,
-and ``--quantization none`` for `full`).
+``--quantization none`` for `full`). `classification-head` trains with lora-all's recipe arguments (its
+own overrides on top), so both get the same LoRA shape and budget, and without evaluation or checkpoints
+during training (it has no dev-set metrics to select a checkpoint by).
 """
 
 from __future__ import annotations
@@ -33,7 +40,20 @@ from trainer_ext.tasks import INSTRUCTION_TEMPLATE
 TRAINED_ROWS = ("norms", "lora-attention", "lora-all", "full")
 FROZEN_ROWS = ("zero-shot", "few-shot")
 CALIBRATED_ROWS = ("zero-shot-calibrated", "few-shot-calibrated")
-ROWS = ("tfidf-logreg", "zero-shot", "zero-shot-calibrated", "few-shot", "few-shot-calibrated", *TRAINED_ROWS)
+EMBEDDING_ROW = "embedding-logreg"
+HEAD_ROW = "classification-head"
+#: Rows run once per training seed (``seeds``); the table shows their mean and standard deviation.
+SEEDED_ROWS = (*TRAINED_ROWS, EMBEDDING_ROW, HEAD_ROW)
+ROWS = (
+    "tfidf-logreg",
+    EMBEDDING_ROW,
+    "zero-shot",
+    "zero-shot-calibrated",
+    "few-shot",
+    "few-shot-calibrated",
+    *TRAINED_ROWS,
+    HEAD_ROW,
+)
 DEFAULT_PRESET = CONFIGS_DIR / "studies" / "compare_smollm2.yaml"
 
 #: Named prompts of the transfer evaluation; any template with `{text}` (and `{labels}`) works too.
@@ -87,8 +107,22 @@ class StudyArguments:
     seed: int = field(
         default=42,
         metadata={
-            "help": "Training seed and sampling seed of every row (few-shot draw, transfer sample, "
-            "baseline solver)."
+            "help": "Sampling seed of every row (the recipe's sample_seed, few-shot draw, transfer sample) "
+            "and seed of the single-run rows (baseline solver)."
+        },
+    )
+    seeds: list[int] = field(
+        default_factory=lambda: [42],
+        metadata={
+            "help": "Training seeds: every trained row, embedding-logreg and classification-head run once "
+            "per seed; the table shows mean ± standard deviation."
+        },
+    )
+    embedding_model: str = field(
+        default="all-minilm-l6-v2",
+        metadata={
+            "help": "Sentence-embedding model of embedding-logreg: all-minilm-l6-v2 (the `embeddings` "
+            "extra), a sentence-transformers model id, or a local directory."
         },
     )
     shots: int = field(default=1, metadata={"help": "Examples per label in the few-shot prompt."})
@@ -180,6 +214,8 @@ class StudySettings(StudyArguments):
                 raise StudyError(f"{name} must be positive, got {getattr(self, name)}.")
         for prompt in self.transfer_prompts:
             transfer_template(prompt)
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise StudyError(f"seeds: give one or more distinct seeds (--seeds 42 1 2); got {self.seeds}.")
 
     @property
     def output_path(self) -> Path:
@@ -230,19 +266,37 @@ def as_flags(values: dict[str, Any]) -> list[str]:
     return flags
 
 
-def row_argv(settings: StudySettings, row: str, run_dir: Path) -> list[str]:
-    """The ``trainer-ext train`` arguments of a row (frozen rows: the recipe they are scored with)."""
-    method = row if row in TRAINED_ROWS else "none"
+def run_path(settings: StudySettings, row: str, seed: int) -> Path:
+    """The run directory of one seed of a seeded row: ``runs_path/ROW/seed-SEED``."""
+    return settings.runs_path / row / f"seed-{seed}"
+
+
+def row_argv(settings: StudySettings, row: str, run_dir: Path, seed: int | None = None) -> list[str]:
+    """The recipe arguments of a row: ``trainer-ext train`` arguments for a trained row, the recipe a
+    frozen row is scored with, lora-all's recipe for `classification-head`.
+
+    Args:
+        settings (`StudySettings`): The study.
+        row (`str`): One of `ROWS`.
+        run_dir (`Path`): The row's output directory.
+        seed (`int`, *optional*): Training seed; defaults to the first of ``settings.seeds``.
+    """
+    method = row if row in TRAINED_ROWS else "lora-all" if row == HEAD_ROW else "none"
+    seed = settings.seeds[0] if seed is None else seed
     fixed = ["--method", method, "--output_dir", str(run_dir)]
-    fixed += ["--seed", str(settings.seed), "--sample_seed", str(settings.seed)]
+    fixed += ["--seed", str(seed), "--sample_seed", str(settings.seed)]
     if row == "full":
         fixed += ["--quantization", "none"]
+    if row == HEAD_ROW:  # a plain Trainer: no dev-set evaluation, checkpoints or best-model selection
+        fixed += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    overrides = as_flags(settings.overrides.get("lora-all", {})) if row == HEAD_ROW else []
     return [
         "--config",
         str(settings.recipe_path),
         "--eval_decoding",
         settings.eval_decoding,
         *settings.recipe_args,
+        *overrides,
         *as_flags(settings.overrides.get(row, {})),
         *fixed,
     ]

@@ -1,0 +1,224 @@
+"""Time the CPU 8-bit layers' matmul: bf16 weights, int8 dequantize-then-matmul, and the int8 kernel.
+
+    python -m benchmarks.int8_matmul                  # under a minute on 2 cores; writes int8_matmul.md
+    python -m benchmarks.int8_matmul --rounds 3 --no_write
+
+For each linear shape of SmolLM2-135M (hidden 576, intermediate 1536, 3 key/value heads of 64) and each
+number of tokens per batch, the median milliseconds of one forward and of one forward+backward pass
+(input gradient only: the weight is frozen, as under LoRA) of:
+
+- ``bf16``: a regular matmul with bf16 weights (what an unquantized model runs);
+- ``dequantize``: `dequantize_then_matmul_reference`, the int8 method the CPU 8-bit layers used before the
+  kernel (dequantize every int8 weight to bf16 before each matmul, forward and backward), kept here as
+  the reference;
+- ``kernel``: `trainer_ext.modeling.int8_cpu` with ``aten::_weight_int8pack_mm`` in the forward pass, forced
+  on whatever the number of rows (the backward pass dequantizes).
+
+The three are timed in interleaved rounds after a warm-up, so that a varying machine load hits them alike.
+"kernel speed-up" is dequantize ms / kernel ms (above 1: the kernel is faster); "module uses" is the path
+`WeightOnlyInt8Linear` picks for that input (`KERNEL_MAX_ROWS`). The run is refused when the 1-minute
+load average exceeds ``--max_load``, unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.training import cpu_model, load_average
+from trainer_ext.modeling import int8_cpu
+
+# SmolLM2-135M's linear layers as (name, in_features, out_features).
+LAYER_SHAPES = [
+    ("q_proj / o_proj", 576, 576),
+    ("k_proj / v_proj", 576, 192),
+    ("gate_proj / up_proj", 576, 1536),
+    ("down_proj", 1536, 576),
+]
+# Tokens per batch as (batch, sequence length): a training batch and a short single prompt.
+TOKENS = [(8, 64), (1, 40)]
+METHODS = ("bf16", "dequantize", "kernel")
+RERUN = "python -m benchmarks.int8_matmul"
+
+
+class _DequantizeThenMatmulReference(torch.autograd.Function):
+    """The previous CPU 8-bit matmul: ``x @ dequant(W).T``, dequantizing again in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x, int8_weight, row_scale):
+        ctx.save_for_backward(int8_weight, row_scale)
+        weight = int8_weight.to(x.dtype) * (row_scale.float() / 127.0).to(x.dtype).unsqueeze(1)  # (out, in)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        int8_weight, row_scale = ctx.saved_tensors
+        weight = int8_weight.to(grad_out.dtype) * (row_scale.float() / 127.0).to(grad_out.dtype).unsqueeze(1)
+        return grad_out @ weight, None, None  # (..., in)
+
+
+def dequantize_then_matmul_reference(x: torch.Tensor, int8_weight: torch.Tensor, row_scale: torch.Tensor):
+    """The int8 method before the kernel, kept as the baseline of this benchmark."""
+    return _DequantizeThenMatmulReference.apply(x, int8_weight, row_scale)
+
+
+def make_calls(in_features: int, out_features: int) -> tuple[dict[str, Callable], torch.Tensor]:
+    """The three matmuls of a random layer, each a function of the input `(..., in)`, and its int8 weight."""
+    weight = torch.randn(out_features, in_features) * in_features**-0.5  # (out, in)
+    row_scale = weight.abs().amax(dim=1)  # (out,): bitsandbytes' SCB
+    int8_weight = torch.round(weight * (127.0 / row_scale.unsqueeze(1))).to(torch.int8).contiguous()
+    bf16_weight = weight.to(torch.bfloat16)
+    calls = {
+        "bf16": lambda x: F.linear(x, bf16_weight),
+        "dequantize": lambda x: dequantize_then_matmul_reference(x, int8_weight, row_scale),
+        "kernel": lambda x: int8_cpu._WeightOnlyInt8Matmul.apply(x, int8_weight, row_scale, None, True),
+    }
+    return calls, int8_weight
+
+
+def run_once(call: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, backward: bool) -> None:
+    if backward:
+        out = call(x)
+        out.backward(torch.ones_like(out))
+        x.grad = None
+    else:
+        with torch.no_grad():
+            call(x)
+
+
+def median_ms(
+    calls: dict, x: torch.Tensor, backward: bool, rounds: int, min_seconds: float
+) -> dict[str, float]:
+    """Median milliseconds per call of each method, timed in interleaved rounds after a warm-up."""
+    repeats = {}
+    for name, call in calls.items():  # warm-up, and how many calls make one measurement of min_seconds
+        run_once(call, x, backward)
+        start = time.perf_counter()
+        run_once(call, x, backward)
+        repeats[name] = max(1, round(min_seconds / max(time.perf_counter() - start, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for round_index in range(rounds):
+        for name in names[round_index % len(names) :] + names[: round_index % len(names)]:
+            start = time.perf_counter()
+            for _ in range(repeats[name]):
+                run_once(calls[name], x, backward)
+            times[name].append((time.perf_counter() - start) / repeats[name] * 1000.0)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def measure(rounds: int, min_seconds: float) -> list[dict]:
+    """One row per layer shape, tokens per batch and pass."""
+    torch.manual_seed(0)
+    rows_out = []
+    for layer, in_features, out_features in LAYER_SHAPES:
+        for batch, seq_len in TOKENS:
+            calls, int8_weight = make_calls(in_features, out_features)
+            x = torch.randn(batch, seq_len, in_features, dtype=torch.bfloat16)  # (B, T, in)
+            chosen = int8_cpu._int8_kernel_fits(x, int8_weight)
+            for backward in (False, True):
+                x.requires_grad_(backward)
+                ms = median_ms(calls, x, backward, rounds, min_seconds)
+                rows_out.append(
+                    {
+                        "layer": f"{layer} ({in_features} → {out_features})",
+                        "tokens": f"{batch}x{seq_len}",
+                        "pass": "forward+backward" if backward else "forward",
+                        "module_uses": "kernel" if chosen else "dequantize",
+                        **ms,
+                    }
+                )
+    return rows_out
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| layer (in → out) | tokens | pass | bf16 ms | dequantize ms | kernel ms | kernel speed-up "
+        "| kernel vs. bf16 | module uses |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['layer']} | {r['tokens']} | {r['pass']} | {r['bf16']:.3f} | {r['dequantize']:.3f} | "
+            f"{r['kernel']:.3f} | {r['dequantize'] / r['kernel']:.2f}x | {r['kernel'] / r['bf16']:.2f} | "
+            f"{r['module_uses']} |"
+        )
+    return lines
+
+
+def write_markdown(
+    path: Path, lines: list[str], argv: list[str], load_before: float, load_after: float
+) -> None:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    header = [
+        "# Weight-only int8 matmuls on the CPU",
+        "",
+        f"Written by `{shlex.join([*RERUN.split(), *argv])}` on {date}; rerun it on a quiet machine.",
+        "",
+        f"Machine: {cpu_model()}, {torch.get_num_threads()} threads, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}. torch {torch.__version__}.",
+        f"1-minute load average before the run: {load_before}, after: {load_after}.",
+        "",
+        "Median milliseconds per call; bf16 activations. *dequantize*: int8 weights dequantized to bf16 "
+        "before each matmul, forward and backward (the previous method); *kernel*: "
+        "`aten::_weight_int8pack_mm` in the forward pass, the backward pass dequantizes. "
+        "*kernel speed-up* = dequantize ms / kernel ms; "
+        "*kernel vs. bf16* = kernel ms / bf16 ms; *module uses*: the path `WeightOnlyInt8Linear` picks "
+        f"(the kernel up to {int8_cpu.KERNEL_MAX_ROWS} rows).",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([*header, *lines, ""]), encoding="utf-8")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=RERUN, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="Timed rounds per case, after a warm-up.")
+    parser.add_argument(
+        "--min_seconds", type=float, default=0.05, help="Time of one measurement of a method."
+    )
+    parser.add_argument("--out", default="docs/benchmarks/int8_matmul.md", help="Where the table goes.")
+    parser.add_argument("--no_write", action="store_true", help="Print the table only.")
+    parser.add_argument("--max_load", type=float, default=0.8, help="Refuse to run above this load average.")
+    parser.add_argument("--force", action="store_true", help="Measure even on a busy machine.")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(argv)
+    if int8_cpu._INT8_KERNEL is None:
+        print(f"{RERUN}: aten::_weight_int8pack_mm is not vectorized on this CPU; nothing to compare.")
+        return 1
+    load_before = load_average()
+    if load_before > args.max_load and not args.force:
+        print(
+            f"{RERUN}: the machine is busy (1-minute load average {load_before} > {args.max_load}); timings "
+            "taken now would measure the other processes. Wait until it is quiet (see `uptime`), or pass "
+            "--force to measure anyway (the report then shows the load).",
+            file=sys.stderr,
+        )
+        return 3
+    lines = table(measure(args.rounds, args.min_seconds))
+    load_after = load_average()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {load_before} -> {load_after}")
+    print("\n".join(lines))
+    if not args.no_write:
+        write_markdown(Path(args.out), lines, argv, load_before, load_after)
+        print(f"Wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""The CPU 8-bit layers' int8 kernel path against the dequantize path: forward, gradients, fallbacks."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer_ext.modeling import int8_cpu
+from trainer_ext.modeling.int8_cpu import dequantize_rows, use_weight_only_int8
+
+bnb = pytest.importorskip("bitsandbytes")
+
+needs_kernel = pytest.mark.skipif(
+    int8_cpu._INT8_KERNEL is None, reason="aten::_weight_int8pack_mm is not vectorized on this CPU"
+)
+
+
+def int8_layer(in_features: int, out_features: int, bias: bool = True, seed: int = 0):
+    """A random CPU `Linear8bitLt` switched to the weight-only int8 matmul."""
+    torch.manual_seed(seed)
+    layer = bnb.nn.Linear8bitLt(in_features, out_features, bias=bias, has_fp16_weights=False).to("cpu")
+    assert use_weight_only_int8(layer) == 1
+    return layer
+
+
+def dequantized_reference(layer, x: torch.Tensor) -> torch.Tensor:
+    """What the layer computed before the kernel: dequantize to the activation dtype, then a matmul."""
+    weight = dequantize_rows(layer.weight.data, layer.weight.SCB, x.dtype)
+    return F.linear(x, weight, None if layer.bias is None else layer.bias.to(x.dtype))
+
+
+def assert_close_bf16(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal within a few bf16 roundings of the largest value (the two paths round differently)."""
+    actual, expected = actual.float(), expected.float()
+    scale = (expected.abs().max().item() if expected.numel() else 0.0) or 1.0
+    torch.testing.assert_close(actual, expected, rtol=2**-6, atol=2**-6 * scale)
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the calls of the real kernel."""
+    calls = []
+    kernel = int8_cpu._INT8_KERNEL
+
+    def counting(x, weight, scales):
+        calls.append((tuple(x.shape), tuple(weight.shape)))
+        return kernel(x, weight, scales)
+
+    monkeypatch.setattr(int8_cpu, "_INT8_KERNEL", counting)
+    return calls
+
+
+def force_dequantize(monkeypatch) -> None:
+    monkeypatch.setattr(int8_cpu, "_int8_kernel_fits", lambda x, weight: False)
+
+
+def forward_backward(layer, x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor]):
+    """Output, input gradient and LoRA gradients of ``layer(x) + x @ A.T @ B.T`` under a nonlinear loss."""
+    x = x.detach().requires_grad_(True)
+    lora_a, lora_b = (p.detach().requires_grad_(True) for p in lora)
+    out = layer(x).float() + x.float() @ lora_a.T @ lora_b.T  # (..., out)
+    (out**2).mean().backward()  # the gradient reaching the int8 layer depends on its forward output
+    return out.detach(), x.grad, lora_a.grad, lora_b.grad
+
+
+# (in_features, out_features, input shape): 2-D and 3-D inputs, odd row counts and widths.
+KERNEL_SHAPES = [
+    (64, 48, (5, 64)),
+    (48, 37, (2, 3, 48)),
+    (576, 1, (1, 576)),
+    (32, 5, (1, 1, 1, 32)),
+    (160, 96, (int8_cpu.KERNEL_MAX_ROWS, 160)),
+    (96, 31, (3, 7, 96)),
+]
+
+
+@needs_kernel
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("in_features", "out_features", "shape"), KERNEL_SHAPES)
+def test_kernel_forward_and_gradients_match_dequantize(
+    monkeypatch, kernel_calls, in_features, out_features, shape, bias
+):
+    layer = int8_layer(in_features, out_features, bias=bias)
+    torch.manual_seed(1)
+    x = torch.randn(shape, dtype=torch.bfloat16)
+    lora = (torch.randn(4, in_features) * 0.1, torch.randn(out_features, 4) * 0.1)
+
+    kernel_results = forward_backward(layer, x, lora)
+    assert kernel_calls == [((x.numel() // in_features, in_features), (out_features, in_features))]
+    assert kernel_results[0].shape == (*shape[:-1], out_features)
+
+    force_dequantize(monkeypatch)
+    dequantize_results = forward_backward(layer, x, lora)
+    assert len(kernel_calls) == 1
+    assert_close_bf16(layer(x), dequantized_reference(layer, x))
+    for got, expected in zip(kernel_results, dequantize_results, strict=True):
+        assert_close_bf16(got, expected)
+
+
+@needs_kernel
+def test_kernel_is_correct_beyond_the_rows_it_is_chosen_for(monkeypatch, kernel_calls):
+    layer = int8_layer(64, 40)
+    x = torch.randn(3, int8_cpu.KERNEL_MAX_ROWS, 64, dtype=torch.bfloat16)
+    assert not int8_cpu._int8_kernel_fits(x, layer.weight.data)
+    monkeypatch.setattr(int8_cpu, "_int8_kernel_fits", lambda x, weight: True)
+    assert_close_bf16(layer(x), dequantized_reference(layer, x))
+    assert len(kernel_calls) == 1
+
+
+def _misaligned(shape: tuple[int, ...]) -> torch.Tensor:
+    """A contiguous bf16 tensor whose data starts 2 bytes after an aligned address."""
+    flat = torch.randn(1 + torch.Size(shape).numel(), dtype=torch.bfloat16)
+    return flat[1:].view(shape)
+
+
+# (case, in_features, input): what the kernel cannot compute (it would read past rows or fault) or
+# should not (fp16/fp32 run a scalar loop on x86; many rows are faster as dequantize + matmul).
+FALLBACK_CASES = [
+    ("float32", 64, lambda: torch.randn(5, 64)),
+    ("float16", 64, lambda: torch.randn(5, 64, dtype=torch.float16)),
+    ("width 40", 40, lambda: torch.randn(5, 40, dtype=torch.bfloat16)),
+    ("odd width", 33, lambda: torch.randn(2, 3, 33, dtype=torch.bfloat16)),
+    ("many rows", 64, lambda: torch.randn(int8_cpu.KERNEL_MAX_ROWS + 1, 64, dtype=torch.bfloat16)),
+    ("no rows", 64, lambda: torch.randn(0, 64, dtype=torch.bfloat16)),
+    ("non-contiguous", 64, lambda: torch.randn(64, 5, dtype=torch.bfloat16).T),
+    ("misaligned", 64, lambda: _misaligned((5, 64))),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "in_features", "make_input"), FALLBACK_CASES, ids=[c[0] for c in FALLBACK_CASES]
+)
+def test_unsupported_inputs_fall_back_to_dequantize(monkeypatch, case, in_features, make_input):
+    def must_not_run(*args):
+        raise AssertionError(f"the int8 kernel ran on an unsupported input ({case})")
+
+    monkeypatch.setattr(int8_cpu, "_INT8_KERNEL", must_not_run)
+    layer = int8_layer(in_features, 24)
+    x = make_input()
+    assert not int8_cpu._int8_kernel_fits(x, layer.weight.data)
+    x.requires_grad_(True)
+    out = layer(x)
+    assert_close_bf16(out, dequantized_reference(layer, x))
+    out.float().sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_unavailable_kernel_falls_back_to_dequantize(monkeypatch):
+    monkeypatch.setattr(int8_cpu, "_INT8_KERNEL", None)
+    layer = int8_layer(64, 24)
+    x = torch.randn(2, 3, 64, dtype=torch.bfloat16, requires_grad=True)
+    assert not int8_cpu._int8_kernel_fits(x, layer.weight.data)
+    out = layer(x)
+    assert_close_bf16(out, dequantized_reference(layer, x))
+    out.float().sum().backward()
+    expected = torch.ones(2, 3, 24, dtype=torch.bfloat16) @ dequantize_rows(
+        layer.weight.data, layer.weight.SCB, torch.bfloat16
+    )
+    assert_close_bf16(x.grad, expected)
+
+
+def test_misaligned_weight_falls_back():
+    layer = int8_layer(64, 24)
+    weight = torch.empty(1 + layer.weight.numel(), dtype=torch.int8)[1:].view(24, 64)
+    assert not int8_cpu._int8_kernel_fits(torch.randn(5, 64, dtype=torch.bfloat16), weight)
+
+
+def _loss_and_lora_grads(model, input_ids: torch.Tensor):
+    model.zero_grad(set_to_none=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="MatMul8bitLt")
+        loss = model(input_ids=input_ids, labels=input_ids).loss
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+@needs_kernel
+def test_tiny_llama_lora_trains_the_same_through_the_kernel(monkeypatch, kernel_calls, tiny_model_dir):
+    from trainer_ext.modeling.loading import load_model
+
+    loaded = load_model(str(tiny_model_dir("llama")), quantization="8bit", method="lora-all", device="cpu")
+    assert loaded.dtype is torch.bfloat16
+    model = loaded.model.eval()  # no LoRA dropout: both passes see the same adapters' inputs
+    for name, param in model.named_parameters():  # LoRA B starts at zero: give the adapters an effect
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    input_ids = torch.randint(0, 1000, (2, 6))
+
+    kernel_loss, kernel_grads = _loss_and_lora_grads(model, input_ids)
+    assert len(kernel_calls) == 2 * 7  # every int8 layer of both blocks, in the forward pass only
+    force_dequantize(monkeypatch)
+    dequantize_loss, dequantize_grads = _loss_and_lora_grads(model, input_ids)
+
+    around_int8 = [name for name in kernel_grads if ".lora_A." in name or ".lora_B." in name]
+    assert len(around_int8) == 2 * 7 * 2
+    assert all(kernel_grads[name].abs().max() > 0 for name in around_int8)
+    torch.testing.assert_close(kernel_loss, dequantize_loss, rtol=1e-2, atol=1e-2)
+    for name, grad in kernel_grads.items():
+        scale = dequantize_grads[name].abs().max().item()
+        # bf16 differences in the forward pass compound over the layers: a looser bound than per layer.
+        torch.testing.assert_close(grad.float(), dequantize_grads[name].float(), rtol=0.05, atol=0.05 * scale)
