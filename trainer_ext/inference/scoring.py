@@ -3,17 +3,22 @@
 Two decoding modes:
 
 - ``constrained``: the log-probability of each label's whole completion (its tokens and the EOS) given
-  the prompt; argmax over labels. The prompt goes through the model once; its KV cache is then repeated
-  once per label and the label tokens are scored in one more short pass. Never invalid, and it returns a
-  probability per label (a softmax over the labels' sequence log-probabilities). The tokens every prompt
-  starts with (the instruction of a template, the examples of a few-shot prompt) go through the model
-  once per call, not once per prompt: their KV cache is copied into every batch.
+  the prompt; argmax over labels. The prompt goes through the model once; the label tokens are then fed
+  after copies of its KV cache in one more short pass (in chunks, see below). Never invalid, and it
+  returns a probability per label (a softmax over the labels' sequence log-probabilities). The tokens
+  every prompt starts with (the instruction of a template, the examples of a few-shot prompt) go through
+  the model once per call, not once per prompt: their KV cache is copied into every batch.
 - ``generate``: greedy decoding of a few tokens from the prompt alone, parsed back to a label with
   `LabelTask.label_from_completion`; an answer that is not a label is invalid (``None``).
 
 Prompts are left-padded, with position ids counted from each row's first real token, so a row's
 result does not depend on the batch it is in (models with absolute position embeddings, like GPT-2,
 would otherwise see shifted positions).
+
+Constrained scoring needs one log-probability per label token, not the whole distribution. The label pass
+therefore runs over chunks of (prompt, label) rows whose logits stay under `_LOGITS_PER_CHUNK`, and the
+log-sum-exp over the vocabulary is taken in place, without a log-softmax of the logits' size: memory no
+longer grows with batch x labels x label tokens x vocabulary.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ import torch
 
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import label_token_ids
+
+# At most this many logits (rows x label positions x vocabulary) exist at once in the label pass: 32 MiB
+# in float32, whatever the batch size, the number of labels and their lengths (a row over it runs whole).
+# Smaller chunks would mean more, smaller forward passes, each with its own copy of the batch's KV cache.
+_LOGITS_PER_CHUNK = 1 << 23
 
 
 @dataclass
@@ -104,11 +114,82 @@ def _batch_inputs(prompts, pad_id, device, prefix=None):
     return ids, mask, _positions(mask)[:, shared:], cache
 
 
+def _log_probs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Float32 log-probabilities `(..., K)` of the `targets` ids `(..., K)` under `logits` `(..., V)`.
+
+    Equals ``logits.float().log_softmax(-1).gather(-1, targets)`` without a log-softmax of the same size as
+    the logits: the log-sum-exp is computed in place, in `logits` themselves when they are float32 (they
+    are overwritten) or else in one float32 copy.
+    """
+    picked = logits.gather(-1, targets).float()  # (..., K)
+    work = logits.float()  # (..., V)
+    peak = work.amax(-1, keepdim=True)  # (..., 1)
+    return picked - work.sub_(peak).exp_().sum(-1, keepdim=True).log_().add_(peak)
+
+
+@torch.no_grad()
+def _score_rows(model, cache, mask, start, prompts, ids, ids_mask) -> torch.Tensor:
+    """Log-probability `(R,)` of every token but the first of label row `r`, after prompt `prompts[r]`.
+
+    Args:
+        cache (`Cache`): The KV cache of the batch's `B` prompts; left as it is.
+        mask (`torch.Tensor`): `(B, P)` attention mask of the prompts.
+        start (`torch.Tensor`): `(B,)` position id of each prompt's first label token.
+        prompts (`torch.Tensor`): `(R,)` the prompt of each row.
+        ids (`torch.Tensor`): `(R, W + 1)` the rows' label tokens, right-padded.
+        ids_mask (`torch.Tensor`): `(R, W + 1)` 1 on real label tokens.
+    """
+    rows_cache = copy.deepcopy(cache)  # the forward appends to it
+    rows_cache.batch_select_indices(prompts)
+    feed = ids[:, :-1]  # (R, W): the last token predicts nothing that is scored
+    out = model(
+        input_ids=feed,
+        attention_mask=torch.cat([mask[prompts], ids_mask[:, :-1]], dim=1),  # (R, P + W)
+        position_ids=start[prompts].unsqueeze(1) + torch.arange(feed.shape[1], device=feed.device),  # (R, W)
+        past_key_values=rows_cache,
+        use_cache=False,
+    )
+    token_logp = _log_probs(out.logits, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (R, W)
+    return token_logp.where(ids_mask[:, 1:].bool(), 0.0).sum(-1)
+
+
+def _label_pass(model, cache, mask, start, grid, grid_mask, vocab_size: int) -> torch.Tensor:
+    """Log-probabilities `(B, L)` of every label's tokens after its first, given the prompts' KV cache.
+
+    Rows are (prompt, label) pairs, fed in chunks whose logits stay under `_LOGITS_PER_CHUNK`. They go label
+    by label, longest label first, so that each chunk is only as wide as its own longest label; labels of a
+    single token have nothing to score here.
+
+    Args:
+        cache (`Cache`): The KV cache of the `B` prompts; left as it is.
+        mask (`torch.Tensor`): `(B, P)` attention mask of the prompts.
+        start (`torch.Tensor`): `(B,)` position id of each prompt's first label token.
+        grid (`torch.Tensor`), grid_mask (`torch.Tensor`): `(L, C)` label tokens and their mask.
+        vocab_size (`int`): Width of the logits.
+    """
+    n_prompts = mask.shape[0]
+    lengths = grid_mask.sum(-1)  # (L,)
+    order = lengths.argsort(descending=True, stable=True)  # (L,)
+    order = order[lengths[order] > 1]
+    prompt_ids = torch.arange(n_prompts, device=grid.device)
+    label_of, prompt_of = (t.reshape(-1) for t in torch.meshgrid(order, prompt_ids, indexing="ij"))  # (R,)
+    scores = torch.zeros((n_prompts, grid.shape[0]), dtype=torch.float32, device=grid.device)  # (B, L)
+    first = 0
+    while first < len(label_of):
+        width = int(lengths[label_of[first]])  # the chunk's longest label, its first row's
+        rows = slice(first, first + max(1, _LOGITS_PER_CHUNK // ((width - 1) * vocab_size)))
+        labels, prompts = label_of[rows], prompt_of[rows]  # (R,)
+        scores[prompts, labels] = _score_rows(
+            model, cache, mask, start, prompts, grid[labels, :width], grid_mask[labels, :width]
+        )
+        first += len(labels)
+    return scores
+
+
 @torch.no_grad()
 def _score_batch(model, prompts, grid, grid_mask, pad_id, prefix=None) -> torch.Tensor:
     """Sequence log-probabilities `(B, L)` of every label completion after every prompt."""
-    device = grid.device
-    ids, mask, positions, cache = _batch_inputs(prompts, pad_id, device, prefix)
+    ids, mask, positions, cache = _batch_inputs(prompts, pad_id, grid.device, prefix)
     out = model(
         input_ids=ids,
         attention_mask=mask,
@@ -117,31 +198,13 @@ def _score_batch(model, prompts, grid, grid_mask, pad_id, prefix=None) -> torch.
         use_cache=True,
         logits_to_keep=1,
     )
-    first = out.logits[:, -1].float().log_softmax(-1)  # (B, V)
-    scores = first[:, grid[:, 0]]  # (B, L): log p(first label token | prompt)
-    n_prompts, n_labels = ids.shape[0], grid.shape[0]
+    logits = out.logits[:, -1]  # (B, V)
+    # log p(first label token | prompt), (B, L)
+    scores = _log_probs(logits, grid[:, 0].expand(logits.shape[0], -1))
     if grid.shape[1] == 1:
         return scores
-    # Feed every label's tokens but the last after a copy of each prompt's cache; row b*L + l is
-    # prompt b followed by label l.
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(n_labels)
-    feed = grid[:, :-1].repeat(n_prompts, 1)  # (B*L, C-1)
-    feed_mask = grid_mask[:, :-1].repeat(n_prompts, 1)
-    attention = torch.cat([mask.repeat_interleave(n_labels, 0), feed_mask], dim=1)
-    start = positions[:, -1:].repeat_interleave(n_labels, 0) + 1
-    feed_positions = start + torch.arange(feed.shape[1], device=device)
-    out = model(
-        input_ids=feed,
-        attention_mask=attention,
-        position_ids=feed_positions,
-        past_key_values=cache,
-        use_cache=False,
-    )
-    logp = out.logits.float().log_softmax(-1)  # (B*L, C-1, V)
-    targets = grid[:, 1:].repeat(n_prompts, 1)  # (B*L, C-1)
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * grid_mask[:, 1:].repeat(n_prompts, 1)
-    return scores + token_logp.sum(-1).view(n_prompts, n_labels)
+    start = positions[:, -1] + 1  # (B,)
+    return scores + _label_pass(model, out.past_key_values, mask, start, grid, grid_mask, logits.shape[-1])
 
 
 def _batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
