@@ -45,7 +45,7 @@ LAYER_SHAPES = [
     ("down_proj", 1536, 576),
 ]
 # Tokens per batch as (batch, sequence length): a training batch and a short single prompt.
-TOKENS = [(8, 64), (1, 40)]
+TOKENS = [(16, 128), (8, 64), (1, 40)]
 METHODS = ("bf16", "dequantize", "kernel")
 RERUN = "python -m benchmarks.int8_matmul"
 

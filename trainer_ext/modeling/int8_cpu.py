@@ -55,10 +55,10 @@ _INT8_KERNEL = (
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     else None
 )
-# The kernel computes 4x4 output tiles as dot products over the whole row, without cache blocking: it
-# beats dequantize + a BLAS matmul only while the matmul is small next to the dequantization, that is for
-# few rows (decoding, small batches). `python -m benchmarks.int8_matmul` measures both paths.
-KERNEL_MAX_ROWS = 64
+# Measured with `python -m benchmarks.int8_matmul` on the SmolLM2-135M shapes on a 2-core AVX-512 CPU
+# (docs/benchmarks/int8_matmul.md): the kernel's forward pass beat dequantize + a BLAS matmul (and the bf16
+# matmul) from 40 to 2,048 rows. Above that it was not measured, and the dequantize path is kept.
+KERNEL_MAX_ROWS = 2048
 # It reads 16 values of a row at a time with aligned loads (32 bytes of bf16, 16 bytes of int8).
 _KERNEL_K_MULTIPLE = 16
 _KERNEL_ALIGNMENT = 32
