@@ -118,6 +118,17 @@ def _csv(path: Path, text: str) -> str:
         ),
         ({"t.csv": "text,label\nfine,good\n"}, ["--per_device_train_batch_size", "0"], "at least 1, got 0"),
         ({"t.csv": "text,label\nfine,good\n"}, ["--labels", "a, b", "c"], "contains a comma"),
+        (
+            {"t.csv": "text,label\nfine,good\nok,good\n"},
+            [],
+            r"one label \(\['good'\]\): a classifier needs at least two",
+        ),
+        ({"t.csv": "text,label\nfine,good\n"}, ["--lora_r", "four"], r"invalid int value: 'four'"),
+        (
+            {"t.csv": "text,label\n" + "fine,good\nbad,bad\n" * 6},
+            ["--labels", "good, bad"],
+            r"model directory '/nonexistent/model-dir' does not exist",
+        ),
     ],
 )
 def test_train_input_errors_come_before_the_model_loads(tmp_path, monkeypatch, capsys, files, extra, message):
@@ -154,6 +165,8 @@ def test_numeric_labels_are_pointed_to_label_mapping(tmp_path, caplog):
         (["--input", "none.csv"], "none.csv: no such file"),
         (["--input", "x.csv", "hello"], "Give texts as arguments or --input, not both"),
         (["--resume", "hello"], "--resume and --overwrite need --output"),
+        (["hello"], "--model '/nonexistent/model-dir': no such directory"),
+        (["--input", "empty.csv"], "empty.csv: no texts to classify"),
     ],
 )
 def test_predict_input_errors_come_before_the_model_loads(tmp_path, monkeypatch, capsys, argv, message):
@@ -162,6 +175,7 @@ def test_predict_input_errors_come_before_the_model_loads(tmp_path, monkeypatch,
     if "cuda" in argv and torch.version.cuda is not None:
         pytest.skip("this torch build has CUDA; the case is the CPU build's")
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.csv").write_text("text\n", encoding="utf-8")
     assert predict.main(["--model", NO_MODEL, *argv]) == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("trainer-ext predict: ") and message in line, line
@@ -179,3 +193,10 @@ def test_an_existing_output_is_never_overwritten_silently(tmp_path, capsys):
     assert predict.main(["--model", NO_MODEL, "--output", out, "hello"]) == 2
     assert "exists; pass --resume" in capsys.readouterr().err
     assert Path(out).read_text() == "row,text\n1,kept\n"
+
+
+def test_predict_asks_a_base_model_for_labels(capsys):
+    assert predict.main(["--model", "smollm2-135m", "hello"]) == 2
+    assert "is a base model, not a trained run: give the labels" in capsys.readouterr().err
+    args, texts = predict.parse(["--model", "m", "--labels", "sport, politics", "a text", "another"])
+    assert args.labels == ["sport", "politics"] and texts == ["a text", "another"]

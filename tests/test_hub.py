@@ -174,6 +174,15 @@ def test_model_card_of_other_data_carries_no_dataset_default(tmp_path):
     assert "The training data of this model are not documented here" in text
 
 
+def test_a_pushed_run_json_carries_no_local_path(run_dir):
+    result = push_run(run_dir, "alice/tiny", dry_run=True)
+    shared = json.loads(result.uploads["run.json"])
+    text = json.dumps(shared)
+    assert "/data/" not in text and str(run_dir) not in text
+    assert [source["path"] for source in shared["sources"]] == ["train.csv", "val.csv"]
+    assert shared["base_model"] == RunInfo.load(run_dir).base_model  # no Hub id: kept to stay loadable
+
+
 def test_model_card_never_takes_a_local_path_for_the_base_model(tmp_path):
     local = tmp_path / "work" / "tiny-model"
     local.mkdir(parents=True)
@@ -332,7 +341,7 @@ def test_token_is_never_logged_nor_uploaded(fake_hub, run_dir, caplog):
     assert all(token.encode() not in (source if isinstance(source, bytes) else Path(source).read_bytes())
                for source in result.uploads.values())  # fmt: skip
     run = json.loads((run_dir / "run.json").read_text())
-    (run_dir / "run.json").write_text(json.dumps({**run, "hub_token": token}))
+    (run_dir / "run.json").write_text(json.dumps({**run, "notes": {"hub_token": token}}))
     with pytest.raises(HubError, match="run.json contains your Hugging Face token") as error:
         push_run(run_dir, "alice/tiny", token=token)
     assert token not in str(error.value)

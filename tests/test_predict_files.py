@@ -37,7 +37,17 @@ def _input(path: Path, n: int, empty: tuple[int, ...] = ()) -> Path:
 
 
 def _argv(base: str, *extra: str) -> list[str]:
-    return ["--model", base, "--labels", *LABELS, "--quantization", "none", "--batch_size", "4", *extra]
+    return [
+        "--model",
+        base,
+        "--labels",
+        ", ".join(LABELS),
+        "--quantization",
+        "none",
+        "--batch_size",
+        "4",
+        *extra,
+    ]
 
 
 def _rows(path: Path) -> list[list[str]]:

@@ -13,8 +13,10 @@ from trainer_ext.tasks import TaskError
 from trainer_ext.training.recipe import RecipeError
 from trainer_ext.training.tokenization import EncodingError
 
-#: Every user-caused error class; each one's message says what is wrong, where, and what to do.
+#: Every user-caused error class; each one's message says what is wrong, where, and what to do. `OSError`
+#: (a path that cannot be read or written) is printed as its one-line message too.
 USER_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
     DataError,
     EmbeddedModelError,
     EncodingError,

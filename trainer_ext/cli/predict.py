@@ -3,7 +3,7 @@
     trainer-ext predict --model runs/moderation-lora-all --input tweets.csv --output preds.csv
     trainer-ext predict --model runs/moderation-lora-all "have a lovely day" "shut up already"
     echo "have a lovely day" | trainer-ext predict --model runs/moderation-lora-all
-    trainer-ext predict --model smollm2-135m --labels sport politics tech "Rain stops play at Lord's"
+    trainer-ext predict --model smollm2-135m --labels "sport, politics, tech" "Rain stops play at Lord's"
 
 A run directory (or the Hub repo it was pushed to) gives everything: base model, adapter, labels, prompt
 template, and the dtype it was evaluated in. A base model with `--labels` classifies zero-shot. Texts come
@@ -33,8 +33,9 @@ class PredictArguments:
     model: str = field(
         metadata={"help": "Run directory or Hub repo of a trained run; or a base model with --labels."}
     )
-    labels: list[str] | None = field(
-        default=None, metadata={"help": "Labels for a base model (zero-shot); a run brings its own."}
+    labels: str | None = field(
+        default=None,
+        metadata={"help": "Labels for a base model (zero-shot), comma-separated: 'sport, politics, tech'."},
     )
     input: str | None = field(
         default=None,
@@ -92,6 +93,10 @@ def parse(argv: list[str]) -> tuple[PredictArguments, list[str]]:
     )
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (else --input or stdin)")
     args, extra = parser.parse_args_into_dataclasses(args=_explicit_switches(argv), look_for_args_file=False)
+    if args.labels is not None:
+        from trainer_ext.tasks import parse_label_list
+
+        args.labels = parse_label_list(args.labels)
     return args, list(extra.texts)
 
 

@@ -23,6 +23,9 @@ USAGE = (
 )
 SUMMARY_KEYS = (
     "eval_macro_f1",
+    "rarest_class",
+    "eval_rarest_class_recall",
+    "dev_macro_f1",
     "eval_accuracy",
     "eval_invalid_rate",
     "eval_loss",
@@ -44,7 +47,8 @@ def print_help(full: bool) -> None:
     if full:
         HfArgumentParser(settings_classes(), prog="trainer-ext train").print_help()
         return
-    parser = HfArgumentParser(LIGHT_SETTINGS, prog="trainer-ext train", usage=USAGE.split("\n\n")[0])
+    usage = USAGE.split("\n\n")[0].removeprefix("usage: ")
+    parser = HfArgumentParser(LIGHT_SETTINGS, prog="trainer-ext train", usage=usage)
     parser.add_argument(
         "--config", metavar="RECIPE.yaml", help="a YAML recipe; command-line keys override it"
     )
@@ -62,7 +66,14 @@ def print_summary(metrics: dict, output_dir: str) -> None:
     for key in SUMMARY_KEYS:
         if key in metrics:
             value = metrics[key]
-            print(f"  {key:28s} {value:,.4f}" if isinstance(value, float) else f"  {key:28s} {value:,}")
+            shown = (
+                value
+                if isinstance(value, str)
+                else f"{value:,.4f}"
+                if isinstance(value, float)
+                else f"{value:,}"
+            )
+            print(f"  {key:28s} {shown}")
 
 
 def main(argv: list[str] | None = None) -> int:

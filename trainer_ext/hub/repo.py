@@ -236,6 +236,11 @@ def push_run(
         card = render_model_card(output_dir, repo_id, revision=revision, license=license)
     except CardError as err:
         raise HubError(str(err)) from None
+    if (output_dir / "run.json").is_file():
+        try:
+            uploads["run.json"] = RunInfo.load(output_dir).shareable().encode()
+        except RunDirError as err:
+            raise HubError(str(err)) from None
     uploads["README.md"] = str(card).encode()
     revision = revision or constants.DEFAULT_REVISION
     result = PushResult(repo_id, "model", revision, card, uploads, dry_run)

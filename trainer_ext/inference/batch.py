@@ -121,6 +121,15 @@ def _stdin_lines() -> list[str]:
 
 
 def read_inputs(args: Any, texts: Sequence[str]) -> list[InputRow]:
+    """The texts to classify (see `_read_inputs`); none at all is an error."""
+    rows = _read_inputs(args, texts)
+    if not rows:
+        where = args.input or ("the texts given" if texts else "standard input")
+        raise PredictError(f"{where}: no texts to classify (only a header, or empty lines?).")
+    return rows
+
+
+def _read_inputs(args: Any, texts: Sequence[str]) -> list[InputRow]:
     """The texts to classify, with their input row numbers: the arguments, `--input`, or stdin.
 
     Raises:
@@ -147,6 +156,29 @@ def read_inputs(args: Any, texts: Sequence[str]) -> list[InputRow]:
     ]
 
 
+def check_model(model: str, is_run: bool, has_labels: bool) -> None:
+    """Refuse a `--model` that cannot work, before it loads: a missing path, a base model without labels.
+
+    Raises:
+        `PredictError`: saying which and what to do.
+    """
+    from trainer_ext.modeling.embedded import EMBEDDED_MODELS
+    from trainer_ext.vocabulary import is_local_path
+
+    path = Path(model).expanduser()
+    if is_local_path(model) and not path.exists():
+        raise PredictError(
+            f"--model {model!r}: no such directory; give a training run's output directory, a Hub repo id "
+            "(user/name), or a base model with --labels."
+        )
+    base = model in EMBEDDED_MODELS or (path.is_dir() and (path / "config.json").is_file())
+    if base and not is_run and not has_labels:
+        raise PredictError(
+            f"--model {model!r} is a base model, not a trained run: give the labels to choose from, e.g. "
+            "--labels 'sport, politics, tech'."
+        )
+
+
 def load_classifier(args: Any):
     """The classifier `args` name: a run (with its labels, or `--labels`), or a base model with `--labels`."""
     from trainer_ext.inference.classifier import Classifier
@@ -155,6 +187,7 @@ def load_classifier(args: Any):
 
     path = Path(args.model)
     is_run = path.is_dir() and ((path / RUN_FILE).is_file() or (path / ADAPTER_CONFIG).is_file())
+    check_model(args.model, is_run, bool(args.labels))
     if args.labels and not is_run:
         clf = Classifier.from_base(
             args.model,
@@ -199,6 +232,15 @@ class PredictionWriter:
         self.done: list[list[str]] = []
         self.header: list[str] | None = None
         self.rows_done = 0
+        if self.output is not None and self.output.is_dir():
+            raise PredictError(
+                f"--output {str(self.output)!r} is a directory; give a file name, e.g. preds.csv."
+            )
+        if self.output is not None and not self.output.parent.is_dir():
+            raise PredictError(
+                f"--output {str(self.output)!r}: the directory {str(self.output.parent)!r} does not exist; "
+                "create it first."
+            )
         if self.output is not None and self.output.exists() and not (resume or overwrite):
             raise PredictError(
                 f"--output {str(self.output)!r} exists; pass --resume to continue it (an interrupted run "

@@ -48,6 +48,8 @@ class TaskSettings:
     def __post_init__(self) -> None:
         if isinstance(self.labels, str):
             self.labels = parse_label_list(self.labels)
+        elif isinstance(self.labels, list) and len(self.labels) == 1 and "," in str(self.labels[0]):
+            self.labels = parse_label_list(self.labels[0])  # `--labels "a, b, c"` on the command line
         if isinstance(self.verbalizers, str):
             try:
                 self.verbalizers = json.loads(self.verbalizers)

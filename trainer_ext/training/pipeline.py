@@ -80,6 +80,11 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         labels = _labels_of(train)
         logger.info("labels not set: using the %d labels found in the training data: %s", len(labels), labels)
     _warn_numeric(labels)
+    if len(labels) < 2:
+        raise DataError(
+            f"The task has one label ({labels}): a classifier needs at least two; add rows of the other "
+            "classes, or set labels."
+        )
     evaluation = load_split(settings, "eval", labels=labels)
     dev = None
     if settings.validation_split:
@@ -228,7 +233,7 @@ def _tune_decision_bias(recipe: Recipe, trainer, dev_set) -> dict[str, float]:
 def _rarest(metrics: dict[str, Any], data: PreparedData) -> None:
     counts = data.report.counts["train"] if data.report else {}
     present = {label: n for label, n in counts.items() if n}
-    if present:
+    if present and min(present.values()) < max(present.values()):  # meaningless on balanced data
         rarest = min(present, key=present.get)
         metrics["rarest_class"] = rarest
         for prefix in ("dev", "eval"):

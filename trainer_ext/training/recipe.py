@@ -99,7 +99,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def _parser():
     from transformers import HfArgumentParser
 
-    return HfArgumentParser(settings_classes())
+    parser = HfArgumentParser(settings_classes(), prog="trainer-ext train")
+
+    def error(message: str):  # argparse would print the whole usage of every TrainingArguments key
+        raise RecipeError(f"{message}; see `trainer-ext train --help`.")
+
+    parser.error = error
+    return parser
 
 
 def parse_recipe(argv: list[str] | None = None) -> Recipe:
