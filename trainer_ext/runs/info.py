@@ -47,7 +47,8 @@ class DataSource:
         rows (`int`): Examples used from it.
         path (`str`, *optional*): Absolute path of the local file.
         hub_dataset (`str`, *optional*): Hub dataset id, when the split came from the Hub.
-        held_out (`bool`, *optional*, defaults to `False`): Drawn out of the training file, not a file of its own.
+        held_out (`bool`, *optional*, defaults to `False`): Drawn out of the training file, not a file of
+            its own.
     """
 
     split: str
@@ -128,8 +129,8 @@ class RunInfo:
         return cls(**kept)
 
     def shareable(self) -> str:
-        """The `run.json` text to publish: the data files' and run directories' paths cut to their names, a local
-        base model replaced by its Hub id when it has one."""
+        """The `run.json` text to publish: the data files' and run directories' paths cut to their names,
+        a local base model replaced by its Hub id when it has one."""
         values = self.to_dict()
         for source in values["sources"]:
             source["path"] = Path(source["path"]).name if source.get("path") else None
@@ -137,7 +138,9 @@ class RunInfo:
             if values["data"].get(key):
                 values["data"][key] = Path(str(values["data"][key])).name
         if Path(self.base_model).is_absolute() and self.base_model_hub_id:
-            values["base_model"] = self.base_model_hub_id  # a local base model without one stays loadable here
+            values["base_model"] = (
+                self.base_model_hub_id
+            )  # a local base model without one stays loadable here
         for key in ("output_dir", "logging_dir", "resume_from_checkpoint"):
             if isinstance(values["training"].get(key), str):
                 values["training"][key] = Path(values["training"][key]).name
@@ -155,7 +158,8 @@ class RunInfo:
 
     @classmethod
     def load(cls, run_dir: str | Path) -> RunInfo:
-        """The record of `run_dir`: its `run.json`, or for a plain PEFT adapter directory what its config tells.
+        """The record of `run_dir`: its `run.json`, or for a plain PEFT adapter directory what its config
+        tells.
 
         Raises:
             `RunDirError`: when `run_dir` has neither file, or its `run.json` is unreadable.
@@ -182,6 +186,6 @@ class RunInfo:
                 notes={"origin": "adapter_config.json without run.json"},
             )
         raise RunDirError(
-            f"{str(run_dir)!r} is not a run directory: it has neither {RUN_FILE} nor {ADAPTER_CONFIG}. Pass the "
-            "output_dir of a training run (or a Hub repo it was pushed to)."
+            f"{str(run_dir)!r} is not a run directory: it has neither {RUN_FILE} nor {ADAPTER_CONFIG}. "
+            "Pass the output_dir of a training run (or a Hub repo it was pushed to)."
         )
