@@ -92,11 +92,6 @@ def save_run(output_dir: str | Path, model, tokenizer, task: LabelTask, info: Ru
     return output_dir
 
 
-def read_run_info(run_dir: str | Path) -> RunInfo:
-    """The `RunInfo` of a run directory (see `RunInfo.load`)."""
-    return RunInfo.load(run_dir)
-
-
 def _check_weights_format(run_dir: Path, allow_pickle: bool) -> None:
     pickled = [name for name in PICKLED_WEIGHTS if (run_dir / name).is_file()]
     safe = any(run_dir.glob("*.safetensors"))

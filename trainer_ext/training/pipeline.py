@@ -268,8 +268,11 @@ def run(recipe: Recipe, data: PreparedData | None = None) -> dict[str, Any]:
         task.decision_bias = notes["decision_bias"] = _tune_decision_bias(recipe, trainer, dev_set)
     if dev_set is not None:
         metrics.update(trainer.evaluate(dev_set, metric_key_prefix="dev"))
-    eval_set = LabelDataset(
-        data.eval, loaded.tokenizer, task, recipe.task.max_length, recipe.task.truncation_side
+    # Without a dev set the trainer's eval set is the eval file already encoded; with one, encode the file.
+    eval_set = (
+        LabelDataset(data.eval, loaded.tokenizer, task, recipe.task.max_length, recipe.task.truncation_side)
+        if dev_set is not None
+        else trainer.eval_dataset
     )
     metrics.update(trainer.evaluate(eval_set, metric_key_prefix="eval"))
     _rarest(metrics, data)
