@@ -56,8 +56,7 @@ class ModelSetupError(ValueError):
 
 def _is_local_spec(spec: str) -> bool:
     """Whether an adapter spec names a local path rather than a Hub id (`owner/name`)."""
-    path = Path(spec).expanduser()
-    return path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") != 1
+    return vocabulary.is_local_path(spec) or spec.count("/") != 1  # a repo id is exactly `owner/name`
 
 
 @dataclass
@@ -108,7 +107,7 @@ class SpaceSettings:
                 "or set it empty to run the base model."
             )
         base = Path(self.base_model).expanduser()
-        if self.base_model.startswith((".", "/", "~")) and not base.is_dir():
+        if vocabulary.is_local_path(self.base_model) and not base.is_dir():
             raise ModelSetupError(
                 f"The base model directory {self.base_model} (from --base_model or ${ENV_BASE_MODEL}) does "
                 "not exist; pass a model directory, a Hub id, or the embedded model 'smollm2-135m'."
