@@ -3,7 +3,9 @@
 import pytest
 import torch
 
+from trainer_ext.inference.classifier import Classifier
 from trainer_ext.inference.scoring import (
+    LabelScorer,
     contextual_calibration,
     generate_labels,
     score_labels,
@@ -62,6 +64,50 @@ def test_shared_prefix_gives_the_same_scores(tiny_model, arch, style):
     without = score_labels(model, tokenizer, task, prompts, batch_size=3, share_prefix=False)
     torch.testing.assert_close(with_prefix.probs, without.probs, atol=1e-5, rtol=1e-4)
     assert with_prefix.labels == without.labels
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+@pytest.mark.parametrize("style", ["instruction", "few-shot"])
+def test_kept_prefix_cache_equals_a_fresh_one_exactly(tiny_model, arch, style):
+    model, tokenizer = tiny_model(arch)
+    labels = ["hate", "offensive", "neutral", "very long label name"]
+    task = LabelTask(labels, shots=SHOTS if style == "few-shot" else ())
+    clf = Classifier(model, tokenizer, task, arch)
+    scorer = clf.scorer()
+    assert len(scorer.prefix_ids) > 10  # the template before the message
+    assert all(p[: len(scorer.prefix_ids)] == scorer.prefix_ids for p in clf.prompts(TEXTS))
+    # One message per call, as the Space calls it: the second call on reuses the first call's cache.
+    kept = [clf.predict(text)[0].probs for text in TEXTS]
+    assert clf.scorer() is scorer and scorer._prefix is not None
+    for text, probs in zip(TEXTS, kept, strict=True):
+        fresh = Classifier(model, tokenizer, task, arch)  # computes the prefix cache anew
+        assert fresh.predict(text)[0].probs == probs  # bit for bit
+    # The same scores as scoring every prompt whole, up to float rounding.
+    whole = score_labels(model, tokenizer, task, clf.prompts(TEXTS), share_prefix=False)
+    torch.testing.assert_close(
+        torch.tensor([[p[label] for label in labels] for p in kept]), whole.probs, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_scorer_falls_back_for_prompts_without_its_prefix(tiny_model):
+    model, tokenizer = tiny_model("llama")
+    task = LabelTask(["hate", "offensive", "neutral"])
+    prompts = [encode_prompt(tokenizer, task, text, max_length=128) for text in TEXTS]
+    reference = score_labels(model, tokenizer, task, prompts, share_prefix=False).probs
+    # A prefix none of the prompts starts with: scored with the call's own shared prefix instead.
+    scorer = LabelScorer(model, tokenizer, task, prefix_ids=[prompts[0][0] + 1, 5, 6])
+    torch.testing.assert_close(scorer(prompts).probs, reference, atol=1e-5, rtol=1e-4)
+    assert scorer._prefix is None
+    # The right prefix is kept, and recomputed when the autocast state changes.
+    scorer = LabelScorer(model, tokenizer, task, prefix_ids=prompts[0][: shared_prefix_length(prompts)])
+    torch.testing.assert_close(scorer(prompts).probs, reference, atol=1e-5, rtol=1e-4)
+    first = scorer._prefix
+    scorer(prompts[:1])
+    assert scorer._prefix is first
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scorer(prompts[:1])
+    assert scorer._prefix is not first and scorer._prefix[0][1] is True
+    assert scorer([]).probs.shape == (0, 3)
 
 
 @pytest.mark.parametrize(

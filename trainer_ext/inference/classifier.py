@@ -19,7 +19,12 @@ from typing import Any
 import torch
 
 from trainer_ext.inference.decision import apply_decision_bias
-from trainer_ext.inference.scoring import contextual_calibration, generate_labels, score_labels
+from trainer_ext.inference.scoring import (
+    LabelScorer,
+    contextual_calibration,
+    generate_labels,
+    shared_prefix_length,
+)
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import encode_prompts
 from trainer_ext.vocabulary import DECODINGS, is_local_path
@@ -88,6 +93,7 @@ class Classifier:
         self.truncation_side = truncation_side
         self.autocast = autocast
         self._content_free: torch.Tensor | None = None
+        self._scorer: LabelScorer | None = None
 
     @classmethod
     def from_pretrained(
@@ -209,13 +215,26 @@ class Classifier:
         device = next(self.model.parameters()).device
         return torch.autocast(device_type=device.type, dtype=getattr(torch, self.autocast))
 
+    def scorer(self) -> LabelScorer:
+        """The constrained scorer of this model and task, which keeps the template's KV cache across calls.
+
+        The template's prefix (special tokens and the prompt before the message, k-shot examples included)
+        is the same for every message, so its keys and values are computed once, on the first call, and
+        every later call feeds only each prompt's own tokens. A new model or task object gets a new scorer;
+        after changing the model's weights in place, call `scorer().clear()`.
+        """
+        scorer = self._scorer
+        if scorer is None or scorer.model is not self.model or scorer.task is not self.task:
+            probes = self.prompts(["a", "b"])  # two messages: what they share is the template's
+            prefix = probes[0][: shared_prefix_length(probes)]
+            scorer = self._scorer = LabelScorer(self.model, self.tokenizer, self.task, prefix)
+        return scorer
+
     def content_free_probs(self) -> torch.Tensor:
         """Label probabilities of content-free inputs (``"N/A"``, ...), averaged: the model's label bias."""
         if self._content_free is None:
             with self._compute():
-                scores = score_labels(
-                    self.model, self.tokenizer, self.task, self.prompts(list(CONTENT_FREE_INPUTS))
-                )
+                scores = self.scorer()(self.prompts(list(CONTENT_FREE_INPUTS)))
             self._content_free = scores.probs.mean(0)
         return self._content_free
 
@@ -261,9 +280,7 @@ class Classifier:
             rows = zip(texts, result.labels, result.completions, cut, strict=True)
             return [Prediction(text, label, None, completion, flag) for text, label, completion, flag in rows]
         with self._compute():
-            result = score_labels(
-                self.model, self.tokenizer, self.task, prompts, batch_size, on_batch=on_batch
-            )
+            result = self.scorer()(prompts, batch_size, on_batch=on_batch)
         probs = result.probs
         if calibrate:
             probs = contextual_calibration(probs, self.content_free_probs())

@@ -213,6 +213,92 @@ def _batches(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+class LabelScorer:
+    """Constrained scoring for one model and task that keeps, across calls, what every call would redo.
+
+    `score_labels` scores one list of prompts. A predictor that is called again and again (`Classifier`,
+    the Space: often one message per call) keeps a `LabelScorer` instead: the label ids and the KV cache of
+    `prefix_ids` are computed on first use and reused, so a message costs one forward pass over its own
+    tokens plus the label pass, not a pass over the template too.
+
+    `prefix_ids` are the ids every prompt of the task starts with (special tokens, the instruction, any
+    k-shot examples). A call whose prompts do not all start with them, and go on after them, scores them
+    like `score_labels` (shared prefix of the call only); the result is the same either way up to float
+    rounding, and the same bit for bit as a fresh `LabelScorer` given the same prefix.
+
+    The cache holds the model's keys and values as they were when it was computed, for the device, autocast
+    state and dtype of that call (a change of those recomputes it). Call `clear()` after changing the
+    model's weights.
+
+    Args:
+        model (`PreTrainedModel` or `PeftModel`): A causal LM in eval mode.
+        tokenizer (`PreTrainedTokenizerBase`): Its tokenizer (pad and EOS ids).
+        task (`LabelTask`): The labels and their verbalizers.
+        prefix_ids (`Sequence[int]`, *optional*): The ids every prompt of the task starts with.
+    """
+
+    def __init__(self, model, tokenizer, task: LabelTask, prefix_ids: Sequence[int] = ()) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.task = task
+        self.prefix_ids = [int(i) for i in prefix_ids]
+        self._grid: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._prefix: tuple[tuple, object] | None = None
+
+    def clear(self) -> None:
+        """Forget the cached label ids and prefix KV cache (after the model or task changed)."""
+        self._grid = None
+        self._prefix = None
+
+    def _label_ids(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._grid is None or self._grid[0].device != device:
+            completions = label_token_ids(self.tokenizer, self.task)
+            self._grid = _label_grid(
+                [completions[label] for label in self.task.labels], self.tokenizer.pad_token_id, device
+            )
+        return self._grid
+
+    def _shared(self, prompts: Sequence[Sequence[int]], device, share_prefix: bool):
+        """`(K, cache)` of the ids all `prompts` start with, from the kept cache where it applies."""
+        known = len(self.prefix_ids)
+        if known and all(len(p) > known and list(p[:known]) == self.prefix_ids for p in prompts):
+            # Keys and values depend on where and how the model computes: device, autocast, weights' dtype.
+            state = (
+                device,
+                torch.is_autocast_enabled(device.type),
+                torch.get_autocast_dtype(device.type),
+                next(self.model.parameters()).dtype,
+            )
+            if self._prefix is None or self._prefix[0] != state:
+                self._prefix = (state, _prefix_cache(self.model, self.prefix_ids, device))
+            return known, self._prefix[1]
+        shared = shared_prefix_length(prompts) if share_prefix else 0
+        return (shared, _prefix_cache(self.model, prompts[0][:shared], device)) if shared else None
+
+    def __call__(
+        self,
+        prompts: Sequence[Sequence[int]],
+        batch_size: int = 16,
+        on_batch: Callable[[int], None] | None = None,
+        share_prefix: bool = True,
+    ) -> LabelScores:
+        """Score `prompts`; see `score_labels` for the arguments and the result."""
+        if not prompts:
+            return LabelScores([], probs=torch.empty((0, len(self.task.labels))))
+        device = next(self.model.parameters()).device
+        grid, grid_mask = self._label_ids(device)
+        prefix = self._shared(prompts, device, share_prefix)
+        logp = torch.empty((len(prompts), len(self.task.labels)), dtype=torch.float32)
+        for batch in _batches(prompts, batch_size):
+            logp[batch] = _score_batch(
+                self.model, [prompts[i] for i in batch], grid, grid_mask, self.tokenizer.pad_token_id, prefix
+            ).cpu()
+            if on_batch:
+                on_batch(len(batch))
+        probs = logp.softmax(-1)
+        return LabelScores([self.task.labels[i] for i in probs.argmax(-1).tolist()], probs=probs)
+
+
 def score_labels(
     model,
     tokenizer,
@@ -237,22 +323,7 @@ def score_labels(
     Returns:
         `LabelScores`: `labels` (argmax) and `probs` `(N, L)` in `task.labels` order.
     """
-    device = next(model.parameters()).device
-    completions = label_token_ids(tokenizer, task)
-    grid, grid_mask = _label_grid(
-        [completions[label] for label in task.labels], tokenizer.pad_token_id, device
-    )
-    logp = torch.empty((len(prompts), len(task.labels)), dtype=torch.float32)
-    shared = shared_prefix_length(prompts) if share_prefix and prompts else 0
-    prefix = (shared, _prefix_cache(model, prompts[0][:shared], device)) if shared else None
-    for batch in _batches(prompts, batch_size):
-        logp[batch] = _score_batch(
-            model, [prompts[i] for i in batch], grid, grid_mask, tokenizer.pad_token_id, prefix
-        ).cpu()
-        if on_batch:
-            on_batch(len(batch))
-    probs = logp.softmax(-1)
-    return LabelScores([task.labels[i] for i in probs.argmax(-1).tolist()], probs=probs)
+    return LabelScorer(model, tokenizer, task)(prompts, batch_size, on_batch, share_prefix)
 
 
 @torch.no_grad()

@@ -1,0 +1,174 @@
+"""Prediction latency of a trained run: one message per call (as the Space calls it) and batches.
+
+    python -m benchmarks.latency                                   # runs/moderation-lora-all, 8-bit and bf16
+    python -m benchmarks.latency --run runs/imbalanced/plain-seed42 --messages 60
+
+For each weight setting (the run's 8-bit base weights with bf16 autocast, as it was evaluated, and the
+unquantized model in bf16) it times, on the same tweets of the study's eval split:
+
+- `forward`: one bare forward pass of each message's whole prompt through the same PEFT model (no cache,
+  last position's logits only): the anchor, what "one forward pass" costs;
+- `predict, no kept cache`: `Classifier.predict(text)` with the scorer's kept state cleared before every
+  call, so the template's KV cache and the label ids are recomputed each time (what every call cost before
+  the scorer kept them);
+- `predict`: `Classifier.predict(text)` as users call it, the template's KV cache kept across calls;
+- `batch`: `Classifier.predict(texts, batch_size=16)` over all messages at once, in texts/s.
+
+Latencies are per call, in milliseconds, after two untimed warm-up calls. Timings are only worth something
+on a quiet machine: the run is refused above a 1-minute load average of ``--max_load`` unless ``--force``.
+Writes `OUT_DIR/latency.json` and `latency.md`. The Space's latency through its HTTP API is measured by
+`python -m benchmarks.space --clients 1`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DATA_DIR, REPO_ROOT
+
+SETTINGS = {"8bit": {}, "bf16": {"quantization": "none", "dtype": "bfloat16"}}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", default=str(REPO_ROOT / "runs" / "moderation-lora-all"), help="a run dir")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--messages", type=int, default=60, help="tweets timed one per call")
+    parser.add_argument("--batch_texts", type=int, default=200, help="tweets of the batch measurement")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--max_load", type=float, default=1.5)
+    parser.add_argument("--force", action="store_true", help="run on a busy machine anyway")
+    parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"))
+    return parser
+
+
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {
+        "p50_ms": round(statistics.median(ms), 1),
+        "p90_ms": round(ms[int(0.9 * (len(ms) - 1))], 1),
+        "mean_ms": round(statistics.fmean(ms), 1),
+    }
+
+
+def _timed(call, items) -> list[float]:
+    for item in items[:2]:  # warm-up
+        call(item)
+    seconds = []
+    for item in items:
+        started = time.perf_counter()
+        call(item)
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def measure(run: str, setting: str, texts: list[str], batch_texts: list[str]) -> dict[str, Any]:
+    """Latencies and batch throughput of one weight setting (see the module docstring)."""
+    import torch
+
+    from trainer_ext.inference.classifier import Classifier
+
+    clf = Classifier.from_pretrained(run, **SETTINGS[setting])
+    prompts = clf.prompts(texts)
+
+    @torch.no_grad()
+    def forward(ids: list[int]) -> None:
+        with clf._compute():
+            clf.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
+
+    def uncached(text: str) -> None:
+        clf.scorer().clear()
+        clf.predict(text)
+
+    result: dict[str, Any] = {
+        "setting": setting,
+        "autocast": clf.autocast,
+        "prompt_tokens_mean": round(statistics.fmean(len(p) for p in prompts), 1),
+        "template_prefix_tokens": len(clf.scorer().prefix_ids),
+        "forward": _percentiles(_timed(forward, prompts)),
+        "predict, no kept cache": _percentiles(_timed(uncached, texts)),
+        "predict": _percentiles(_timed(clf.predict, texts)),
+    }
+    cached = [clf.predict(text)[0].probs for text in texts[:5]]
+    clf.scorer().clear()
+    fresh = [clf.predict(text)[0].probs for text in texts[:5]]
+    result["cached_equals_uncached"] = cached == fresh
+    clf.predict(batch_texts[:16], batch_size=16)  # warm-up
+    started = time.perf_counter()
+    clf.predict(batch_texts, batch_size=16)
+    result["batch_texts_per_s"] = round(len(batch_texts) / (time.perf_counter() - started), 1)
+    return result
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Prediction latency",
+        "",
+        f"Rerun: `{report['command']}` ({report['date']}; {report['machine']}; torch threads "
+        f"{report['threads']}; 1-minute load average at start {report['load_average']:.2f}).",
+        "",
+        f"Run `{report['run']}`; {report['messages']} tweets of the study's eval split, one per call "
+        f"(latency in ms), and {report['batch_texts']} at once with batch size 16.",
+        "",
+        "| weights | prompt tokens (template prefix) | forward p50 | predict, no kept cache p50 | "
+        "predict p50 | predict p90 | batch texts/s | kept cache = fresh |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in report["results"]:
+        lines.append(
+            f"| {r['setting']} | {r['prompt_tokens_mean']} ({r['template_prefix_tokens']}) | "
+            f"{r['forward']['p50_ms']} | {r['predict, no kept cache']['p50_ms']} | "
+            f"{r['predict']['p50_ms']} | "
+            f"{r['predict']['p90_ms']} | {r['batch_texts_per_s']} | {r['cached_equals_uncached']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    from trainer_ext.data import load_examples
+
+    args = make_parser().parse_args(argv)
+    load = os.getloadavg()[0]
+    if load > args.max_load and not args.force:
+        print(f"error: load average {load:.2f} > --max_load {args.max_load}; timings would be skewed "
+              "(wait for a quiet machine, or --force).", file=sys.stderr)  # fmt: skip
+        return 2
+    if not (Path(args.run) / "task.json").is_file():
+        print(f"error: {args.run} is not a run directory (no task.json); train one with `make train` "
+              "or pass --run.", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    examples = load_examples(DATA_DIR / "seed_split" / "val.csv", decode_html=True)
+    texts = [example.text for example in examples]
+    batch = (texts * (args.batch_texts // len(texts) + 1))[: args.batch_texts]
+    report: dict[str, Any] = {
+        "command": "python -m benchmarks.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
+        "threads": torch.get_num_threads(),
+        "load_average": load,
+        "run": args.run,
+        "messages": args.messages,
+        "batch_texts": len(batch),
+        "results": [measure(args.run, s, texts[: args.messages], batch) for s in args.settings],
+    }
+    out = Path(args.out_dir)
+    (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "latency.md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
