@@ -75,6 +75,14 @@ class LabelArguments:
             "metric_for_best_model (default macro_f1); stored in task.json and applied by every predictor."
         },
     )
+    share_prompt_prefix: bool = field(
+        default=True,
+        metadata={
+            "help": "Run the ids every sample of a training batch starts with (the instruction) once per "
+            "batch and let every sample attend to them (same loss and gradients; off under "
+            "gradient_checkpointing)."
+        },
+    )
 
     def check_label_arguments(self) -> None:
         """Refuse values of these keys that cannot work (raises `ValueError` naming the key)."""

@@ -3,8 +3,8 @@
 It overrides only what it must:
 
 - `compute_loss`: cross-entropy on the completion tokens only, with the LM head applied only at the
-  positions that predict a completion token (``logits_to_keep`` as a boolean mask), never to the full
-  `(batch, seq, vocab)` tensor.
+  positions that predict a completion token, and the prompt prefix every sample of a batch shares run once
+  (see `trainer_ext.training.loss`).
 - `evaluate`: the usual loss, then the labels the model *produces* for each eval sample (constrained
   scoring and/or greedy generation, see `trainer_ext.inference.scoring`), scored by `classification_metrics`.
   Under data parallelism each process decodes a strided share of the samples and the results are
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -30,7 +29,8 @@ from trainer_ext.inference.scoring import LabelScores, generate_labels, score_la
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.arguments import LabelArguments
 from trainer_ext.training.collator import LabelCollator
-from trainer_ext.training.tokenization import IGNORE_INDEX, encode_dataset, encode_prompts
+from trainer_ext.training.loss import completion_loss
+from trainer_ext.training.tokenization import encode_dataset, encode_prompts
 from trainer_ext.vocabulary import DECODINGS
 
 logger = logging.getLogger(__name__)
@@ -87,45 +87,6 @@ class LabelDataset(Dataset):
         if self.class_weights is None:
             return self.encoded[index]
         return {**self.encoded[index], "sample_weight": self.class_weights[self.examples[index].label]}
-
-
-def completion_loss(
-    model, inputs: dict[str, torch.Tensor], num_items: Any = None
-) -> tuple[torch.Tensor, Any]:
-    """Cross-entropy of the completion tokens, computing logits only where a completion token is predicted.
-
-    Args:
-        model (`PreTrainedModel`): A causal LM whose forward accepts ``logits_to_keep`` (transformers 5).
-        inputs (`dict`): `input_ids`, `attention_mask`, `labels` (-100 outside completions), all `(B, T)`;
-            optionally `sample_weight` `(B,)`, each sample's class weight, which multiplies the loss of its
-            completion tokens.
-        num_items (`int` or `torch.Tensor`, *optional*): Divisor of the summed loss (the Trainer's count of
-            completion tokens across accumulation steps and devices); defaults to this batch's count. The
-            divisor is the unweighted token count: with class weights of mean 1 over the training set (see
-            `trainer_ext.training.weights`) the loss keeps its scale and the learning rate its meaning, and
-            the result is the same however the batches are accumulated or split between processes.
-
-    Returns:
-        `(loss, outputs)`.
-    """
-    labels = inputs["labels"]
-    keep = torch.zeros_like(labels, dtype=torch.bool)  # (B, T): position t predicts token t + 1
-    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    outputs = model(
-        input_ids=inputs["input_ids"],
-        attention_mask=inputs["attention_mask"],
-        logits_to_keep=keep,
-        use_cache=False,
-    )
-    logits = outputs.logits  # (N, V): one row per completion token, in row-major order of `keep`
-    targets = labels[:, 1:][keep[:, :-1]]  # (N,)
-    if "sample_weight" in inputs:
-        token_weights = inputs["sample_weight"][:, None].expand_as(labels)[keep]  # (N,): each token's sample
-        loss = (F.cross_entropy(logits.float(), targets, reduction="none") * token_weights).sum()
-    else:
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-    divisor = num_items if num_items is not None else targets.numel()
-    return loss / divisor, outputs
 
 
 @contextlib.contextmanager
@@ -195,7 +156,9 @@ class LabelTrainer(Trainer):
         return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = completion_loss(model, inputs, num_items_in_batch)
+        # A checkpointed forward recomputes layers and may drop a passed cache (GPT-2 does): run whole.
+        share = self.args.share_prompt_prefix and not self.args.gradient_checkpointing
+        loss, outputs = completion_loss(model, inputs, num_items_in_batch, share_prefix=share)
         return (loss, outputs) if return_outputs else loss
 
     def predict_labels(self, dataset: LabelDataset, decoding: str = "constrained") -> LabelScores:
