@@ -16,6 +16,7 @@ from trainer_ext.tasks.templates import (
     TaskError,
     resolve_template,
 )
+from trainer_ext.tasks.variation import PromptVariation
 
 __all__ = [
     "DEFAULT_SEPARATOR",
@@ -25,6 +26,7 @@ __all__ = [
     "TASK_FILE",
     "TRAILING_PUNCTUATION",
     "LabelTask",
+    "PromptVariation",
     "TaskError",
     "TaskSettings",
     "format_label_list",

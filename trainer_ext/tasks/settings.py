@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trainer_ext.tasks.templates import DEFAULT_SEPARATOR, LABEL_LIST_SEPARATOR, TaskError, resolve_template
+from trainer_ext.tasks.variation import PromptVariation
 from trainer_ext.vocabulary import TRUNCATION_SIDES
 
 
@@ -44,6 +45,34 @@ class TaskSettings:
             "help": "What a too long message keeps: right cuts its end, left its start, both its middle."
         },
     )
+    shuffle_labels: bool = field(
+        default=False,
+        metadata={
+            "help": "Training prompts list the labels in a random order per sample (transfer to new "
+            "label sets; evaluation keeps the task's order)."
+        },
+    )
+    distractors: int = field(
+        default=0,
+        metadata={
+            "help": "Training prompts also list this many labels that are never the answer, drawn "
+            "per sample from distractor_pool."
+        },
+    )
+    distractor_pool: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Labels to draw distractors from (default: a built-in pool of everyday topics "
+            "and intents, see trainer_ext.tasks.variation)."
+        },
+    )
+    paraphrase_instruction: bool = field(
+        default=False,
+        metadata={
+            "help": "Training prompts word the instruction's first sentence in one of five ways "
+            "(built-in instruction style only)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.labels, str):
@@ -71,8 +100,17 @@ class TaskSettings:
         if self.max_length < 8:
             raise TaskError(f"max_length must be at least 8 tokens, got {self.max_length}.")
         resolve_template(self.prompt_style, self.separator)
+        if isinstance(self.distractor_pool, str):
+            self.distractor_pool = parse_label_list(self.distractor_pool)
+        self.variation()  # refuses a bad distractor count or pool now, not after loading the model
         if self.labels is not None:
             validate_labels(self.labels)
+
+    def variation(self) -> PromptVariation:
+        """The training prompt variation these settings ask for (`trainer_ext.tasks.variation`)."""
+        pool = {} if self.distractor_pool is None else {"distractor_pool": list(self.distractor_pool)}
+        return PromptVariation(self.shuffle_labels, self.distractors, paraphrase=self.paraphrase_instruction,
+                               **pool)  # fmt: skip
 
 
 def validate_labels(labels: Sequence[str]) -> None:

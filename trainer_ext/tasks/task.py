@@ -25,6 +25,7 @@ from trainer_ext.tasks.templates import (
     resolve_template,
     split_template,
 )
+from trainer_ext.tasks.variation import PromptVariation
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class LabelTask:
         decision_bias (`dict[str, float]`, *optional*):
             An additive offset per label on the log-probabilities of constrained scoring before the argmax,
             fitted on a dev set (`trainer_ext.inference.decision`); empty: none.
+        training_variation (`PromptVariation`, *optional*):
+            How training prompts vary (label order, distractor labels, reworded instruction) so that the
+            model learns the choice among listed labels; off by default. Evaluation and prediction always
+            use the task's own prompt (see `trainer_ext.tasks.variation`).
 
     Example:
 
@@ -78,9 +83,12 @@ class LabelTask:
     template: str = INSTRUCTION_TEMPLATE
     shots: list[tuple[str, str]] = field(default_factory=list)
     decision_bias: dict[str, float] = field(default_factory=dict)
+    training_variation: PromptVariation = field(default_factory=PromptVariation)
 
     def __post_init__(self) -> None:
         self.labels = list(self.labels)
+        if isinstance(self.training_variation, dict):
+            self.training_variation = PromptVariation.from_dict(self.training_variation)
         validate_labels(self.labels)
         unknown = [key for key in (self.verbalizers or {}) if key not in self.labels]
         if unknown:
@@ -141,6 +149,14 @@ class LabelTask:
     def prompt(self, text: str) -> str:
         """The full prompt for `text`, ending with the answer cue."""
         return "".join(self.prompt_parts(text))
+
+    def training_variant(self, rng: random.Random) -> LabelTask:
+        """The task as one training sample sees it: the prompt varied by `training_variation`, drawn from
+        `rng`; the labels, verbalizers and completions unchanged. Without variation, the task itself."""
+        if not self.training_variation.active:
+            return self
+        template = self.training_variation.template(self.template, self.labels, rng)
+        return LabelTask(self.labels, self.verbalizers, template, list(self.shots))
 
     def completion(self, label: str) -> str:
         """The completion text of `label` (its verbalizer; the tokenizer's EOS is appended at encoding)."""
@@ -229,6 +245,7 @@ class LabelTask:
             "template": self.template,
             "shots": [list(shot) for shot in self.shots],
             "decision_bias": dict(self.decision_bias),
+            "training_variation": self.training_variation.to_dict(),
         }
 
     @classmethod
@@ -250,6 +267,7 @@ class LabelTask:
             template=data.get("template", INSTRUCTION_TEMPLATE),
             shots=[tuple(shot) for shot in data.get("shots") or []],
             decision_bias={str(k): float(v) for k, v in (data.get("decision_bias") or {}).items()},
+            training_variation=PromptVariation.from_dict(data.get("training_variation")),
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -292,7 +310,12 @@ class LabelTask:
         if not settings.labels:
             raise TaskError("The task has no labels: set labels (e.g. labels: [negative, positive]).")
         template = resolve_template(settings.prompt_style, settings.separator)
-        task = cls(list(settings.labels), dict(settings.verbalizers or {}), template)
+        task = cls(
+            list(settings.labels),
+            dict(settings.verbalizers or {}),
+            template,
+            training_variation=settings.variation(),
+        )
         if settings.shots:
             if shot_examples is None:
                 raise TaskError(

@@ -146,7 +146,16 @@ def build(recipe: Recipe, data: PreparedData | None = None):
     weights = class_weights(data.train, data.task.labels, recipe.training.class_weights)
     if weights:
         logger.info("Class weights of the loss (mean 1 over the training rows): %s", weights)
-    train = LabelDataset(data.train, loaded.tokenizer, data.task, *length, class_weights=weights)
+    if data.task.training_variation.active:
+        logger.info("Training prompts vary per sample: %s", data.task.training_variation.to_dict())
+    train = LabelDataset(
+        data.train,
+        loaded.tokenizer,
+        data.task,
+        *length,
+        class_weights=weights,
+        variation_seed=recipe.training.seed,
+    )
     evaluation = LabelDataset(data.dev or data.eval, loaded.tokenizer, data.task, *length)
     trainer = LabelTrainer(
         model=loaded.model,

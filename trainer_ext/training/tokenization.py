@@ -26,6 +26,7 @@ and verbalizers may use special tokens on purpose (chat markers) and keep them.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable
 from typing import Any
 
@@ -318,7 +319,12 @@ def encode_prompts(
 
 
 def encode_dataset(
-    tokenizer: Any, task: LabelTask, examples: Iterable[Any], max_length: int, truncation_side: str = "right"
+    tokenizer: Any,
+    task: LabelTask,
+    examples: Iterable[Any],
+    max_length: int,
+    truncation_side: str = "right",
+    variation_seed: int | None = None,
 ) -> list[dict[str, list[int]]]:
     """Encode labelled examples for training or evaluation.
 
@@ -330,6 +336,10 @@ def encode_dataset(
         task (`LabelTask`): Prompt template and verbalizers.
         examples (`Iterable[Example]`): Objects with `text`, `label` and `source` (see `data.Example`).
         max_length (`int`): Maximum sequence length; only messages are shortened.
+        truncation_side (`str`, *optional*, defaults to `"right"`): What a too long message keeps.
+        variation_seed (`int`, *optional*): For training sets: when given, each sample's prompt is varied as
+            `task.training_variation` says (`LabelTask.training_variant`), drawn from a generator seeded
+            with this seed and the sample's index; without it every prompt is the task's own.
 
     Returns:
         `list[dict]`: one encoded dict per example, in order.
@@ -343,12 +353,14 @@ def encode_dataset(
     encoder = _encoder(tokenizer)
     encoded: list[dict[str, list[int]]] = []
     truncated: list[str] = []
-    for example in examples:
+    vary = variation_seed is not None and task.training_variation.active
+    for index, example in enumerate(examples):
         source = getattr(example, "source", None)
         if example.label is None:
             raise EncodingError(f"Sample {_describe(source, example.text)} has no label; training needs one.")
+        sample_task = task.training_variant(random.Random(f"{variation_seed}:{index}")) if vary else task
         sample, cut = _encode_with(
-            encoder, task, example.text, example.label, max_length, source, truncation_side
+            encoder, sample_task, example.text, example.label, max_length, source, truncation_side
         )
         encoded.append(sample)
         if cut:

@@ -61,6 +61,8 @@ class LabelDataset(Dataset):
         truncation_side (`str`, *optional*, defaults to `"right"`): What a too long message keeps.
         class_weights (`dict[str, float]`, *optional*): Loss weight per label; each sample then carries its
             label's weight as `sample_weight` (see `trainer_ext.training.weights`).
+        variation_seed (`int`, *optional*): A training set's seed of the prompt variation the task asks for
+            (`trainer_ext.tasks.variation`); the prompts kept for decoding are always the task's own.
     """
 
     def __init__(
@@ -71,10 +73,13 @@ class LabelDataset(Dataset):
         max_length: int,
         truncation_side: str = "right",
         class_weights: dict[str, float] | None = None,
+        variation_seed: int | None = None,
     ) -> None:
         self.examples = list(examples)
         self.class_weights = class_weights
-        self.encoded = encode_dataset(tokenizer, task, self.examples, max_length, truncation_side)
+        self.encoded = encode_dataset(
+            tokenizer, task, self.examples, max_length, truncation_side, variation_seed
+        )
         texts = [example.text for example in self.examples]
         encoded_prompts = encode_prompts(tokenizer, task, texts, max_length, truncation_side)
         self.prompts = [ids for ids, _ in encoded_prompts]
