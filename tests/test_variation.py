@@ -1,7 +1,6 @@
 """Training prompt variation for transfer: label order, distractor labels, reworded instruction."""
 
 import random
-import re
 
 import pytest
 
@@ -13,7 +12,6 @@ from trainer_ext.training.trainer import LabelDataset
 
 LABELS = ["hate", "offensive", "neutral"]
 EXAMPLES = [Example(f"message number {i}", LABELS[i % 3]) for i in range(24)]
-LISTED = re.compile(r"^(.*?)(?::|\?|\.) ?(.*?)\n\nMessage: (.*)\n\nCategory:$", re.S)
 
 
 def _prompts(tokenizer, task, seed=0):
