@@ -1,0 +1,162 @@
+"""Where the memory of a training run goes: resident memory after each stage of the main job.
+
+    python -m benchmarks.training_memory                 # cached model, then a first run (conversion)
+    python -m benchmarks.training_memory --steps 10 --configs cached arena2
+
+Each configuration runs the main recipe (`moderation_lora_all.yaml`, 8-bit, `lora-all`) in a fresh process,
+through the same library functions as `trainer-ext train` (`prepare_data` -> `build` -> `Trainer.train`
+-> `evaluate`), for `--steps` optimizer steps, and reads the process's resident set size (VmRSS) and its
+peak so far (VmHWM, from /proc/self/status) after each stage:
+
+- `cached`: the converted embedded model already in the cache (every run after the first);
+- `first-run`: an empty model cache (``TRAINER_EXT_CACHE`` set to a fresh directory), so the one-time
+  conversion of the packaged GGUF file is part of the run;
+- `arena2`: as `cached`, with glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``), to show how much
+  of the resident memory is allocator arenas rather than tensors.
+
+Writes `OUT_DIR/training_memory.json` and `.md`. Memory in MB (10^6 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DATA_DIR, REPO_ROOT, status_kib
+
+MARKER = "MEMORY_STAGES "
+CONFIGS = {
+    "cached": {},
+    "first-run": {"TRAINER_EXT_CACHE": None},  # a fresh directory, filled in by `run_config`
+    "arena2": {"MALLOC_ARENA_MAX": "2"},
+}
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps of each run")
+    parser.add_argument("--eval_samples", type=int, default=64, help="eval tweets decoded after training")
+    parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def worker(steps: int, eval_samples: int) -> list[dict[str, Any]]:
+    """Run the main job's stages in this process; the resident memory after each."""
+    stages: list[dict[str, Any]] = []
+    started = time.perf_counter()
+
+    def mark(stage: str) -> None:
+        stages.append({
+            "stage": stage,
+            "rss_mb": round(status_kib("VmRSS") * 1.024, 1),
+            "peak_mb": round(status_kib("VmHWM") * 1.024, 1),
+            "seconds": round(time.perf_counter() - started, 1),
+        })  # fmt: skip
+
+    mark("python")
+    import torch
+
+    mark("import torch")
+    import accelerate  # noqa: F401
+    import peft  # noqa: F401
+    import transformers
+    from transformers import TrainerCallback
+
+    mark("import transformers, peft, accelerate")
+    from trainer_ext.configs import config_path
+    from trainer_ext.training.pipeline import build, prepare_data
+    from trainer_ext.training.recipe import parse_recipe
+
+    mark("import trainer_ext (datasets, evaluate, bitsandbytes)")
+
+    class Marks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (1, 2) or state.global_step == steps:
+                mark(f"after step {state.global_step}")
+
+    output = tempfile.mkdtemp(prefix="memory-run-")
+    recipe = parse_recipe([
+        "--config", str(config_path("recipes/moderation_lora_all.yaml")), "--data_dir", str(DATA_DIR),
+        "--output_dir", output, "--max_steps", str(steps), "--report_to", "none", "--disable_tqdm", "true",
+        "--eval_samples", str(eval_samples),
+    ])  # fmt: skip
+    data = prepare_data(recipe)
+    mark("data read and checked")
+    loaded, _, trainer = build(recipe, data)
+    mark("model loaded (8-bit, lora-all), datasets encoded, trainer built")
+    trainer.add_callback(Marks())
+    trainer.train()
+    mark(f"trained {steps} steps")
+    trainer.evaluate()
+    mark(f"evaluated: loss and constrained labels of {len(trainer.eval_dataset)} tweets")
+    stages.append({"versions": {"torch": torch.__version__, "transformers": transformers.__version__}})
+    return stages
+
+
+def run_config(name: str, steps: int, eval_samples: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="memory-cache-") as fresh:
+        for key, value in CONFIGS[name].items():
+            env[key] = value if value is not None else fresh
+        command = [sys.executable, "-m", "benchmarks.training_memory", "--worker", "--steps", str(steps),
+                   "--eval_samples", str(eval_samples)]  # fmt: skip
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{name}: the worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    stages = json.loads(lines[-1][len(MARKER) :])
+    return {"config": name, "env": {k: v or "(fresh directory)" for k, v in CONFIGS[name].items()},
+            "versions": stages[-1]["versions"], "stages": stages[:-1]}  # fmt: skip
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Memory of a training run, stage by stage",
+        "",
+        f"Rerun: `{report['command']}` ({report['date']}; {report['machine']}). The main recipe "
+        f"(SmolLM2-135M, 8-bit, lora-all, batch 8) for {report['steps']} steps, then evaluation; resident "
+        "memory (VmRSS) after each stage and its peak so far (VmHWM), MB.",
+    ]
+    for run in report["runs"]:
+        lines += ["", f"## {run['config']} {run['env'] or ''}", "", "| stage | s | RSS MB | peak MB |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"| {s['stage']} | {s['seconds']} | {s['rss_mb']:,.0f} | {s['peak_mb']:,.0f} |"
+            for s in run["stages"]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import platform
+
+    args = make_parser().parse_args(argv)
+    if args.worker:
+        print(MARKER + json.dumps(worker(args.steps, args.eval_samples)), flush=True)
+        return 0
+    report = {
+        "command": "python -m benchmarks.training_memory "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU(s), load average {os.getloadavg()[0]:.2f}",
+        "steps": args.steps,
+        "runs": [run_config(name, args.steps, args.eval_samples) for name in args.configs],
+    }
+    out = Path(args.out_dir)
+    (out / "training_memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / "training_memory.md").write_text(markdown(report), encoding="utf-8")
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
