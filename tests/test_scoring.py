@@ -141,3 +141,12 @@ def test_contextual_calibration_removes_a_constant_bias():
     calibrated = contextual_calibration(probs, torch.tensor([0.7, 0.3]))
     assert calibrated.argmax(-1).tolist() == [0, 1, 0]
     torch.testing.assert_close(calibrated.sum(-1), torch.ones(3))
+
+
+def test_predict_refuses_empty_texts(tiny_model):
+    model, tokenizer = tiny_model("gpt2")
+    clf = Classifier(model, tokenizer, LabelTask(["hate", "offensive", "neutral"]), "gpt2")
+    with pytest.raises(ValueError, match="Text 1 is empty"):
+        clf.predict(["fine", "  \n", "also fine"])
+    with pytest.raises(TypeError, match="item 0 is int"):
+        clf.predict([3])

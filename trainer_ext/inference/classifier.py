@@ -259,6 +259,10 @@ class Classifier:
 
         Returns:
             `list[Prediction]`, in input order.
+
+        Raises:
+            `ValueError`: for an empty (or whitespace-only) text, or an unknown `decoding`.
+            `TypeError`: for an item that is not a string.
         """
         if isinstance(texts, str):
             texts = [texts]
@@ -271,6 +275,12 @@ class Classifier:
         if not texts:
             return []
         encoded = self.encode(texts)
+        empty = [i for i, text in enumerate(texts) if not text.strip()]
+        if empty:
+            raise ValueError(
+                f"Text {empty[0]} is empty ({len(empty)} of {len(texts)} are): there is nothing to classify; "
+                "leave empty texts out (the label of an empty message would only be the model's prior)."
+            )
         prompts, cut = [ids for ids, _ in encoded], [flag for _, flag in encoded]
         if decoding == "generate":
             with self._compute():
