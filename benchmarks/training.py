@@ -45,6 +45,7 @@ class TrainConfig:
     trainer: str  # "ours" (LabelTrainer) or "trl" (SFTTrainer with completion_only_loss)
     precision: str  # a key of PRECISIONS
     sampling: str  # the Trainer's train_sampling_strategy: "group_by_length" or "random"
+    extra: tuple[str, ...] = ()  # more recipe arguments
 
 
 TRAIN_CONFIGS: dict[str, TrainConfig] = {
@@ -57,6 +58,8 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
     # Ablations: each trainer with the other's sampler, so the head and the batching are seen apart.
     "trl-bf16-grouped": TrainConfig("trl", "bf16", "group_by_length"),
     "ours-bf16-random": TrainConfig("ours", "bf16", "random"),
+    # Ablation: the main job without running the batch's shared prompt prefix once.
+    "ours-8bit-unshared": TrainConfig("ours", "8bit", "group_by_length", ("--share_prompt_prefix", "false")),
 }
 MAIN_JOB = "ours-8bit"
 
@@ -254,6 +257,7 @@ def train_argv(spec: dict[str, Any]) -> list[str]:
         *PRECISIONS[config.precision],
         "--train_sampling_strategy",
         config.sampling,
+        *config.extra,
         "--output_dir",
         spec["output_dir"],
         "--max_steps",
