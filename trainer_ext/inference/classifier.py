@@ -26,7 +26,7 @@ from trainer_ext.inference.scoring import (
     shared_prefix_length,
 )
 from trainer_ext.tasks import LabelTask
-from trainer_ext.training.tokenization import encode_prompts
+from trainer_ext.training.tokenization import PromptEncoder
 from trainer_ext.vocabulary import DECODINGS, is_local_path
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ class Classifier:
         self.autocast = autocast
         self._content_free: torch.Tensor | None = None
         self._scorer: LabelScorer | None = None
+        self._encoder: PromptEncoder | None = None
 
     @classmethod
     def from_pretrained(
@@ -206,7 +207,17 @@ class Classifier:
             raise TypeError(f"Texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}.")
         if self.decode_html:
             texts = [html.unescape(text) for text in texts]
-        return encode_prompts(self.tokenizer, self.task, list(texts), self.max_length, self.truncation_side)
+        encoder = self._encoder  # kept while the tokenizer, task and length settings stay the same
+        if (
+            encoder is None
+            or encoder.tokenizer is not self.tokenizer
+            or encoder.task is not self.task
+            or (encoder.max_length, encoder.truncation_side) != (self.max_length, self.truncation_side)
+        ):
+            encoder = self._encoder = PromptEncoder(
+                self.tokenizer, self.task, self.max_length, self.truncation_side
+            )
+        return encoder(texts)
 
     def _compute(self):
         """The autocast context the model computes in (the run's, see `from_pretrained`), or none."""

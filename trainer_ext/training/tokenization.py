@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from trainer_ext.tasks import LabelTask, TaskError
@@ -309,13 +309,38 @@ def encode_prompt(
     return encode_prompts(tokenizer, task, [text], max_length, truncation_side)[0][0]
 
 
+class PromptEncoder:
+    """Encodes prompts for inference with what every call shares worked out once: the tokenizer's special
+    tokens and the room the longest label completion needs. A predictor called once per message keeps one.
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`): The model's tokenizer.
+        task (`LabelTask`): Prompt template and verbalizers.
+        max_length (`int`): Maximum length of prompt + completion; only the message is shortened.
+        truncation_side (`str`, *optional*, defaults to `"right"`): What a too long message keeps.
+    """
+
+    def __init__(
+        self, tokenizer: Any, task: LabelTask, max_length: int, truncation_side: str = "right"
+    ) -> None:
+        self.tokenizer, self.task = tokenizer, task
+        self.max_length, self.truncation_side = max_length, truncation_side
+        self._encoder = _encoder(tokenizer)
+        self._reserve = max(len(self._encoder.completion(task, label)) for label in task.labels)
+
+    def __call__(self, texts: Sequence[str]) -> list[tuple[list[int], bool]]:
+        """The prompt ids of each text (see `encode_prompt`) and whether its message was shortened."""
+        return [
+            self._encoder.prompt(self.task, text, self._reserve, self.max_length, None, self.truncation_side)
+            for text in texts
+        ]
+
+
 def encode_prompts(
     tokenizer: Any, task: LabelTask, texts: list[str], max_length: int, truncation_side: str = "right"
 ) -> list[tuple[list[int], bool]]:
     """The prompt ids of each text (see `encode_prompt`) and whether its message was shortened."""
-    encoder = _encoder(tokenizer)
-    reserve = max(len(encoder.completion(task, label)) for label in task.labels)
-    return [encoder.prompt(task, text, reserve, max_length, None, truncation_side) for text in texts]
+    return PromptEncoder(tokenizer, task, max_length, truncation_side)(texts)
 
 
 def encode_dataset(
