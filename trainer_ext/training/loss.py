@@ -52,7 +52,10 @@ def _forward(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, share_p
     shared = shared_prompt_prefix(ids, mask, keep) if share_prefix else 0
     if not shared:
         return model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False)
-    prefix = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
+    # Under DistributedDataParallel the prefix goes through the wrapped module itself, so that the wrapper
+    # sees one forward per step, as it expects; the prefix's gradients reach it through the second pass.
+    inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    prefix = inner(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
     cache = prefix.past_key_values
     cache.batch_repeat_interleave(ids.shape[0])  # (1, ...) -> (B, ...); the gradient sums over rows
     positions = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)  # (B, T - K)
