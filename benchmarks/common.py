@@ -31,3 +31,27 @@ def storage_bytes(model) -> int:
         storage = tensor.untyped_storage()
         storages[storage.data_ptr()] = storage.nbytes()
     return sum(storages.values())
+
+
+def refuse_busy_machine(max_load: float, force: bool) -> bool:
+    """Print why and return True when the 1-minute load average is over `max_load` (timings would be
+    skewed by other processes), unless `force`."""
+    import sys
+
+    load = os.getloadavg()[0]
+    if load > max_load and not force:
+        print(f"error: load average {load:.2f} > --max_load {max_load}; timings would be skewed "
+              "(wait for a quiet machine, or --force).", file=sys.stderr)  # fmt: skip
+        return True
+    return False
+
+
+def write_report(out_dir: str | Path, stem: str, report: dict, markdown: str) -> None:
+    """Write `report` as `OUT_DIR/stem.json` and `markdown` as `OUT_DIR/stem.md`, and print the Markdown."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
+    print(markdown)

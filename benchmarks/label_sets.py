@@ -22,16 +22,14 @@ accuracy counts an answer that is not a label as wrong. Writes `OUT_DIR/label_se
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT
+from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, write_report
 
 LABEL_SETS: dict[str, dict[str, str]] = {  # category -> label
     "bbc": {c: c for c in ("business", "entertainment", "politics", "sport", "tech")},
@@ -149,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     load = os.getloadavg()[0]
-    if load > args.max_load and not args.force:
-        print(f"error: load average {load:.2f} > --max_load {args.max_load}; timings would be skewed "
-              "(wait for a quiet machine, or --force).", file=sys.stderr)  # fmt: skip
+    if refuse_busy_machine(args.max_load, args.force):
         return 2
     if args.run:
         clf, model = Classifier.from_pretrained(args.run), f"trained run {args.run}"
@@ -167,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size,
         "results": [measure(clf, name, args.samples, args.batch_size, args.seed) for name in args.sets],
     }
-    out = Path(args.out_dir)
-    (out / "label_sets.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "label_sets.md").write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    write_report(args.out_dir, "label_sets", report, markdown(report))
     return 0
 
 

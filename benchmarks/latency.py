@@ -23,7 +23,6 @@ Writes `OUT_DIR/latency.json` and `latency.md`. The Space's latency through its 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -32,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT
+from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, write_report
 
 SETTINGS = {"8bit": {}, "bf16": {"quantization": "none", "dtype": "bfloat16"}}
 
@@ -139,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     load = os.getloadavg()[0]
-    if load > args.max_load and not args.force:
-        print(f"error: load average {load:.2f} > --max_load {args.max_load}; timings would be skewed "
-              "(wait for a quiet machine, or --force).", file=sys.stderr)  # fmt: skip
+    if refuse_busy_machine(args.max_load, args.force):
         return 2
     if not (Path(args.run) / "task.json").is_file():
         print(f"error: {args.run} is not a run directory (no task.json); train one with `make train` "
@@ -163,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_texts": len(batch),
         "results": [measure(args.run, s, texts[: args.messages], batch) for s in args.settings],
     }
-    out = Path(args.out_dir)
-    (out / "latency.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "latency.md").write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    write_report(args.out_dir, "latency", report, markdown(report))
     return 0
 
 

@@ -26,10 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, status_kib
+from benchmarks.common import DATA_DIR, REPO_ROOT, status_kib, write_report
 
 MARKER = "MEMORY_STAGES "
 CONFIGS = {
@@ -151,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "runs": [run_config(name, args.steps, args.eval_samples) for name in args.configs],
     }
-    out = Path(args.out_dir)
-    (out / "training_memory.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "training_memory.md").write_text(markdown(report), encoding="utf-8")
-    print(markdown(report))
+    write_report(args.out_dir, "training_memory", report, markdown(report))
     return 0
 
 
