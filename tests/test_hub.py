@@ -402,7 +402,7 @@ def test_a_pushed_run_predicts_exactly_what_the_local_run_predicts(fake_hub, run
     push_run(run_dir, "alice/tiny", private=True, token=token)
     monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
-    texts = ["have a lovely day", "you are the worst", "what a match last night", ""]
+    texts = ["have a lovely day", "you are the worst", "what a match last night", "ok"]
     local = Classifier.from_pretrained(run_dir, quantization="none", device="cpu").predict(texts)
     remote = Classifier.from_pretrained("alice/tiny", quantization="none", device="cpu").predict(texts)
     assert [(p.label, p.probs) for p in remote] == [(p.label, p.probs) for p in local]
