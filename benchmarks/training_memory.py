@@ -56,8 +56,8 @@ def worker(steps: int, eval_samples: int) -> list[dict[str, Any]]:
     def mark(stage: str) -> None:
         stages.append({
             "stage": stage,
-            "rss_mb": round(status_kib("VmRSS") * 1.024, 1),
-            "peak_mb": round(status_kib("VmHWM") * 1.024, 1),
+            "rss_mb": round(status_kib("VmRSS") * 1024 / 1e6, 1),
+            "peak_mb": round(status_kib("VmHWM") * 1024 / 1e6, 1),
             "seconds": round(time.perf_counter() - started, 1),
         })  # fmt: skip
 
