@@ -55,3 +55,17 @@ def write_report(out_dir: str | Path, stem: str, report: dict, markdown: str) ->
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / f"{stem}.md").write_text(markdown, encoding="utf-8")
     print(markdown)
+
+
+def report_header(module: str, argv: list[str] | None) -> dict:
+    """What every benchmark report starts with: its rerun command, the date, the machine and its load."""
+    import platform
+    import sys
+    import time
+
+    return {
+        "command": f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
+        "load_average": os.getloadavg()[0],
+    }

@@ -22,14 +22,12 @@ accuracy counts an answer that is not a label as wrong. Writes `OUT_DIR/label_se
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import sys
 import time
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, write_report
+from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, report_header, write_report
 
 LABEL_SETS: dict[str, dict[str, str]] = {  # category -> label
     "bbc": {c: c for c in ("business", "entertainment", "politics", "sport", "tech")},
@@ -146,19 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     from trainer_ext.tasks import LabelTask
 
     args = make_parser().parse_args(argv)
-    load = os.getloadavg()[0]
     if refuse_busy_machine(args.max_load, args.force):
         return 2
+    header = report_header("label_sets", argv)  # the load before this benchmark loads anything
     if args.run:
         clf, model = Classifier.from_pretrained(args.run), f"trained run {args.run}"
     else:
         clf = Classifier.from_base(args.base_model, LabelTask(["a", "b"]), quantization=args.quantization)
         model = f"{args.base_model} ({args.quantization}), zero-shot"
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.label_sets " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
-        "load_average": load,
+        **header,
         "model": model,
         "batch_size": args.batch_size,
         "results": [measure(clf, name, args.samples, args.batch_size, args.seed) for name in args.sets],

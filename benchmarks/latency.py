@@ -23,15 +23,13 @@ Writes `OUT_DIR/latency.json` and `latency.md`. The Space's latency through its 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, write_report
+from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, report_header, write_report
 
 SETTINGS = {"8bit": {}, "bf16": {"quantization": "none", "dtype": "bfloat16"}}
 
@@ -137,7 +135,6 @@ def main(argv: list[str] | None = None) -> int:
     from trainer_ext.data import load_examples
 
     args = make_parser().parse_args(argv)
-    load = os.getloadavg()[0]
     if refuse_busy_machine(args.max_load, args.force):
         return 2
     if not (Path(args.run) / "task.json").is_file():
@@ -150,11 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     texts = [example.text for example in examples]
     batch = (texts * (args.batch_texts // len(texts) + 1))[: args.batch_texts]
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.latency " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
+        **report_header("latency", argv),
         "threads": torch.get_num_threads(),
-        "load_average": load,
         "run": args.run,
         "messages": args.messages,
         "batch_texts": len(batch),
