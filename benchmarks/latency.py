@@ -3,8 +3,9 @@
     python -m benchmarks.latency                                   # runs/moderation-lora-all, 8-bit and bf16
     python -m benchmarks.latency --run runs/imbalanced/plain-seed42 --messages 60
 
-For each weight setting (the run's 8-bit base weights with bf16 autocast, as it was evaluated, and the
-unquantized model in bf16) it times, on the same tweets of the study's eval split:
+For each weight setting (`8bit`: the run's 8-bit base weights with bf16 autocast, as it was evaluated;
+`8bit-fp32`: the same int8 weights computing in fp32; `bf16`, `fp32`: the unquantized model in that dtype)
+it times, on the same tweets of the study's eval split:
 
 - `forward`: one bare forward pass of each message's whole prompt through the same PEFT model (no cache,
   last position's logits only): the anchor, what "one forward pass" costs;
@@ -12,7 +13,8 @@ unquantized model in bf16) it times, on the same tweets of the study's eval spli
   call, so the template's KV cache and the label ids are recomputed each time (what every call cost before
   the scorer kept them);
 - `predict`: `Classifier.predict(text)` as users call it, the template's KV cache kept across calls;
-- `batch`: `Classifier.predict(texts, batch_size=16)` over all messages at once, in texts/s.
+- `batch`: `Classifier.predict(texts, batch_size=16)` over all messages at once, in texts/s, and the share
+  of its labels equal to those of the first setting measured (a dtype changes the probabilities a little).
 
 Latencies are per call, in milliseconds, after two untimed warm-up calls. Timings are only worth something
 on a quiet machine: the run is refused above a 1-minute load average of ``--max_load`` unless ``--force``.
@@ -31,7 +33,12 @@ from typing import Any
 
 from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, report_header, write_report
 
-SETTINGS = {"8bit": {}, "bf16": {"quantization": "none", "dtype": "bfloat16"}}
+SETTINGS = {
+    "8bit": {},  # as the run was evaluated: int8 base weights, bf16 autocast
+    "8bit-fp32": {"dtype": "float32"},  # int8 base weights, fp32 compute
+    "bf16": {"quantization": "none", "dtype": "bfloat16"},
+    "fp32": {"quantization": "none", "dtype": "float32"},
+}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -67,11 +74,14 @@ def _timed(call, items) -> list[float]:
     return seconds
 
 
-def measure(run: str, setting: str, texts: list[str], batch_texts: list[str]) -> dict[str, Any]:
+def measure(
+    run: str, setting: str, texts: list[str], batch_texts: list[str], reference=None
+) -> dict[str, Any]:
     """Latencies and batch throughput of one weight setting (see the module docstring)."""
     import torch
 
     from trainer_ext.inference.classifier import Classifier
+    from trainer_ext.modeling.positions import last_position
 
     clf = Classifier.from_pretrained(run, **SETTINGS[setting])
     prompts = clf.prompts(texts)
@@ -79,7 +89,8 @@ def measure(run: str, setting: str, texts: list[str], batch_texts: list[str]) ->
     @torch.no_grad()
     def forward(ids: list[int]) -> None:
         with clf._compute():
-            clf.model(input_ids=torch.tensor([ids]), logits_to_keep=1)
+            ids = torch.tensor([ids])  # (1, S)
+            clf.model(input_ids=ids, logits_to_keep=last_position(ids))
 
     def uncached(text: str) -> None:
         clf.scorer().clear()
@@ -100,8 +111,13 @@ def measure(run: str, setting: str, texts: list[str], batch_texts: list[str]) ->
     result["cached_equals_uncached"] = cached == fresh
     clf.predict(batch_texts[:16], batch_size=16)  # warm-up
     started = time.perf_counter()
-    clf.predict(batch_texts, batch_size=16)
+    labels = [p.label for p in clf.predict(batch_texts, batch_size=16)]
     result["batch_texts_per_s"] = round(len(batch_texts) / (time.perf_counter() - started), 1)
+    result["labels"] = labels
+    reference = reference or labels
+    result["label_agreement"] = round(
+        sum(a == b for a, b in zip(labels, reference, strict=True)) / len(labels), 3
+    )
     return result
 
 
@@ -116,15 +132,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"(latency in ms), and {report['batch_texts']} at once with batch size 16.",
         "",
         "| weights | prompt tokens (template prefix) | forward p50 | predict, no kept cache p50 | "
-        "predict p50 | predict p90 | batch texts/s | kept cache = fresh |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "predict p50 | predict p90 | batch texts/s | kept cache = fresh | labels as the first row |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in report["results"]:
         lines.append(
             f"| {r['setting']} | {r['prompt_tokens_mean']} ({r['template_prefix_tokens']}) | "
             f"{r['forward']['p50_ms']} | {r['predict, no kept cache']['p50_ms']} | "
             f"{r['predict']['p50_ms']} | "
-            f"{r['predict']['p90_ms']} | {r['batch_texts_per_s']} | {r['cached_equals_uncached']} |"
+            f"{r['predict']['p90_ms']} | {r['batch_texts_per_s']} | {r['cached_equals_uncached']} | "
+            f"{r['label_agreement']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -152,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         "run": args.run,
         "messages": args.messages,
         "batch_texts": len(batch),
-        "results": [measure(args.run, s, texts[: args.messages], batch) for s in args.settings],
+        "results": [],
     }
+    for setting in args.settings:
+        first = report["results"][0]["labels"] if report["results"] else None
+        report["results"].append(measure(args.run, setting, texts[: args.messages], batch, first))
     write_report(args.out_dir, "latency", report, markdown(report))
     return 0
 

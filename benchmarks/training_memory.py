@@ -6,13 +6,21 @@
 Each configuration runs the main recipe (`moderation_lora_all.yaml`, 8-bit, `lora-all`) in a fresh process,
 through the same library functions as `trainer-ext train` (`prepare_data` -> `build` -> `Trainer.train`
 -> `evaluate`), for `--steps` optimizer steps, and reads the process's resident set size (VmRSS) and its
-peak so far (VmHWM, from /proc/self/status) after each stage:
+peak so far (VmHWM, from /proc/self/status) after each stage. The batches come longest first
+(`group_by_length`), so the first step is the one with the most activations:
 
-- `cached`: the converted embedded model already in the cache (every run after the first);
+- `cached`: the recipe as shipped, the converted embedded model already in the cache (every run after the
+  first);
 - `first-run`: an empty model cache (``TRAINER_EXT_CACHE`` set to a fresh directory), so the one-time
   conversion of the packaged GGUF file is part of the run;
-- `arena2`: as `cached`, with glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``), to show how much
-  of the resident memory is allocator arenas rather than tensors.
+- `max_length256`: the recipe with its former ``max_length: 256``, which let one 203-token tweet set the
+  shape of the first batch;
+- `batch8`: the recipe's batch of 8 run at once, not as two accumulated halves of 4;
+- `checkpointing`: with ``gradient_checkpointing`` (layers recomputed in the backward pass);
+- `arena2`: glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``);
+- `mmap`: glibc's malloc serving every block over 64 KiB with its own mapping, returned on free
+  (``MALLOC_MMAP_THRESHOLD_=65536``), to show how much of the resident memory is freed memory the allocator
+  keeps rather than live tensors.
 
 Writes `OUT_DIR/training_memory.json` and `.md`. Memory in MB (10^6 bytes).
 """
@@ -31,24 +39,30 @@ from typing import Any
 from benchmarks.common import DATA_DIR, REPO_ROOT, status_kib, write_report
 
 MARKER = "MEMORY_STAGES "
-CONFIGS = {
-    "cached": {},
-    "first-run": {"TRAINER_EXT_CACHE": None},  # a fresh directory, filled in by `run_config`
-    "arena2": {"MALLOC_ARENA_MAX": "2"},
+# name -> (environment variables, recipe overrides)
+CONFIGS: dict[str, tuple[dict[str, str | None], list[str]]] = {
+    "cached": ({}, []),
+    "first-run": ({"TRAINER_EXT_CACHE": None}, []),  # a fresh directory, filled in by `run_config`
+    "max_length256": ({}, ["--max_length", "256"]),
+    "batch8": ({}, ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]),
+    "checkpointing": ({}, ["--gradient_checkpointing", "true"]),
+    "arena2": ({"MALLOC_ARENA_MAX": "2"}, []),
+    "mmap": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, []),
 }
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["cached", "first-run"], choices=list(CONFIGS))
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps of each run")
     parser.add_argument("--eval_samples", type=int, default=64, help="eval tweets decoded after training")
     parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, default=[], help=argparse.SUPPRESS)  # a JSON list
     return parser
 
 
-def worker(steps: int, eval_samples: int) -> list[dict[str, Any]]:
+def worker(steps: int, eval_samples: int, overrides: list[str]) -> list[dict[str, Any]]:
     """Run the main job's stages in this process; the resident memory after each."""
     stages: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -86,7 +100,7 @@ def worker(steps: int, eval_samples: int) -> list[dict[str, Any]]:
     recipe = parse_recipe([
         "--config", str(config_path("recipes/moderation_lora_all.yaml")), "--data_dir", str(DATA_DIR),
         "--output_dir", output, "--max_steps", str(steps), "--report_to", "none", "--disable_tqdm", "true",
-        "--eval_samples", str(eval_samples),
+        "--eval_samples", str(eval_samples), *overrides,
     ])  # fmt: skip
     data = prepare_data(recipe)
     mark("data read and checked")
@@ -103,17 +117,19 @@ def worker(steps: int, eval_samples: int) -> list[dict[str, Any]]:
 
 def run_config(name: str, steps: int, eval_samples: int) -> dict[str, Any]:
     env = dict(os.environ)
+    variables, overrides = CONFIGS[name]
     with tempfile.TemporaryDirectory(prefix="memory-cache-") as fresh:
-        for key, value in CONFIGS[name].items():
+        for key, value in variables.items():
             env[key] = value if value is not None else fresh
         command = [sys.executable, "-m", "benchmarks.training_memory", "--worker", "--steps", str(steps),
-                   "--eval_samples", str(eval_samples)]  # fmt: skip
+                   "--eval_samples", str(eval_samples), f"--overrides={json.dumps(overrides)}"]  # fmt: skip
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{name}: the worker failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     stages = json.loads(lines[-1][len(MARKER) :])
-    return {"config": name, "env": {k: v or "(fresh directory)" for k, v in CONFIGS[name].items()},
+    return {"config": name, "env": {k: v or "(fresh directory)" for k, v in variables.items()},
+            "overrides": overrides,
             "versions": stages[-1]["versions"], "stages": stages[:-1]}  # fmt: skip
 
 
@@ -122,11 +138,12 @@ def markdown(report: dict[str, Any]) -> str:
         "# Memory of a training run, stage by stage",
         "",
         f"Rerun: `{report['command']}` ({report['date']}; {report['machine']}). The main recipe "
-        f"(SmolLM2-135M, 8-bit, lora-all, batch 8) for {report['steps']} steps, then evaluation; resident "
-        "memory (VmRSS) after each stage and its peak so far (VmHWM), MB.",
+        f"(SmolLM2-135M, 8-bit, lora-all, batch 8 as 2 x 4) for {report['steps']} steps, then evaluation; "
+        "resident memory (VmRSS) after each stage and its peak so far (VmHWM), MB.",
     ]
     for run in report["runs"]:
-        lines += ["", f"## {run['config']} {run['env'] or ''}", "", "| stage | s | RSS MB | peak MB |",
+        changes = " ".join([*(f"{k}={v}" for k, v in run["env"].items()), *run.get("overrides", [])])
+        lines += ["", f"## {run['config']} {changes}", "", "| stage | s | RSS MB | peak MB |",
                   "|---|---:|---:|---:|"]  # fmt: skip
         lines += [
             f"| {s['stage']} | {s['seconds']} | {s['rss_mb']:,.0f} | {s['peak_mb']:,.0f} |"
@@ -140,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     if args.worker:
-        print(MARKER + json.dumps(worker(args.steps, args.eval_samples)), flush=True)
+        print(MARKER + json.dumps(worker(args.steps, args.eval_samples, args.overrides)), flush=True)
         return 0
     report = {
         "command": "python -m benchmarks.training_memory "

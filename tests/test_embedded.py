@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from trainer_ext.modeling import embedded
 from trainer_ext.modeling.embedded import (
@@ -86,7 +87,8 @@ def fake_source(monkeypatch, tmp_path):
     def convert(name, src, out_dir):
         calls.append(out_dir)
         (out_dir / "config.json").write_text(json.dumps({"converted_from": src.read_text()}))
-        embedded._write_marker(out_dir, embedded._source_signature(src, with_hash=True))
+        marker = embedded._source_signature(src, with_hash=True)
+        embedded._write_marker(out_dir, {**marker, "dtype": embedded.CACHE_DTYPE})
 
     monkeypatch.setenv("TRAINER_EXT_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(embedded, "gguf_path", lambda name: source)
@@ -125,6 +127,18 @@ def test_a_touched_but_identical_source_is_not_reconverted(fake_source):
     assert json.loads((path / MARKER_FILE).read_text())["mtime_ns"] == source.stat().st_mtime_ns
 
 
+def test_a_cache_in_another_dtype_is_reconverted(fake_source):
+    # Caches written before the bf16 format carry no dtype (they held fp32 weights).
+    source, calls = fake_source
+    path = Path(resolve_model_path("smollm2-135m"))
+    marker = json.loads((path / MARKER_FILE).read_text())
+    del marker["dtype"]
+    embedded._write_marker(path, marker)
+    resolve_model_path("smollm2-135m")
+    assert len(calls) == 2
+    assert json.loads((path / MARKER_FILE).read_text())["dtype"] == "bfloat16"
+
+
 def test_two_processes_converting_at_once_convert_once(tmp_path):
     source = tmp_path / "model.gguf"
     source.write_bytes(b"weights")
@@ -140,7 +154,8 @@ def test_two_processes_converting_at_once_convert_once(tmp_path):
                 handle.write("converted\\n")
             time.sleep(1.0)  # long enough for the other process to reach the lock
             (out_dir / "config.json").write_text("{{}}")
-            embedded._write_marker(out_dir, embedded._source_signature(src, with_hash=True))
+            marker = embedded._source_signature(src, with_hash=True)
+            embedded._write_marker(out_dir, {{**marker, "dtype": embedded.CACHE_DTYPE}})
 
         embedded.gguf_path = lambda name: Path({str(source)!r})
         embedded._convert = convert
@@ -169,6 +184,10 @@ def test_real_conversion_is_a_regular_checkpoint(smollm2_path):
     marker = json.loads((path / MARKER_FILE).read_text())
     source = gguf_path("smollm2-135m")
     assert (marker["file"], marker["size"]) == (source.name, source.stat().st_size)
+    assert marker["dtype"] == "bfloat16"
+    with safe_open(str(path / "model.safetensors"), framework="pt") as handle:
+        dtypes = {handle.get_slice(key).get_dtype() for key in handle.keys()}  # noqa: SIM118 (not a dict)
+    assert dtypes == {"BF16"}
 
 
 def test_the_weights_used_are_logged_once(smollm2_path, monkeypatch, caplog):

@@ -150,3 +150,38 @@ def test_predict_refuses_empty_texts(tiny_model):
         clf.predict(["fine", "  \n", "also fine"])
     with pytest.raises(TypeError, match="item 0 is int"):
         clf.predict([3])
+
+
+def _head_inputs(model) -> tuple[list[torch.Tensor], object]:
+    """Every input the LM head receives, recorded by a forward pre-hook; returns (inputs, handle)."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    return seen, handle
+
+
+def _plain_strides(x: torch.Tensor) -> bool:
+    """Strides of a freshly allocated tensor of this shape (a sliced view of one row is `is_contiguous()`
+    too, yet sends the matmul down a slow path)."""
+    return x.stride() == torch.empty(x.shape).stride()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_lm_head_reads_contiguous_rows_when_scoring_and_in_the_loss(tiny_model, arch):
+    """The head is fed gathered rows, never a strided slice of the hidden states (`modeling.positions`)."""
+    from trainer_ext.training.collator import LabelCollator
+    from trainer_ext.training.loss import completion_loss
+    from trainer_ext.training.tokenization import encode_example
+
+    model, tokenizer = tiny_model(arch)
+    task = LabelTask(["hate", "offensive", "neutral"])
+    seen, handle = _head_inputs(model)
+    try:
+        prompts = [encode_prompt(tokenizer, task, text, max_length=128) for text in TEXTS]
+        for batch_size in (1, 3):
+            score_labels(model, tokenizer, task, prompts, batch_size=batch_size)
+        samples = [encode_example(tokenizer, task, text, "hate", 128) for text in TEXTS]
+        completion_loss(model, LabelCollator(tokenizer)(samples), share_prefix=True)
+    finally:
+        handle.remove()
+    assert len(seen) > 4
+    assert all(_plain_strides(x) for x in seen), [(tuple(x.shape), x.stride()) for x in seen]

@@ -258,3 +258,60 @@ def test_norms_method_trains_an_8bit_model(tiny_model_dir, tmp_path):
     ).train()
     after = dict(loaded.model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+
+
+def _saved_bytes_and_grads(run):
+    """Run `run()` -> `(loss, model)` and backward: the bytes of the distinct storages autograd kept for
+    the backward pass (activations and casts; the int8 weights held by every run are left out), the loss
+    and the gradients of the trainable parameters."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.dtype != torch.int8:
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss, model = run()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values()), loss.detach(), grads
+
+
+def test_bf16_loss_reads_adapter_inputs_without_fp32_copies(tiny_model_dir, tmp_path):
+    """bf16 autocast with PEFT's input casts off: the loss and gradients of PEFT's own casts, bit for bit,
+    with fewer bytes kept for the backward pass (no fp32 copy of each adapter's input)."""
+    from trainer_ext.modeling.loading import load_model
+    from trainer_ext.modeling.settings import LoraSettings
+
+    lora = LoraSettings(method="lora-all", lora_dropout=0.0)
+    loaded = load_model(str(tiny_model_dir("llama")), quantization="8bit", lora=lora, dtype="bfloat16")
+    model, tokenizer = loaded.model, loaded.tokenizer
+    torch.manual_seed(0)
+    with torch.no_grad():  # adapters that change the output, so that the forward pass is compared too
+        for name, param in model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.normal_(std=0.02)
+    args = LabelTrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, disable_tqdm=True)
+    trainer = LabelTrainer(model=model, args=args, task=TASK, processing_class=tokenizer)
+    samples = [encode_example(tokenizer, TASK, ex.text, ex.label, 64) for ex in _examples(2)]
+    batch = LabelCollator(tokenizer)(samples)
+    model.train()
+
+    def with_peft_casts():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return completion_loss(model, batch, share_prefix=True)[0], model
+
+    def ours():
+        return trainer.compute_loss(model, batch), model
+
+    ref_bytes, ref_loss, ref_grads = _saved_bytes_and_grads(with_peft_casts)
+    our_bytes, our_loss, our_grads = _saved_bytes_and_grads(ours)
+    assert torch.equal(our_loss, ref_loss)
+    assert ref_grads.keys() == our_grads.keys() and ref_grads
+    assert all(torch.equal(our_grads[n], ref_grads[n]) for n in ref_grads)
+    assert our_bytes < ref_bytes, (our_bytes, ref_bytes)
+    # The casts are back on afterwards (inference without autocast needs them).
+    assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainer_ext.modeling.positions import last_position
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import label_token_ids
 
@@ -93,7 +94,7 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
 def _prefix_cache(model, prefix: Sequence[int], device):
     """The KV cache of `prefix` (batch 1), computed once and copied into every batch."""
     ids = torch.tensor([list(prefix)], dtype=torch.long, device=device)  # (1, K)
-    return model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    return model(input_ids=ids, use_cache=True, logits_to_keep=last_position(ids)).past_key_values
 
 
 def _batch_inputs(prompts, pad_id, device, prefix=None):
@@ -196,7 +197,7 @@ def _score_batch(model, prompts, grid, grid_mask, pad_id, prefix=None) -> torch.
         position_ids=positions,
         past_key_values=cache,
         use_cache=True,
-        logits_to_keep=1,
+        logits_to_keep=last_position(ids),
     )
     logits = out.logits[:, -1]  # (B, V)
     # log p(first label token | prompt), (B, L)

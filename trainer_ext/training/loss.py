@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer_ext.modeling.positions import last_position
 from trainer_ext.training.tokenization import IGNORE_INDEX
 
 # A shared run of fewer ids saves less than its extra forward call costs.
@@ -55,7 +56,8 @@ def _forward(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, share_p
     # Under DistributedDataParallel the prefix goes through the wrapped module itself, so that the wrapper
     # sees one forward per step, as it expects; the prefix's gradients reach it through the second pass.
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-    prefix = inner(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
+    prefix_ids = ids[:1, :shared]  # (1, K); its one logit row is not used
+    prefix = inner(input_ids=prefix_ids, use_cache=True, logits_to_keep=last_position(prefix_ids))
     cache = prefix.past_key_values
     cache.batch_repeat_interleave(ids.shape[0])  # (1, ...) -> (B, ...); the gradient sums over rows
     positions = torch.arange(shared, ids.shape[1], device=ids.device).expand(ids.shape[0], -1)  # (B, T - K)
