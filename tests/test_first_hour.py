@@ -95,6 +95,9 @@ def _csv(path: Path, text: str) -> str:
     return str(path)
 
 
+TWO_CLASSES = "text,label\n" + "fine,good\nbad,bad\n" * 6
+
+
 @pytest.mark.parametrize(
     ("files", "extra", "message"),
     [
@@ -105,7 +108,34 @@ def _csv(path: Path, text: str) -> str:
             ["--eval_file", "nope.csv"],
             "eval_file '/.*/nope.csv' does not exist",
         ),
-        ({"t.csv": "text,sentiment\nfine,good\n"}, [], r"t.csv:row 1 \(line 2\): no label in column 'label'"),
+        ({"t.csv": "text,sentiment\nfine,good\n"}, [], r"t.csv: no row has a label in column 'label'"),
+        (
+            {"t.csv": "text,label\nfine,good\nbad,\n"},
+            [],
+            r"t.csv:row 2 \(line 3\): no label in column 'label'",
+        ),
+        ({"t.csv": TWO_CLASSES}, ["--tune_decision_bias", "true"], "tune_decision_bias needs a dev set"),
+        (
+            {"t.csv": TWO_CLASSES},
+            ["--metric_for_best_model", "f1_mixed"],
+            r"metric_for_best_model 'f1_mixed' is not a metric of this task; choose loss or one of accuracy",
+        ),
+        (
+            {"t.csv": TWO_CLASSES},
+            ["--class_weights", '{"good": 1, "mixed": 2, "bad": 1}'],
+            r"class_weights: \['mixed'\] are not labels of the task; give one weight",
+        ),
+        ({"t.csv": TWO_CLASSES}, ["--learning_rate", "-1"], "learning_rate must be positive, got -1"),
+        (
+            {"t.csv": TWO_CLASSES},
+            ["--distractors", "3", "--distractor_pool", "cars", "food", "Cars"],
+            "distractors=3 but the pool has only 2 labels",
+        ),
+        (
+            {"t.csv": TWO_CLASSES + "meh,mixed\n"},
+            [],
+            r"label 'mixed' is not .* a class with a single row .* give every class 2 rows or more",
+        ),
         (
             {"t.csv": "text,label\nfine,good\nbad,neutral\n"},
             ["--labels", "good", "bad"],

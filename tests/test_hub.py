@@ -417,3 +417,13 @@ def test_a_pushed_run_predicts_exactly_what_the_local_run_predicts(fake_hub, run
 def test_a_missing_card_template_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"Card template .*nowhere\.md not found; pass template_path"):
         render_model_card(_card_dir(tmp_path), template_path=tmp_path / "nowhere.md")
+
+
+def test_a_mistyped_local_path_read_as_a_hub_id_is_pointed_out(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    hint = r"If you meant a local directory: '.*/runs/nope' does not exist \(though 'runs' does\); check"
+    with pytest.raises(HubError, match=hint):
+        download_model_dir("runs/nope", cache_dir=tmp_path / "cache")

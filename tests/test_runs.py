@@ -94,3 +94,29 @@ def test_a_moved_base_model_is_named_and_can_be_pointed_to(trained, tmp_path):
         Classifier.from_pretrained(moved_run)
     clf = Classifier.from_pretrained(moved_run, base_model=str(work / "tiny-model"))
     assert clf.predict(["what a lovely day"])[0].label in ("negative", "positive")
+
+
+def test_a_run_saved_over_an_earlier_one_leaves_no_stale_weights(trained, tmp_path, caplog):
+    """An adapter left by an earlier LoRA run in the same directory would be loaded instead of the new
+    run's `norms` weights: saving removes it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer_ext.runs.directory import ADAPTER_FILES, TRAINED_WEIGHTS, save_run
+    from trainer_ext.tasks import LabelTask
+
+    work, run = trained
+    reused = tmp_path / "run"
+    shutil.copytree(run, reused)
+    assert all((reused / name).is_file() for name in ADAPTER_FILES)
+    model = AutoModelForCausalLM.from_pretrained(work / "tiny-model")
+    for param in model.parameters():
+        param.requires_grad_(param.ndim == 1)  # the `norms` method trains the 1-D weights
+    info = RunInfo.load(reused)
+    info.method = "norms"
+    with caplog.at_level("WARNING", logger="trainer_ext.runs.directory"):
+        tokenizer = AutoTokenizer.from_pretrained(work / "tiny-model")
+        save_run(reused, model, tokenizer, LabelTask.load(reused), info)
+    assert not any((reused / name).exists() for name in ADAPTER_FILES)
+    assert (reused / TRAINED_WEIGHTS).is_file()
+    assert "Removing adapter_model.safetensors" in caplog.text
+    assert not hasattr(Classifier.from_pretrained(reused).model, "peft_config")

@@ -119,3 +119,18 @@ def test_bad_variation_is_refused(kwargs, message):
         PromptVariation.from_dict({"shuffle": True})
     with pytest.raises(TaskError, match="distractors must be"):
         TaskSettings(labels=LABELS, distractors=-2)
+
+
+def test_pool_entries_count_once_and_unused_options_are_warned_about(caplog):
+    variation = PromptVariation(distractors=2, distractor_pool=["cars", "Cars", "food", " food ", "art"])
+    assert variation.distractor_pool == ["cars", "food", "art"]
+    with caplog.at_level("WARNING", logger="trainer_ext.tasks.variation"):
+        LabelTask.from_settings(TaskSettings(labels=LABELS, prompt_style="raw", shuffle_labels=True))
+        LabelTask.from_settings(TaskSettings(labels=LABELS, prompt_style="raw", paraphrase_instruction=True))
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert "shuffle_labels/distractors (the prompt does not list the labels)" in messages
+    assert "paraphrase_instruction (only the built-in instruction prompt" in messages
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="trainer_ext.tasks.variation"):
+        LabelTask.from_settings(TaskSettings(labels=LABELS, shuffle_labels=True, paraphrase_instruction=True))
+    assert not caplog.records  # the built-in instruction prompt lists the labels and is paraphrased

@@ -12,6 +12,7 @@ from trainer_ext.runs.info import RunDirError
 from trainer_ext.tasks import TaskError
 from trainer_ext.training.recipe import RecipeError
 from trainer_ext.training.tokenization import EncodingError
+from trainer_ext.training.weights import WeightsError
 
 #: Every user-caused error class; each one's message says what is wrong, where, and what to do. `OSError`
 #: (a path that cannot be read or written) is printed as its one-line message too.
@@ -27,4 +28,5 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     RecipeError,
     RunDirError,
     TaskError,
+    WeightsError,
 )

@@ -142,6 +142,11 @@ def _read(
     )
     if not examples:
         raise DataError(f"{source}: no data rows (only a header?); add labelled rows below the header.")
+    if all(example.label is None for example in examples):
+        raise DataError(
+            f"{source}: no row has a label in column {settings.label_column!r} (is that the name of the "
+            "label column?); set label_column to the column that holds the labels."
+        )
     unlabelled = next((example for example in examples if example.label is None), None)
     if unlabelled is not None:
         raise DataError(

@@ -113,6 +113,16 @@ def classification_metrics(
     return LabelMetric().compute(predictions=cleaned, references=list(references), labels=list(labels))
 
 
+def selection_metrics(labels: Sequence[str]) -> list[str]:
+    """The label metrics a model can be selected on (``metric_for_best_model``), higher is better.
+
+    >>> selection_metrics(["a", "b"])[:4]
+    ['accuracy', 'macro_f1', 'precision_a', 'recall_a']
+    """
+    per_class = [f"{kind}_{label}" for label in labels for kind in ("precision", "recall", "f1")]
+    return ["accuracy", "macro_f1", *per_class]
+
+
 def flat_metrics(scores: dict[str, Any], prefix: str = "eval_") -> dict[str, float]:
     """The scalar entries of `classification_metrics` with a prefix, for logs and `metrics.json`."""
     return {f"{prefix}{key}": value for key, value in scores.items() if isinstance(value, (int, float))}

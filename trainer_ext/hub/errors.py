@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 from huggingface_hub import constants, get_token
 from huggingface_hub.errors import (
@@ -71,7 +72,7 @@ def hub_errors(
     except RepositoryNotFoundError as err:
         message = (
             f"Cannot {what} {repo_id}: repository not found on {endpoint}. Check the repo id; if it is "
-            f"private, {token_help}."
+            f"private, {token_help}.{_local_hint(repo_id)}"
         )
         raise HubError(message) from err
     except (
@@ -83,6 +84,7 @@ def hub_errors(
         message = (
             f"Cannot {what} {repo_id}: the Hub at {endpoint} cannot be reached and no cached copy fits "
             f"({type(err).__name__}). Check the network connection, HF_ENDPOINT and HF_HUB_OFFLINE."
+            f"{_local_hint(repo_id)}"
         )
         raise HubError(message) from err
     except HfHubHTTPError as err:
@@ -91,6 +93,17 @@ def hub_errors(
         if "Invalid metadata in README.md" not in str(err):
             raise
         raise HubError(f"The Hub rejected the card of {repo_id}: {_scrub(str(err), token)}") from err
+
+
+def _local_hint(repo_id: str) -> str:
+    """A hint for a mistyped local path read as a Hub id (``runs/nope`` when ``runs/`` exists)."""
+    head = str(repo_id).split("/", 1)[0]
+    if "/" not in str(repo_id) or not Path(head).is_dir():
+        return ""
+    return (
+        f" If you meant a local directory: {str(Path(repo_id).absolute())!r} does not exist (though "
+        f"{head!r} does); check the path, or write it as ./{repo_id}."
+    )
 
 
 def _token_source(token: str | None) -> str:

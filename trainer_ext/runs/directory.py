@@ -31,6 +31,7 @@ from trainer_ext.vocabulary import is_local_path
 logger = logging.getLogger(__name__)
 
 TRAINED_WEIGHTS = "trained_weights.safetensors"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # PEFT's, for the LoRA methods
 PICKLED_WEIGHTS = ("adapter_model.bin", "pytorch_model.bin", "trained_weights.bin")
 
 
@@ -77,6 +78,13 @@ def save_run(output_dir: str | Path, model, tokenizer, task: LabelTask, info: Ru
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    # Weights of the other format, left by an earlier run in this directory, would be loaded instead.
+    stale = [TRAINED_WEIGHTS] if hasattr(model, "peft_config") else list(ADAPTER_FILES)
+    stale += [TRAINED_WEIGHTS] if info.method == "none" else []
+    for name in stale:
+        if (output_dir / name).is_file():
+            logger.warning("Removing %s left in %s by an earlier run.", name, output_dir)
+            (output_dir / name).unlink()
     if hasattr(model, "peft_config"):
         model.save_pretrained(output_dir, safe_serialization=True)
     elif info.method != "none":

@@ -316,6 +316,8 @@ class LabelTask:
             template,
             training_variation=settings.variation(),
         )
+        if task.training_variation.active:
+            task.training_variation.check(template, task.labels)  # now, not after the model has loaded
         if settings.shots:
             if shot_examples is None:
                 raise TaskError(

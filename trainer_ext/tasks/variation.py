@@ -19,11 +19,14 @@ All off by default; evaluation and prediction always use the task's own prompt. 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from trainer_ext.tasks.templates import INSTRUCTION_TEMPLATE, LABEL_LIST_SEPARATOR, TaskError
+
+logger = logging.getLogger(__name__)
 
 #: The instruction header's sentence in other words; each keeps `{labels}`.
 INSTRUCTION_PARAPHRASES = (
@@ -62,7 +65,9 @@ class PromptVariation:
     paraphrase: bool = False
 
     def __post_init__(self) -> None:
-        self.distractor_pool = [str(label).strip() for label in self.distractor_pool if str(label).strip()]
+        pool = [str(label).strip() for label in self.distractor_pool if str(label).strip()]
+        self.distractor_pool = [label for n, label in enumerate(pool) if label.casefold() not in
+                                {earlier.casefold() for earlier in pool[:n]}]  # each label once  # fmt: skip
         if self.distractors < 0:
             raise TaskError(f"distractors must be >= 0, got {self.distractors}.")
         bad = [label for label in self.distractor_pool if LABEL_LIST_SEPARATOR.strip() in label]
@@ -73,6 +78,32 @@ class PromptVariation:
     def active(self) -> bool:
         """Whether any training prompt differs from the task's own."""
         return self.shuffle_labels or self.distractors > 0 or self.paraphrase
+
+    def _pool_for(self, labels: list[str]) -> list[str]:
+        """The distractors that can go with `labels`: the pool without the task's labels (any case)."""
+        taken = {label.casefold() for label in labels}
+        pool = [label for label in self.distractor_pool if label.casefold() not in taken]
+        if len(pool) < self.distractors:
+            raise TaskError(
+                f"distractors={self.distractors} but the pool has only {len(pool)} labels that are not "
+                "labels of the task; add to distractor_pool or lower distractors."
+            )
+        return pool
+
+    def check(self, template: str, labels: list[str]) -> None:
+        """Refuse a pool too small for `labels`, and warn about options `template` leaves without effect.
+
+        Raises:
+            `TaskError`: when the pool, without the task's labels, has fewer labels than `distractors`.
+        """
+        self._pool_for(labels)
+        unused = []
+        if (self.shuffle_labels or self.distractors) and "{labels}" not in template:
+            unused.append("shuffle_labels/distractors (the prompt does not list the labels)")
+        if self.paraphrase and template != INSTRUCTION_TEMPLATE:
+            unused.append("paraphrase_instruction (only the built-in instruction prompt is paraphrased)")
+        for what in unused:
+            logger.warning("Training prompt variation without effect: %s.", what)
 
     def template(self, template: str, labels: list[str], rng: random.Random) -> str:
         """One training template: `template` with its `{labels}` list (and wording) drawn from `rng`.
@@ -92,14 +123,7 @@ class PromptVariation:
         if self.shuffle_labels:
             rng.shuffle(listing)
         if self.distractors:
-            taken = {label.casefold() for label in labels}
-            pool = [label for label in self.distractor_pool if label.casefold() not in taken]
-            if len(pool) < self.distractors:
-                raise TaskError(
-                    f"distractors={self.distractors} but the pool has only {len(pool)} labels that are not "
-                    "labels of the task; add to distractor_pool or lower distractors."
-                )
-            for extra in rng.sample(pool, self.distractors):
+            for extra in rng.sample(self._pool_for(labels), self.distractors):
                 listing.insert(rng.randrange(len(listing) + 1), extra)
         if self.paraphrase and template == INSTRUCTION_TEMPLATE:
             header = INSTRUCTION_PARAPHRASES[0]

@@ -37,6 +37,7 @@ class PreparedData:
         task (`LabelTask`): The task, its labels given by the recipe or found in the training data.
         dev (`list[Example]`, *optional*): The dev set carved out of the training data (`validation_split`).
         report (`DataReport`, *optional*): Counts, missing labels and duplicates of the splits.
+        class_weights (`dict[str, float]`, *optional*): The loss weight of each label (`class_weights`).
     """
 
     train: list[Example]
@@ -44,6 +45,7 @@ class PreparedData:
     task: LabelTask
     dev: list[Example] | None = None
     report: DataReport | None = None
+    class_weights: dict[str, float] | None = None
 
     def splits(self) -> dict[str, list[Example]]:
         """The splits by name: ``train``, ``dev`` (when there is one), ``eval``."""
@@ -85,7 +87,16 @@ def prepare_data(recipe: Recipe) -> PreparedData:
             f"The task has one label ({labels}): a classifier needs at least two; add rows of the other "
             "classes, or set labels."
         )
-    evaluation = load_split(settings, "eval", labels=labels)
+    try:
+        evaluation = load_split(settings, "eval", labels=labels)
+    except DataError as error:
+        if recipe.task.labels:
+            raise
+        raise DataError(
+            f"{error} The labels were taken from the training rows ({labels}); a class with a single row "
+            "can end up only in the held-out evaluation rows: give every class 2 rows or more, or set labels."
+        ) from None
+    _check_options(recipe, labels)
     dev = None
     if settings.validation_split:
         train, dev = split_dev(train, settings.validation_split, settings.sample_seed)
@@ -93,6 +104,7 @@ def prepare_data(recipe: Recipe) -> PreparedData:
         dataclasses.replace(recipe.task, labels=labels), shot_examples=train, seed=settings.sample_seed
     )
     data = PreparedData(train, evaluation, task, dev)
+    data.class_weights = class_weights(train, labels, recipe.training.class_weights)  # checked now
     data.report = build_report(data.splits(), labels)
     if settings.drop_eval_duplicates:
         before = len(data.eval) + len(data.dev or [])
@@ -103,6 +115,31 @@ def prepare_data(recipe: Recipe) -> PreparedData:
             raise DataError("Every evaluation row repeats a training text; nothing is left to evaluate.")
     data.report.log()
     return data
+
+
+def _check_options(recipe: Recipe, labels: list[str]) -> None:
+    """Refuse option combinations that would fail after training, and warn about a reused run directory."""
+    from pathlib import Path
+
+    from trainer_ext.evaluation.metrics import selection_metrics
+
+    args = recipe.training
+    if args.tune_decision_bias and not recipe.data.validation_split:
+        raise DataError("tune_decision_bias needs a dev set: set validation_split (e.g. 0.1).")
+    metric = args.metric_for_best_model
+    known = selection_metrics(labels)
+    if metric and metric.removeprefix("eval_") not in ("loss", *known):
+        raise DataError(
+            f"metric_for_best_model {metric!r} is not a metric of this task; choose loss or one of "
+            f"{', '.join(known)}."
+        )
+    output = Path(args.output_dir)
+    if (output / "run.json").is_file() and not args.resume_from_checkpoint:
+        logger.warning(
+            "output_dir %s already holds a run: its weights, task, metrics and predictions will be replaced "
+            "when this run ends.",
+            output,
+        )
 
 
 def _early_stopping(recipe: Recipe) -> list:
@@ -143,7 +180,9 @@ def build(recipe: Recipe, data: PreparedData | None = None):
         gradient_checkpointing=recipe.training.gradient_checkpointing,
     )
     length = (recipe.task.max_length, recipe.task.truncation_side)
-    weights = class_weights(data.train, data.task.labels, recipe.training.class_weights)
+    weights = data.class_weights
+    if weights is None:
+        weights = class_weights(data.train, data.task.labels, recipe.training.class_weights)
     if weights:
         logger.info("Class weights of the loss (mean 1 over the training rows): %s", weights)
     if data.task.training_variation.active:

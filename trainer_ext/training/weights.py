@@ -86,9 +86,10 @@ def class_weights(
         unknown = sorted(set(spec) - set(labels))
         missing = [label for label in labels if label not in spec]
         if unknown or missing:
+            problems = [f"{unknown} are not labels of the task"] if unknown else []
+            problems += [f"{missing} have no weight"] if missing else []
             raise WeightsError(
-                f"class_weights: labels {unknown} are not the task's and {missing} have no weight; give one "
-                f"weight for each of {list(labels)}."
+                f"class_weights: {' and '.join(problems)}; give one weight for each of {list(labels)}."
             )
         raw = dict(spec)
     total = sum(raw.get(str(example.label), 0.0) for example in examples)
