@@ -289,7 +289,8 @@ def write_markdown(path: str | Path, report: dict[str, Any]) -> Path:
         f"Main job: recipe `{Path(report['recipe']).name}`"
         + (f" with `{' '.join(report['recipe_overrides'])}`" if report["recipe_overrides"] else "")
         + f", model `{report['model']}`, {report['method']} r={report['lora_r']} "
-        f"alpha={report['lora_alpha']}, batch {report['batch_size']}, optimizer `{report['optimizer']}`; "
+        f"alpha={report['lora_alpha']}, batch {report['batch_size']} (accumulated over "
+        f"{report.get('gradient_accumulation_steps', 1)}), optimizer `{report['optimizer']}`; "
         f"{report['warmup_steps']} warm-up + {report['steps']} timed optimizer steps per configuration.",
         "",
         "## Summary",

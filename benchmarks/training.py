@@ -274,16 +274,21 @@ def train_argv(spec: dict[str, Any]) -> list[str]:
 
 
 def _timed_figures(
-    clock: StepClock, batches: Sequence[dict[str, int]], warmup: int, steps: int
+    clock: StepClock, batches: Sequence[dict[str, int]], warmup: int, steps: int, accumulation: int = 1
 ) -> dict[str, Any]:
-    """Throughput of the steps after the warm-up: step i used batch i (batches are built in step order)."""
-    timed = batches[warmup : warmup + steps]
+    """Throughput of the steps after the warm-up: step i used batches i * accumulation to (i + 1) *
+    accumulation - 1 (batches are built in step order). Per-batch figures are per optimizer step."""
+    timed = batches[warmup * accumulation : (warmup + steps) * accumulation]
     start, end = clock.snapshots[warmup - 1], clock.snapshots[warmup + steps - 1]
     seconds = end[0] - start[0]
     total = {
         key: sum(b[key] for b in timed) for key in ("rows", "padded_tokens", "real_tokens", "loss_tokens")
     }
-    warm_padded = sum(b["padded_tokens"] for b in batches[:warmup])
+    timed = [
+        {key: sum(b[key] for b in timed[i : i + accumulation]) for key in total}
+        for i in range(0, len(timed), accumulation)
+    ]  # one entry per optimizer step
+    warm_padded = sum(b["padded_tokens"] for b in batches[: warmup * accumulation])
     flops = clock.warmup_flops / warm_padded * total["padded_tokens"]
     return {
         "timed_steps": len(timed),
@@ -335,7 +340,8 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     trainer.train()
     peak_added = status_kib("VmHWM") * 1024 - rss_before
     weights = storage_bytes(trainer.model)
-    figures = _timed_figures(clock, recorder.batches, spec["warmup_steps"], spec["steps"])
+    accumulation = trainer.args.gradient_accumulation_steps
+    figures = _timed_figures(clock, recorder.batches, spec["warmup_steps"], spec["steps"], accumulation)
     return {
         **figures,
         "dtype": str(loaded.dtype).removeprefix("torch."),

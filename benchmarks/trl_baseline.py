@@ -47,6 +47,7 @@ def build_trl_trainer(recipe):
         completion_only_loss=True,
         max_length=recipe.task.max_length,
         per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_steps=args.max_steps,
         learning_rate=args.learning_rate,
         lr_scheduler_type=args.lr_scheduler_type,

@@ -194,3 +194,21 @@ def test_markdown_report_has_every_table_and_marks_failed_and_busy_runs(tmp_path
     assert "the run was forced and its timings are not reliable" in text
     assert "[memory.md](memory.md)" in text
     assert "trl-8bit-grouped / ours-8bit: yes, trl-bf16-grouped / ours-bf16: no." in text
+
+
+def test_timed_figures_count_every_accumulated_batch_of_a_step():
+    """With gradient accumulation an optimizer step uses several batches: all of their rows count."""
+    from types import SimpleNamespace
+
+    from benchmarks.training import _timed_figures
+
+    batch = {"rows": 4, "padded_tokens": 40, "real_tokens": 30, "loss_tokens": 8}
+    clock = SimpleNamespace(
+        snapshots=[(float(t), None, 0.0) for t in range(4)],  # one per optimizer step, 1 s apart
+        warmup_flops=1e9,
+    )
+    figures = _timed_figures(clock, [batch] * 8, warmup=1, steps=3, accumulation=2)
+    assert figures["timed_steps"] == 3 and figures["seconds_per_step"] == 1.0
+    assert figures["samples_per_second"] == 8.0  # 2 batches of 4 rows per step
+    assert figures["mean_real_tokens_per_batch"] == 60.0  # per optimizer step
+    assert figures["batch_real_tokens"] == [60, 60, 60]

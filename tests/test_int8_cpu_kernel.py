@@ -203,3 +203,21 @@ def test_tiny_llama_lora_trains_the_same_through_the_kernel(monkeypatch, kernel_
         scale = dequantize_grads[name].abs().max().item()
         # bf16 differences in the forward pass compound over the layers: a looser bound than per layer.
         torch.testing.assert_close(grad.float(), dequantize_grads[name].float(), rtol=0.05, atol=0.05 * scale)
+
+
+def test_released_checkpoint_pages_keep_the_model_as_it_was(tiny_model_dir):
+    """`release_checkpoint_pages` copies the floating-point tensors only (the int8 ones stay where they
+    are), keeps tied weights tied and the outputs bit for bit."""
+    from trainer_ext.modeling.int8_cpu import release_checkpoint_pages
+    from trainer_ext.modeling.loading import load_model
+
+    path = str(tiny_model_dir("llama"))
+    model = load_model(path, quantization="8bit", method="none", dtype="bfloat16").model
+    ids = torch.tensor([[1, 5, 9, 14, 3]])
+    before = model(input_ids=ids).logits
+    int8 = {name: t.data_ptr() for name, t in model.state_dict().items() if t.dtype == torch.int8}
+    floating = [t for t in [*model.parameters(), *model.buffers()] if t.is_floating_point()]
+    assert int8 and release_checkpoint_pages(model) == len(floating)
+    assert int8 == {name: t.data_ptr() for name, t in model.state_dict().items() if t.dtype == torch.int8}
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
+    assert torch.equal(model(input_ids=ids).logits, before)

@@ -59,13 +59,13 @@ class PredictArguments:
     )
     batch_size: int = field(default=16, metadata={"help": "Texts per forward pass."})
     max_length: int | None = field(
-        default=None, metadata={"help": "Token budget of prompt + label (default: the run's)."}
+        default=None, metadata={"help": "Token budget of prompt + label; unset: the run's."}
     )
     truncation_side: str | None = field(
         default=None,
         metadata={
             "help": "What to keep of a text too long for max_length: right cuts the end, left the start, "
-            "both the middle (default: the run's)."
+            "both the middle; unset: the run's."
         },
     )
     quantization: str | None = field(default=None, metadata={"help": "Override the run's quantization."})

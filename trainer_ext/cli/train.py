@@ -66,13 +66,14 @@ def print_summary(metrics: dict, output_dir: str) -> None:
     for key in SUMMARY_KEYS:
         if key in metrics:
             value = metrics[key]
-            shown = (
-                value
-                if isinstance(value, str)
-                else f"{value:,.4f}"
-                if isinstance(value, float)
-                else f"{value:,}"
-            )
+            if isinstance(value, str):
+                shown = value
+            elif key.endswith("_mb"):
+                shown = f"{value:,.0f}"  # megabytes
+            elif isinstance(value, float):
+                shown = f"{value:.4f}"
+            else:
+                shown = f"{value:,}"
             print(f"  {key:28s} {shown}")
 
 

@@ -319,9 +319,10 @@ def load_model(
     model.config.name_or_path = model_name_or_path
     model.config.pad_token_id = tokenizer.pad_token_id
     if quantization == "8bit":
-        from trainer_ext.modeling.int8_cpu import use_weight_only_int8
+        from trainer_ext.modeling.int8_cpu import release_checkpoint_pages, use_weight_only_int8
 
-        use_weight_only_int8(model)  # CPU layers only: bitsandbytes' fp16 LLM.int8 path is slow on CPUs
+        if use_weight_only_int8(model):  # CPU layers only: bitsandbytes' fp16 LLM.int8 path is slow on CPUs
+            release_checkpoint_pages(model)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     try:

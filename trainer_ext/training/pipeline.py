@@ -281,7 +281,8 @@ def _tune_decision_bias(recipe: Recipe, trainer, dev_set) -> dict[str, float]:
 def _rarest(metrics: dict[str, Any], data: PreparedData) -> None:
     counts = data.report.counts["train"] if data.report else {}
     present = {label: n for label, n in counts.items() if n}
-    if present and min(present.values()) < max(present.values()):  # meaningless on balanced data
+    # Meaningless on (nearly) balanced data: only when the rarest class has under 80% of the largest's rows.
+    if present and min(present.values()) < 0.8 * max(present.values()):
         rarest = min(present, key=present.get)
         metrics["rarest_class"] = rarest
         for prefix in ("dev", "eval"):
