@@ -54,9 +54,10 @@ hate-speech lexicon, each labelled by crowd workers as hate speech, offensive la
   likely common, and hate expressed without those words is rare: expect the model to lean on surface words.
 - **Subjective labels.** The line between "hate" and "offensive" is where annotators disagreed most;
   expect most confusions between these two labels (see the confusion matrix above).
-- **Small, balanced split.** The moderation split has 1,000 training and 200 validation tweets with the three
+- **Class shares.** The study's moderation split (1,000 training and 200 validation tweets) has the three
   classes in roughly equal shares; in the full data set hate is about 6% of tweets, offensive about 77% and
-  neither about 17%. Scores on real traffic will differ, with lower precision for "hate".""",
+  neither about 17% (see the training data above for what this model saw). Scores on real traffic will
+  differ, with lower precision for "hate" after balanced training.""",
     path_hints=("davidson", "seed_split", "hate_speech_offensive"),
 )
 KNOWN_DATASETS = (DAVIDSON,)

@@ -173,11 +173,13 @@ class LabelTrainer(Trainer):
 
         PEFT keeps adapter weights in fp32 and casts each adapter's input to fp32 before its matmul; under
         autocast the matmul casts it back to bf16, so the result is the same, but every adapter keeps its own
-        fp32 copy of its input for the backward pass (q, k and v of one layer: three copies of the same
-        activations). With the casts off (`peft.helpers.disable_input_dtype_casting`) the adapters read the
-        bf16 activations themselves: same loss and gradients bit for bit (`tests/test_trainer.py`), and
-        the main job's first step peaked 324 MB lower on its longest batch (8 x 230 tokens). Without
-        mixed precision this is a no-op: PEFT's casts are then needed.
+        copy of its input for the backward pass, made by that round trip (q, k and v of one layer: three
+        copies of the same activations; PEFT's 8-bit layers mean to skip the cast under autocast, but
+        their check, ``torch.is_autocast_enabled()`` without a device, only sees CUDA autocast). With the
+        casts off
+        (`peft.helpers.disable_input_dtype_casting`) the adapters read the bf16 activations themselves: the
+        same loss and gradients bit for bit, and fewer bytes kept for the backward pass
+        (`tests/test_trainer.py`). Without mixed precision this is a no-op: PEFT's casts are then needed.
 
         Returns:
             A context manager.
