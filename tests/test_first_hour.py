@@ -125,7 +125,7 @@ TWO_CLASSES = "text,label\n" + "fine,good\nbad,bad\n" * 6
             ["--class_weights", '{"good": 1, "mixed": 2, "bad": 1}'],
             r"class_weights: \['mixed'\] are not labels of the task; give one weight",
         ),
-        ({"t.csv": TWO_CLASSES}, ["--learning_rate", "-1"], "learning_rate must be positive, got -1"),
+        ({"t.csv": TWO_CLASSES}, ["--learning_rate", "-1"], "learning_rate must not be negative, got -1"),
         (
             {"t.csv": TWO_CLASSES},
             ["--distractors", "3", "--distractor_pool", "cars", "food", "Cars"],

@@ -112,8 +112,8 @@ class LabelArguments:
             value = getattr(self, key, 1)
             if value < 1:
                 raise ValueError(f"{key} must be at least 1, got {value}.")
-        if getattr(self, "learning_rate", 1.0) <= 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}.")
+        if getattr(self, "learning_rate", 1.0) < 0:
+            raise ValueError(f"learning_rate must not be negative, got {self.learning_rate}.")
         if getattr(self, "max_steps", -1) <= 0 and getattr(self, "num_train_epochs", 1.0) <= 0:
             raise ValueError(
                 f"num_train_epochs must be positive (or set max_steps), got {self.num_train_epochs}."
