@@ -9,8 +9,9 @@ about a second instead of ~20 s.
 The checkpoint is stored in bf16 (``CACHE_DTYPE``), not fp32: rounding a dequantized Q4_1 weight to bf16's
 8 significant bits moves it by at most 0.4%, far less than the 4-bit quantization step it came from, and
 the default path (8-bit or bf16 compute) casts every weight to bf16 anyway, so it loads bit-identical
-weights. Half the bytes on disk is half the file pages a load maps into memory: the peak resident memory
-of loading the model dropped from 1,394 MB to 862 MB (`python -m benchmarks.training_memory`).
+weights. Half the bytes on disk is half the file pages a load maps into memory: with it (and
+`release_checkpoint_pages`) the main job's peak while loading fell from 1,543 to 1,132 MB
+(`python -m benchmarks.training_memory`, docs/benchmarks/training_memory*.md).
 
 The cache directory is, in order of precedence, ``$TRAINER_EXT_CACHE``, ``$XDG_CACHE_HOME/trainer_ext``
 or ``~/.cache/trainer_ext``. Conversion runs under a file lock and writes into a temporary directory that

@@ -65,9 +65,11 @@ class PromptVariation:
     paraphrase: bool = False
 
     def __post_init__(self) -> None:
-        pool = [str(label).strip() for label in self.distractor_pool if str(label).strip()]
-        self.distractor_pool = [label for n, label in enumerate(pool) if label.casefold() not in
-                                {earlier.casefold() for earlier in pool[:n]}]  # each label once  # fmt: skip
+        unique: dict[str, str] = {}  # casefolded -> first spelling: each label once
+        for label in (str(label).strip() for label in self.distractor_pool):
+            if label:
+                unique.setdefault(label.casefold(), label)
+        self.distractor_pool = list(unique.values())
         if self.distractors < 0:
             raise TaskError(f"distractors must be >= 0, got {self.distractors}.")
         bad = [label for label in self.distractor_pool if LABEL_LIST_SEPARATOR.strip() in label]

@@ -176,9 +176,8 @@ class LabelTrainer(Trainer):
         copy of its input for the backward pass, made by that round trip (q, k and v of one layer: three
         copies of the same activations; PEFT's 8-bit layers mean to skip the cast under autocast, but
         their check, ``torch.is_autocast_enabled()`` without a device, only sees CUDA autocast). With the
-        casts off
-        (`peft.helpers.disable_input_dtype_casting`) the adapters read the bf16 activations themselves: the
-        same loss and gradients bit for bit, and fewer bytes kept for the backward pass
+        casts off (`peft.helpers.disable_input_dtype_casting`) the adapters read the bf16 activations
+        themselves: the same loss and gradients bit for bit, and fewer bytes kept for the backward pass
         (`tests/test_trainer.py`). Without mixed precision this is a no-op: PEFT's casts are then needed.
 
         Returns:
