@@ -4,7 +4,8 @@
     python -m benchmarks.latency --run runs/imbalanced/plain-seed42 --messages 60
 
 For each weight setting (`8bit`: the run's 8-bit base weights with bf16 autocast, as it was evaluated;
-`8bit-fp32`: the same int8 weights computing in fp32; `bf16`, `fp32`: the unquantized model in that dtype)
+`8bit-fp32`: the same int8 weights computing in fp32; `bf16`, `fp32`: the unquantized model in that dtype;
+`fp32-merged`: the same with the LoRA adapter merged into the base weights)
 it times, on the same tweets of the study's eval split:
 
 - `forward`: one bare forward pass of each message's whole prompt through the same PEFT model (no cache,
@@ -38,6 +39,7 @@ SETTINGS = {
     "8bit-fp32": {"dtype": "float32"},  # int8 base weights, fp32 compute
     "bf16": {"quantization": "none", "dtype": "bfloat16"},
     "fp32": {"quantization": "none", "dtype": "float32"},
+    "fp32-merged": {"quantization": "none", "dtype": "float32", "merge_adapter": True},
 }
 
 

@@ -74,8 +74,9 @@ class SpaceSettings:
             Weight quantization of every model: `8bit`, `4bit`, `none`, or `auto` (`8bit` on a GPU,
             `none` on a CPU); `auto` is resolved when the settings are made.
         dtype (`str`, *optional*):
-            dtype of the models (`auto`, `float32`, `bfloat16`, ...); default: the dtype the run was
-            evaluated in.
+            dtype of the models (`auto`, `float32`, `bfloat16`, ...); default: `auto` for unquantized
+            models on a CPU (bfloat16 where the CPU computes it natively, else float32: the fastest), else
+            the dtype the run was evaluated in.
         adapter_base_model (`str`, *optional*):
             Base model the adapter is loaded on instead of the one its `run.json` records (e.g. a moved
             local directory).
@@ -99,6 +100,11 @@ class SpaceSettings:
             import torch
 
             self.quantization = "8bit" if torch.cuda.is_available() else "none"
+        if self.dtype is None and self.quantization == "none":
+            import torch
+
+            if not torch.cuda.is_available():
+                self.dtype = "auto"  # the fastest this CPU computes; a run's own is often bf16
         self.adapter = (self.adapter or "").strip() or None
         if self.adapter and _is_local_spec(self.adapter) and not Path(self.adapter).expanduser().is_dir():
             raise ModelSetupError(

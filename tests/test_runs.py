@@ -81,6 +81,24 @@ def test_a_reloaded_run_reproduces_its_predictions(trained, monkeypatch, tmp_pat
             assert abs(probability - float(row[f"prob_{label}"])) < 1e-6
 
 
+def test_a_merged_adapter_predicts_what_the_unmerged_one_does(trained):
+    """`merge_adapter` folds LoRA into the base weights: no adapter layers left, the same probabilities up to
+    float rounding; with quantized base weights it is refused before anything loads."""
+    from peft.tuners.lora import LoraLayer
+
+    _, run = trained
+    texts = ["what a lovely day", "worst service ever, I hate waiting", "such a kind neighbour"]
+    unmerged = Classifier.from_pretrained(run, quantization="none", dtype="float32")
+    merged = Classifier.from_pretrained(run, quantization="none", dtype="float32", merge_adapter=True)
+    assert any(isinstance(m, LoraLayer) for m in unmerged.model.modules())
+    assert not any(isinstance(m, LoraLayer) for m in merged.model.modules())
+    for a, b in zip(unmerged.predict(texts), merged.predict(texts), strict=True):
+        assert a.label == b.label
+        assert a.probs == pytest.approx(b.probs, abs=1e-5)
+    with pytest.raises(RunDirError, match="merge_adapter needs unquantized base weights.*'none'"):
+        Classifier.from_pretrained(run, quantization="8bit", merge_adapter=True)
+
+
 def test_a_moved_base_model_is_named_and_can_be_pointed_to(trained, tmp_path):
     work, run = trained
     moved_run = tmp_path / "run"

@@ -72,6 +72,13 @@ class PredictArguments:
     dtype: str | None = field(
         default=None, metadata={"help": "Override the run's dtype (auto, float32, bfloat16)."}
     )
+    merge_adapter: bool = field(
+        default=False,
+        metadata={
+            "help": "Fold the LoRA adapter into the base weights (needs --quantization none): same labels up "
+            "to float rounding, faster on a CPU."
+        },
+    )
     base_model: str | None = field(
         default=None, metadata={"help": "Load this base model instead of the run's (e.g. a moved directory)."}
     )

@@ -62,6 +62,11 @@ def check_arguments(args: Any, texts: Sequence[str]) -> None:
             "--calibrate needs --decoding constrained: generated answers have no label probabilities to "
             "calibrate."
         )
+    if args.merge_adapter and args.quantization != "none":
+        raise PredictError(
+            "--merge_adapter folds the adapter into unquantized base weights: add --quantization none "
+            "(for the fastest single messages on a CPU, also --dtype float32, or auto)."
+        )
     if texts and args.input:
         raise PredictError("Give texts as arguments or --input, not both.")
     if args.resume and args.overwrite:
@@ -204,6 +209,7 @@ def load_classifier(args: Any):
             allow_pickle=args.allow_pickle,
             dtype=args.dtype,
             base_model=args.base_model,
+            merge_adapter=args.merge_adapter,
         )
         if args.labels:
             clf = clf.with_labels(list(args.labels))

@@ -25,6 +25,7 @@ from trainer_ext.inference.scoring import (
     generate_labels,
     shared_prefix_length,
 )
+from trainer_ext.modeling.cpu_layout import use_column_major_weights
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import PromptEncoder
 from trainer_ext.vocabulary import DECODINGS, is_local_path
@@ -106,11 +107,15 @@ class Classifier:
         allow_pickle: bool = False,
         dtype: Any = None,
         base_model: str | None = None,
+        merge_adapter: bool = False,
     ) -> Classifier:
         """Load a run directory, or a Hub repo a run was pushed to.
 
         By default the run is reloaded as it was evaluated: its quantization and dtype (from `run.json`),
-        so that its predictions reproduce the run's `predictions.csv`.
+        so that its predictions reproduce the run's `predictions.csv`. For the fastest single-message
+        predictions on a CPU without native bf16, load it unquantized in float32 with the adapter merged
+        (``quantization="none", dtype="float32", merge_adapter=True``); float32 linear weights are then laid
+        out for few-row products (see `trainer_ext.modeling.cpu_layout`).
 
         Args:
             path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
@@ -123,10 +128,13 @@ class Classifier:
                 fastest this machine runs).
             base_model (`str`, *optional*): Load this base model (directory or Hub id) instead of the one
                 `run.json` records, e.g. when the recorded local directory has moved.
+            merge_adapter (`bool`, *optional*, defaults to `False`): Fold the LoRA adapter into the base
+                weights (needs ``quantization="none"``); see `load_run`.
 
         Raises:
             `FileNotFoundError`: for a name that is neither a directory nor a Hub id;
-            `RunDirError`: for a directory that is not a run, or a recorded base model directory that is gone.
+            `RunDirError`: for a directory that is not a run, a recorded base model directory that is gone,
+                or `merge_adapter` with quantized weights.
         """
         from trainer_ext.runs.directory import load_run
 
@@ -146,7 +154,9 @@ class Classifier:
             dtype=dtype,
             allow_pickle=allow_pickle,
             base_model=base_model,
+            merge_adapter=merge_adapter,
         )
+        use_column_major_weights(loaded.model)
         max_length = int(info.task.get("max_length", 256))
         decode_html = bool(info.data.get("decode_html", False))
         truncation_side = str(info.task.get("truncation_side", "right"))
@@ -177,6 +187,7 @@ class Classifier:
 
         loaded = load_model(model_name_or_path, quantization=quantization, method="none", device=device)
         loaded.model.eval()
+        use_column_major_weights(loaded.model)
         return cls(loaded.model, loaded.tokenizer, task, model_name_or_path, max_length)
 
     def with_labels(self, labels: Sequence[str]) -> Classifier:

@@ -146,6 +146,7 @@ def load_run(
     dtype: Any = None,
     allow_pickle: bool = False,
     base_model: str | None = None,
+    merge_adapter: bool = False,
 ) -> tuple[LoadedModel, LabelTask, RunInfo]:
     """Load a run directory: base model (as `run.json` names it), trained weights on top, the task.
 
@@ -159,18 +160,26 @@ def load_run(
         allow_pickle (`bool`, *optional*, defaults to `False`): Accept pickled `.bin` weights.
         base_model (`str`, *optional*): Load this base model instead of the recorded one (a run whose local
             base model directory has moved).
+        merge_adapter (`bool`, *optional*, defaults to `False`): Fold a LoRA adapter into the base weights
+            (PEFT's `merge_and_unload`): the same model up to float rounding, without the adapter's extra
+            matmuls at every layer. Needs unquantized base weights (``quantization="none"``).
 
     Returns:
         `(LoadedModel, LabelTask, RunInfo)` with the model in eval mode.
 
     Raises:
-        `RunDirError`: for a directory that is not a run, pickled weights without `allow_pickle`, or a
-            recorded base model directory that no longer exists.
+        `RunDirError`: for a directory that is not a run, pickled weights without `allow_pickle`, a
+            recorded base model directory that no longer exists, or `merge_adapter` with quantized weights.
     """
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)
     _check_weights_format(run_dir, allow_pickle)
     quantization = quantization or info.quantization
+    if merge_adapter and quantization != "none":
+        raise RunDirError(
+            f"merge_adapter needs unquantized base weights, but the run loads in {quantization}: pass "
+            "quantization='none' too (--quantization none), or leave the adapter unmerged."
+        )
     loaded = load_model(
         _base_model_source(info, base_model),
         quantization=quantization,
@@ -183,6 +192,8 @@ def load_run(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
+        if merge_adapter:
+            model = model.merge_and_unload()
     elif (run_dir / TRAINED_WEIGHTS).is_file():
         _load_trained_weights(model, run_dir / TRAINED_WEIGHTS)
     task = LabelTask.load(run_dir)
