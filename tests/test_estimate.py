@@ -434,3 +434,16 @@ def test_cli_user_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert code == 2
     assert err.startswith("trainer-ext estimate: ") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_mistyped_shipped_name_is_answered_at_once(monkeypatch):
+    """A name close to a shipped one is a typo: the answer names the shipped model without asking the Hub."""
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked for a mistyped shipped name")
+
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", no_hub)
+    with pytest.raises(EstimateError, match="'gpt-j-6' is not a shipped model; did you mean 'gpt-j-6b'"):
+        load_model_config("gpt-j-6")
+    with pytest.raises(EstimateError, match="did you mean 'smollm2-135m'"):
+        load_model_config("smolm2-135m")

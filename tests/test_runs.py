@@ -63,6 +63,8 @@ def test_the_run_records_what_it_read_and_an_absolute_base_model(trained):
     assert info.data["hub_dataset"] is None and "hate" not in json.dumps(info.to_dict())
     card = render_model_card(run)
     assert card.data.base_model is None and card.data.datasets is None
+    readme = (run / "README.md").read_text(encoding="utf-8")  # the run's own card, not PEFT's template
+    assert "pipeline_tag: text-classification" in readme and "Model Card for Model ID" not in readme
     assert str(work) not in str(card) and "a local model (`tiny-model`)" in str(card)
 
 
@@ -94,7 +96,7 @@ def test_a_merged_adapter_predicts_what_the_unmerged_one_does(trained):
     assert not any(isinstance(m, LoraLayer) for m in merged.model.modules())
     for a, b in zip(unmerged.predict(texts), merged.predict(texts), strict=True):
         assert a.label == b.label
-        assert a.probs == pytest.approx(b.probs, abs=1e-5)
+        assert a.probs == pytest.approx(b.probs, abs=1e-4)  # float32 rounding of W + BA
     with pytest.raises(RunDirError, match="merge_adapter needs unquantized base weights.*'none'"):
         Classifier.from_pretrained(run, quantization="8bit", merge_adapter=True)
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from importlib import resources
@@ -153,11 +154,16 @@ def load_model_config(name_or_path: Any):
 def _hub_config(name: str):
     from transformers import AutoConfig
 
-    known = ", ".join(names[0] for names in SHIPPED_CONFIGS.values())
+    shipped_names = [names[0] for names in SHIPPED_CONFIGS.values()]
+    known = ", ".join(shipped_names)
     if is_local_path(name):
         raise EstimateError(
             f"config {name!r} does not exist; pass a config.json, a model directory or: {known}."
         )
+    # A name without an owner that is close to a shipped one is a typo, not a Hub id worth a network try.
+    close = [] if "/" in name else difflib.get_close_matches(name.lower(), shipped_names, n=1, cutoff=0.75)
+    if close:
+        raise EstimateError(f"{name!r} is not a shipped model; did you mean {close[0]!r}? Shipped: {known}.")
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as error:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trainer_ext.data import DataError, Example, load_split
@@ -336,4 +337,17 @@ def run(recipe: Recipe, data: PreparedData | None = None) -> dict[str, Any]:
         reports.write_metrics(args.output_dir, metrics)
         reports.write_predictions(args.output_dir, eval_set.examples, scores, task.labels)
         reports.plot_confusion_matrix(args.output_dir, detail["confusion_matrix"], task.labels)
+        _write_card(args.output_dir)
     return metrics
+
+
+def _write_card(output_dir: str) -> None:
+    """The run's model card as its README.md, in place of the generic template PEFT saves with an adapter."""
+    from trainer_ext.hub.cards import CardError, render_model_card
+
+    try:
+        card = render_model_card(output_dir)
+    except CardError as error:  # the run itself is complete; only its card is missing
+        logger.warning("No model card written in %s: %s", output_dir, error)
+        return
+    card.save(str(Path(output_dir) / "README.md"))
