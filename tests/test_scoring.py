@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from trainer_ext.inference.classifier import Classifier
+from trainer_ext.inference.packed_labels import packed_scores
 from trainer_ext.inference.scoring import (
     LabelScorer,
     contextual_calibration,
@@ -29,7 +30,16 @@ def naive_logprobs(model, prompt, completions):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
-def test_constrained_scores_match_full_forward(tiny_model, arch):
+@pytest.mark.parametrize("label_pass", ["packed", "second pass"])
+def test_constrained_scores_match_full_forward(tiny_model, arch, label_pass, monkeypatch):
+    """Both ways of scoring the label tokens after the first: packed into the prompt's own pass (a short
+    label set), or a second pass after the prompts' KV cache (forced here by a tiny logits budget)."""
+    from trainer_ext.inference import scoring
+
+    if label_pass == "second pass":
+        monkeypatch.setattr(scoring, "_LOGITS_PER_CHUNK", 1)
+    calls = []
+    monkeypatch.setattr(scoring, "packed_scores", lambda *a: calls.append(1) or packed_scores(*a))
     model, tokenizer = tiny_model(arch)
     # Labels of different token lengths exercise the padded label grid.
     task = LabelTask(["hate", "offensive", "neutral", "very long label name"])
@@ -41,6 +51,7 @@ def test_constrained_scores_match_full_forward(tiny_model, arch):
     )
     torch.testing.assert_close(result.probs, expected.softmax(-1), atol=1e-4, rtol=1e-3)
     assert result.labels == [task.labels[i] for i in expected.argmax(-1).tolist()]
+    assert bool(calls) == (label_pass == "packed")
 
 
 SHOTS = [("lovely morning", "neutral"), ("shut up, idiot", "offensive"), ("go home, vermin", "hate")]
@@ -185,3 +196,21 @@ def test_lm_head_reads_contiguous_rows_when_scoring_and_in_the_loss(tiny_model, 
         handle.remove()
     assert len(seen) > 4
     assert all(_plain_strides(x) for x in seen), [(tuple(x.shape), x.stride()) for x in seen]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_packed_labels_under_eager_attention(tiny_model, arch, monkeypatch):
+    """Eager attention takes the packed pass's mask as additive floats, SDPA as booleans: same scores."""
+    from trainer_ext.inference import scoring
+
+    model, tokenizer = tiny_model(arch)
+    task = LabelTask(["hate", "offensive", "neutral", "very long label name"])
+    prompts = [encode_prompt(tokenizer, task, text, max_length=128) for text in TEXTS]
+    packed = score_labels(model, tokenizer, task, prompts, batch_size=3)
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    eager = score_labels(model, tokenizer, task, prompts, batch_size=3)
+    monkeypatch.setattr(scoring, "_LOGITS_PER_CHUNK", 1)  # the second pass, as the reference
+    reference = score_labels(model, tokenizer, task, prompts, batch_size=3)
+    torch.testing.assert_close(eager.probs, reference.probs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed.probs, reference.probs, atol=1e-5, rtol=1e-4)

@@ -3,8 +3,9 @@
 Two decoding modes:
 
 - ``constrained``: the log-probability of each label's whole completion (its tokens and the EOS) given
-  the prompt; argmax over labels. The prompt goes through the model once; the label tokens are then fed
-  after copies of its KV cache in one more short pass (in chunks, see below). Never invalid, and it
+  the prompt; argmax over labels. The prompt goes through the model once; for a short label set the label
+  tokens are packed into that same pass (`packed_labels`), else they are fed after copies of its KV cache
+  in one more short pass (in chunks, see below). Never invalid, and it
   returns a probability per label (a softmax over the labels' sequence log-probabilities). The tokens
   every prompt starts with (the instruction of a template, the examples of a few-shot prompt) go through
   the model once per call, not once per prompt: their KV cache is copied into every batch.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainer_ext.inference.packed_labels import packed_scores
 from trainer_ext.modeling.positions import last_position
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import label_token_ids
@@ -191,6 +193,10 @@ def _label_pass(model, cache, mask, start, grid, grid_mask, vocab_size: int) -> 
 def _score_batch(model, prompts, grid, grid_mask, pad_id, prefix=None) -> torch.Tensor:
     """Sequence log-probabilities `(B, L)` of every label completion after every prompt."""
     ids, mask, positions, cache = _batch_inputs(prompts, pad_id, grid.device, prefix)
+    appended = int(grid_mask.sum()) - grid.shape[0]  # label tokens fed after the prompt
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if appended and vocab_size and len(prompts) * (1 + appended) * vocab_size <= _LOGITS_PER_CHUNK:
+        return packed_scores(model, ids, mask, positions, cache, grid, grid_mask, _log_probs)
     out = model(
         input_ids=ids,
         attention_mask=mask,
