@@ -6,9 +6,9 @@ product with the weight stored the other way round, as the transpose of a contig
 (column-major): 577 against 1,083 microseconds for 28 rows of SmolLM2-135M's `gate_proj` in float32 on a
 2-core AVX-512 CPU, weights read from memory (``python -m benchmarks.linear_layout``,
 docs/benchmarks/linear_layout.md). From 64 rows on the two layouts are within a few percent of each
-other; for 1 to 3 rows (the label pass of one message) column-major is slower, 0.64-0.93x. On the whole,
-one message through a merged SmolLM2-135M run took 227 instead of 282 ms (p50), and batches of 16 ran at
-the same speed (``python -m benchmarks.latency --settings fp32-merged``).
+other; for 1 to 3 rows column-major is slower (0.64-0.93x), which is why constrained scoring packs the
+few label tokens into the prompt's own pass (`trainer_ext.inference.packed_labels`). What it gives for a
+whole message is in the ``fp32`` and ``fp32-merged`` rows of ``python -m benchmarks.latency``.
 
 `use_column_major_weights` re-lays the float32 weights of a model's linear layers that way, in place.
 The values do not change, only their order in memory; results differ from the row-major ones by float
