@@ -263,7 +263,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--revision", help="Hub revision of the adapter")
     parser.add_argument("--base_model", help="base model when there is no adapter (default smollm2-135m)")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
-    parser.add_argument("--dtype", help="dtype of the models (default: the dtype the run was evaluated in)")
+    parser.add_argument(
+        "--dtype", help="dtype of the models (default: auto (fastest) unquantized on a CPU, else the run's)"
+    )
     parser.add_argument(
         "--adapter_base_model",
         help="base model to load the adapter on instead of the one its run.json records",

@@ -439,11 +439,19 @@ def test_cli_user_errors_are_one_line_and_exit_2(capsys, argv, message):
 def test_a_mistyped_shipped_name_is_answered_at_once(monkeypatch):
     """A name close to a shipped one is a typo: the answer names the shipped model without asking the Hub."""
 
-    def no_hub(*args, **kwargs):
-        raise AssertionError("the Hub was asked for a mistyped shipped name")
+    asked = []
 
-    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", no_hub)
+    def hub(name, *args, **kwargs):
+        asked.append(name)
+        raise OSError("offline")
+
+    monkeypatch.setattr("transformers.AutoConfig.from_pretrained", hub)
     with pytest.raises(EstimateError, match="'gpt-j-6' is not a shipped model; did you mean 'gpt-j-6b'"):
         load_model_config("gpt-j-6")
     with pytest.raises(EstimateError, match="did you mean 'smollm2-135m'"):
         load_model_config("smolm2-135m")
+    assert asked == []
+    # Another model's Hub id that merely looks alike is asked for, not corrected.
+    with pytest.raises(EstimateError, match="cannot get the config of 'gpt2-large' from the Hub"):
+        load_model_config("gpt2-large")
+    assert asked == ["gpt2-large"]

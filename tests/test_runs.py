@@ -85,7 +85,8 @@ def test_a_reloaded_run_reproduces_its_predictions(trained, monkeypatch, tmp_pat
 
 def test_a_merged_adapter_predicts_what_the_unmerged_one_does(trained):
     """`merge_adapter` folds LoRA into the base weights: no adapter layers left, the same probabilities up to
-    float rounding; with quantized base weights it is refused before anything loads."""
+    float rounding (the tiny Llama ties its embeddings, and `lora-all` adapts the input side: merged into the
+    shared weight, it would move the output layer too); with quantized base weights it is refused."""
     from peft.tuners.lora import LoraLayer
 
     _, run = trained
@@ -96,7 +97,7 @@ def test_a_merged_adapter_predicts_what_the_unmerged_one_does(trained):
     assert not any(isinstance(m, LoraLayer) for m in merged.model.modules())
     for a, b in zip(unmerged.predict(texts), merged.predict(texts), strict=True):
         assert a.label == b.label
-        assert a.probs == pytest.approx(b.probs, abs=1e-4)  # float32 rounding of W + BA
+        assert a.probs == pytest.approx(b.probs, abs=1e-6)
     with pytest.raises(RunDirError, match="merge_adapter needs unquantized base weights.*'none'"):
         Classifier.from_pretrained(run, quantization="8bit", merge_adapter=True)
 

@@ -161,7 +161,8 @@ def _hub_config(name: str):
             f"config {name!r} does not exist; pass a config.json, a model directory or: {known}."
         )
     # A name without an owner that is close to a shipped one is a typo, not a Hub id worth a network try.
-    close = [] if "/" in name else difflib.get_close_matches(name.lower(), shipped_names, n=1, cutoff=0.75)
+    # 0.9 takes one dropped or doubled character ("gpt-j-6", "smolm2-135m"), not another model ("gpt2-large").
+    close = [] if "/" in name else difflib.get_close_matches(name.lower(), shipped_names, n=1, cutoff=0.9)
     if close:
         raise EstimateError(f"{name!r} is not a shipped model; did you mean {close[0]!r}? Shipped: {known}.")
     try:

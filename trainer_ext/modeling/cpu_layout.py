@@ -15,8 +15,9 @@ The values do not change, only their order in memory; results differ from the ro
 rounding only (another summation order). The output embeddings (the LM head, often tied to the input
 embeddings) are left alone: their product over one or a few rows is not faster that way.
 
-A re-laid weight is not contiguous, so a model is re-laid for prediction only, never for training or
-saving (`save_pretrained` refuses non-contiguous tensors).
+A model is re-laid for prediction only (`Classifier` does it when it loads one). Greedy generation,
+which feeds one row per new token after the prompt, runs those steps 0.64-0.93x as fast; the prompt's
+own pass gains more than that for short answers such as labels, not for long free continuations.
 
 >>> import torch
 >>> layer = torch.nn.Linear(4, 3)
@@ -50,7 +51,7 @@ def use_column_major_weights(model: nn.Module) -> int:
         skip.add(id(output.weight))
     relaid = 0
     for module in model.modules():
-        if type(module) is not nn.Linear:  # quantized and adapter layers keep their own layout
+        if type(module) is not nn.Linear:  # quantized layers keep theirs (LoRA's inner nn.Linear do not)
             continue
         weight = module.weight
         if (

@@ -193,13 +193,30 @@ def load_run(
 
         model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
         if merge_adapter:
-            model = model.merge_and_unload()
+            model = _merge_adapter(model)
     elif (run_dir / TRAINED_WEIGHTS).is_file():
         _load_trained_weights(model, run_dir / TRAINED_WEIGHTS)
     task = LabelTask.load(run_dir)
     model.eval()
     loaded.model = model
     return loaded, task, info
+
+
+def _merge_adapter(model):
+    """PEFT's `merge_and_unload`, with tied output embeddings given their own copy of the weight first.
+
+    `lora-all` adapts the input embeddings of a model with tied embeddings (SmolLM2, GPT-2) and leaves the
+    output layer on the frozen weight they share (`trainer_ext.modeling.methods`). Merging in place would
+    add the embedding adapter to the output layer too and change every logit; untied first, the merged
+    model computes what the adapter did (up to float rounding).
+    """
+    base = model.get_base_model()
+    output = base.get_output_embeddings()
+    tied = output is not None and any(p is output.weight for p in base.get_input_embeddings().parameters())
+    if tied:
+        output.weight = torch.nn.Parameter(output.weight.detach().clone(), requires_grad=False)
+        base.config.tie_word_embeddings = False
+    return model.merge_and_unload()
 
 
 def _load_trained_weights(model: torch.nn.Module, path: Path) -> None:
