@@ -194,6 +194,10 @@ def load_classifier(args: Any):
     is_run = path.is_dir() and ((path / RUN_FILE).is_file() or (path / ADAPTER_CONFIG).is_file())
     check_model(args.model, is_run, bool(args.labels))
     if args.labels and not is_run:
+        if args.merge_adapter:
+            logger.warning(
+                "--merge_adapter: %s is a base model, not a run; there is no adapter to merge.", args.model
+            )
         clf = Classifier.from_base(
             args.model,
             LabelTask(list(args.labels)),

@@ -194,8 +194,13 @@ def load_run(
         model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
         if merge_adapter:
             model = _merge_adapter(model)
-    elif (run_dir / TRAINED_WEIGHTS).is_file():
-        _load_trained_weights(model, run_dir / TRAINED_WEIGHTS)
+    else:
+        if merge_adapter:
+            logger.warning(
+                "merge_adapter: %s has no LoRA adapter (method %s); nothing to merge.", run_dir, info.method
+            )
+        if (run_dir / TRAINED_WEIGHTS).is_file():
+            _load_trained_weights(model, run_dir / TRAINED_WEIGHTS)
     task = LabelTask.load(run_dir)
     model.eval()
     loaded.model = model
