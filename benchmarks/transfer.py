@@ -13,7 +13,8 @@ prompt) and is scored with constrained decoding, uncalibrated and with contextua
   BBC alone; neither set's labels are in the training distractor pool).
 
 Each run is scored as it was evaluated (its quantization, dtype and autocast). The run's own moderation
-scores (accuracy and macro-F1 of its ``metrics.json``) are shown beside them. Writes
+scores (accuracy and macro-F1 of its ``metrics.json``) are shown beside them; runs whose names differ only
+by a ``-seedN`` suffix also get a row of mean ± standard deviation over their seeds. Writes
 ``OUT_DIR/transfer.json`` and ``transfer.md``.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,6 +84,40 @@ def run_scores(run: Path) -> dict[str, Any]:
     }
 
 
+def seed_table(report: dict[str, Any]) -> list[str]:
+    """Mean ± standard deviation of the runs that differ only by their ``-seedN`` suffix (two or more)."""
+    from trainer_ext.study.scoring import mean_std
+
+    groups: dict[str, list[str]] = {}
+    for model in report["models"]:
+        if model.get("moderation"):
+            groups.setdefault(re.sub(r"-seed\d+$", "", model["name"]), []).append(model["name"])
+    lines = []
+    for group, names in groups.items():
+        if len(names) < 2:
+            continue
+        models = [m for m in report["models"] if m["name"] in names]
+        rows = [r for r in report["results"] if r["model"] in names]
+        cells = [mean_std([m["moderation"]["eval_accuracy"] for m in models])]
+        cells += [
+            mean_std([r[kind]["accuracy"] for r in rows if r["label_set"] == label_set])
+            for label_set in ("bbc", "reviews")
+            for kind in ("uncalibrated", "calibrated")
+        ]
+        if not lines:
+            lines = [
+                "",
+                "Over seeds (mean ± standard deviation):",
+                "",
+                "| runs | seeds | moderation acc. | BBC uncal. | BBC calib. | reviews uncal. "
+                "| reviews calib. |",
+                "|---|---:|---|---|---|---|---|",
+            ]
+        text = [f"{mean:.3f} ± {std:.3f}" for mean, std in cells]
+        lines.append(f"| {group}-seed* | {len(names)} | " + " | ".join(text) + " |")
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Transfer to unseen label sets",
@@ -104,6 +140,7 @@ def markdown(report: dict[str, Any]) -> str:
             for kind in ("uncalibrated", "calibrated")
         ]
         lines.append(f"| {model['name']} | {moderation} | " + " | ".join(cells) + " |")
+    lines += seed_table(report)
     lines += ["", "Training prompt variation of each run:", ""]
     lines += [f"- {m['name']}: {m['moderation']['training_variation'] or 'none'}" for m in report["models"]
               if m.get("moderation")]  # fmt: skip
