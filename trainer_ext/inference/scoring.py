@@ -14,7 +14,8 @@ Two decoding modes:
 
 Prompts are left-padded, with position ids counted from each row's first real token, so a row's
 result does not depend on the batch it is in (models with absolute position embeddings, like GPT-2,
-would otherwise see shifted positions).
+would otherwise see shifted positions), up to float rounding: batch shapes differ, and a label set long
+enough to leave the packed pass for a full batch may still be packed for a smaller last one.
 
 Constrained scoring needs one log-probability per label token, not the whole distribution. The label pass
 therefore runs over chunks of (prompt, label) rows whose logits stay under `_LOGITS_PER_CHUNK`, and the
