@@ -211,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
     out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for name in args.settings:
             report["runs"].append(train_setting(name, seed, train, test, work, args.reuse))
