@@ -96,15 +96,13 @@ class SpaceSettings:
                 f"Unknown quantization {self.quantization!r} (from --quantization or ${ENV_QUANTIZATION}); "
                 f"use one of {', '.join(QUANTIZATIONS)}."
             )
+        import torch
+
+        on_gpu = torch.cuda.is_available()
         if self.quantization == "auto":
-            import torch
-
-            self.quantization = "8bit" if torch.cuda.is_available() else "none"
-        if self.dtype is None and self.quantization == "none":
-            import torch
-
-            if not torch.cuda.is_available():
-                self.dtype = "auto"  # the fastest this CPU computes; a run's own is often bf16
+            self.quantization = "8bit" if on_gpu else "none"
+        if self.dtype is None and self.quantization == "none" and not on_gpu:
+            self.dtype = "auto"  # the fastest this CPU computes; a run's own is often bf16
         self.adapter = (self.adapter or "").strip() or None
         if self.adapter and _is_local_spec(self.adapter) and not Path(self.adapter).expanduser().is_dir():
             raise ModelSetupError(
