@@ -220,7 +220,7 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
             "--full_max_params", "1000", "--model_name_or_path", str(tiny_model_dir("llama")),
             "--quantization", "none", "--bf16", "false", "--train_samples", "12", "--eval_samples", "6",
             "--per_device_train_batch_size", "4", "--set", "lora-all.num_train_epochs=1", "--data_dir",
-            str(data_dir),
+            str(data_dir), "--test_samples", "9",
             "--set", f"norms.model_name_or_path={missing}", "--seeds", "42"]  # fmt: skip
     assert main(argv) == 1
     assert "row(s) norms failed" in capsys.readouterr().err
@@ -238,6 +238,12 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
     for row in ("zero-shot", "zero-shot-calibrated", "few-shot"):
         assert by_name[row]["trainable_params"] == 0
         assert 0 <= by_name[row]["constrained"]["accuracy"] <= 1
+    # Every row that ran is also scored on the preset's test set (Davidson tweets outside the split).
+    assert data["test_samples"] == 9
+    for row in ("tfidf-logreg", "zero-shot", "zero-shot-calibrated", "few-shot", "lora-all"):
+        assert set(by_name[row]["test"]) == {"accuracy", "macro_f1", "invalid_rate"}
+        assert by_name[row]["test"]["accuracy"] in {round(k / 9, 4) for k in range(10)}  # k right of 9
+    assert "## Moderation, test set (9 examples)" in (tmp_path / "out" / "compare.md").read_text("utf-8")
     assert [(t["model"], t["prompt"]) for t in data["transfer"]] == [
         ("base", "instruction"), ("base", "headline"), ("lora-all", "instruction"), ("lora-all", "headline"),
     ]  # fmt: skip

@@ -297,7 +297,7 @@ def test_new_rows_end_to_end_over_two_seeds(tiny_model_dir, tiny_encoder_dir, da
             "--model_name_or_path", str(tiny_model_dir("llama")), "--quantization", "none", "--bf16", "false",
             "--train_samples", "12", "--eval_samples", "6", "--per_device_train_batch_size", "4",
             "--data_dir", str(data_dir), "--set", f"{HEAD_ROW}.num_train_epochs=1",
-            "--lora_r", "2"]  # fmt: skip
+            "--lora_r", "2", "--test_samples", "6"]  # fmt: skip
     assert main(argv) == 0
     data = json.loads((out / "compare.json").read_text(encoding="utf-8"))
     by_name = {row["name"]: row for row in data["rows"]}
@@ -306,6 +306,8 @@ def test_new_rows_end_to_end_over_two_seeds(tiny_model_dir, tiny_encoder_dir, da
         row = by_name[name]
         assert row["status"] == "ok" and [run["seed"] for run in row["per_seed"]] == [1, 2]
         assert row["std"]["constrained"]["accuracy"] >= 0 and row["peak_memory_mb"] > 0
+        assert [set(run["test"]) for run in row["per_seed"]] == [{"accuracy", "macro_f1", "invalid_rate"}] * 2
+        assert row["std"]["test"]["accuracy"] >= 0
     assert by_name[HEAD_ROW]["epochs"] == 1 and by_name[HEAD_ROW]["trainable_params"] > 0
     assert (out / "runs" / HEAD_ROW / "seed-2" / "metrics.json").is_file()
     text = (out / "compare.md").read_text(encoding="utf-8")
@@ -316,6 +318,7 @@ def test_new_rows_end_to_end_over_two_seeds(tiny_model_dir, tiny_encoder_dir, da
     again = json.loads((out / "compare.json").read_text(encoding="utf-8"))["rows"][0]
     assert "reused finished runs" in again["note"]
     assert again["constrained"] == by_name[HEAD_ROW]["constrained"]
+    assert again["test"] == by_name[HEAD_ROW]["test"]
 
 
 def test_a_row_without_its_model_fails_with_a_note_and_the_study_goes_on(data_dir, tmp_path, capsys):

@@ -38,6 +38,25 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
+def machine() -> dict[str, Any]:
+    """The device (GPU name, or ``"cpu"``), CPU count, torch threads, date and `framework_versions`."""
+    import os
+    import time
+
+    import torch
+
+    from trainer_ext.modeling.loading import default_device
+
+    device = default_device()
+    return {
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "versions": framework_versions(),
+    }
+
+
 @dataclass
 class DataSource:
     """What one split of a run read.

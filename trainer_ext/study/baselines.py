@@ -33,6 +33,8 @@ class BaselineResult:
         peak_memory_mb (`float`): MiB. `tfidf_logreg`: peak of the Python and NumPy allocations of a fit
             (tracemalloc), not comparable to a process's resident size; `embedding_logreg`: the process's
             peak.
+        test_metrics (`dict`, *optional*): `classification_metrics` of the test examples, when given.
+        test_predictions (`list[str]`, *optional*): The predicted label of each test example.
     """
 
     metrics: dict[str, Any]
@@ -41,6 +43,8 @@ class BaselineResult:
     train_runtime: float
     train_samples_per_second: float
     peak_memory_mb: float
+    test_metrics: dict[str, Any] | None = None
+    test_predictions: list[str] | None = None
 
 
 def tfidf_logreg(
@@ -51,6 +55,7 @@ def tfidf_logreg(
     max_features: int = 50_000,
     C: float = 1.0,
     class_weight: str | None = None,
+    test: Sequence[Any] = (),
 ) -> BaselineResult:
     """Fit TF-IDF (word 1-2-grams and character 2-5-grams) + logistic regression and score it.
 
@@ -63,6 +68,7 @@ def tfidf_logreg(
         C (`float`, *optional*, defaults to 1.0): Inverse regularisation strength (scikit-learn's default).
         class_weight (`str`, *optional*): ``"balanced"`` weights classes by their inverse frequency
             (scikit-learn's option), for imbalanced data.
+        test (`Sequence[Example]`, *optional*): A second labelled set scored by the same fit.
 
     Returns:
         `BaselineResult`.
@@ -92,6 +98,13 @@ def tfidf_logreg(
     peak = _traced_peak(lambda: sklearn.base.clone(model).fit(texts, gold))
     predictions = [str(p) for p in model.predict([ex.text for ex in evaluation])]
     regression = model[-1]
+    tested = {}
+    if test:
+        test_predictions = [str(p) for p in model.predict([ex.text for ex in test])]
+        tested = {
+            "test_metrics": classification_metrics([ex.label for ex in test], test_predictions, labels),
+            "test_predictions": test_predictions,
+        }
     return BaselineResult(
         metrics=classification_metrics([ex.label for ex in evaluation], predictions, labels),
         predictions=predictions,
@@ -99,6 +112,7 @@ def tfidf_logreg(
         train_runtime=runtime,
         train_samples_per_second=len(train) / runtime if runtime > 0 else float("inf"),
         peak_memory_mb=peak / 2**20,
+        **tested,
     )
 
 

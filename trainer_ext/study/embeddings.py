@@ -164,6 +164,7 @@ def embedding_logreg(
     batch_size: int = 32,
     C: float = 1.0,
     class_weight: str | None = None,
+    test: Sequence[Any] = (),
 ) -> list[BaselineResult]:
     """Embed the texts with a frozen encoder, then fit and score a logistic regression once per seed.
 
@@ -176,6 +177,7 @@ def embedding_logreg(
         batch_size (`int`, *optional*, defaults to 32): Texts per encoder forward pass.
         C (`float`, *optional*, defaults to 1.0): Inverse regularisation strength.
         class_weight (`str`, *optional*): ``"balanced"`` weights classes by their inverse frequency.
+        test (`Sequence[Example]`, *optional*): A second labelled set scored by the same fits.
 
     Returns:
         `list[BaselineResult]`: One per seed. The training time includes embedding the training split;
@@ -195,6 +197,7 @@ def embedding_logreg(
     x_train = _embed(encoder, [ex.text for ex in train], batch_size)  # (N, D)
     embed_seconds = time.perf_counter() - started
     x_eval = _embed(encoder, [ex.text for ex in evaluation], batch_size)
+    x_test = _embed(encoder, [ex.text for ex in test], batch_size) if test else None
     gold = [ex.label for ex in train]
     results = []
     for seed in seeds:
@@ -203,6 +206,13 @@ def embedding_logreg(
         regression.fit(x_train, gold)
         runtime = embed_seconds + time.perf_counter() - started
         predictions = [str(p) for p in regression.predict(x_eval)]
+        tested = {}
+        if x_test is not None:
+            test_predictions = [str(p) for p in regression.predict(x_test)]
+            tested = {
+                "test_metrics": classification_metrics([ex.label for ex in test], test_predictions, labels),
+                "test_predictions": test_predictions,
+            }
         results.append(
             BaselineResult(
                 metrics=classification_metrics([ex.label for ex in evaluation], predictions, labels),
@@ -211,6 +221,7 @@ def embedding_logreg(
                 train_runtime=runtime,
                 train_samples_per_second=len(train) / runtime if runtime > 0 else float("inf"),
                 peak_memory_mb=peak_memory_mb(encoder.device),
+                **tested,
             )
         )
     return results
@@ -240,6 +251,7 @@ def seed_rows(results: Sequence[BaselineResult], seeds: Sequence[int], model: st
             train_samples_per_second=round(result.train_samples_per_second, 2),
             peak_memory_mb=round(result.peak_memory_mb, 1),
             constrained=short_scores(result.metrics),
+            test=short_scores(result.test_metrics) if result.test_metrics else None,
             seed=seed,
             note=note,
         )

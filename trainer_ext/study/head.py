@@ -28,6 +28,8 @@ from trainer_ext.study.scoring import RowResult, short_scores
 
 logger = logging.getLogger(__name__)
 
+SCORES = ("accuracy", "macro_f1", "invalid_rate")
+
 
 def head_name(model: nn.Module, num_labels: int) -> str:
     """The name of the classification layer of a sequence classifier: its top-level linear layer with
@@ -137,16 +139,18 @@ def predict_labels(
     return predicted
 
 
-def train_head(argv: list[str]) -> dict[str, Any]:
+def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
     """Train and score the classification-head row of one recipe (one seed).
 
     Args:
         argv (`list[str]`): Recipe arguments (the study's lora-all arguments with this row's seed).
+        test (`Sequence[Example]`, *optional*): The study's test set, scored too when given.
 
     Returns:
         `dict`: ``trainable_params``, ``total_params``, ``train_runtime``, ``train_samples_per_second``,
         ``eval_accuracy``, ``eval_macro_f1``, ``eval_invalid_rate``, ``peak_memory_mb``,
-        ``num_train_epochs``, ``quantization``, ``optimizer``.
+        ``num_train_epochs``, ``quantization``, ``optimizer``; with a test set also ``test_accuracy``,
+        ``test_macro_f1`` and ``test_invalid_rate``.
     """
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
@@ -180,12 +184,19 @@ def train_head(argv: list[str]) -> dict[str, Any]:
     eval_ids = encode_texts(tokenizer, [ex.text for ex in data.eval], recipe.task.max_length, side)
     predicted = predict_labels(model, tokenizer, eval_ids, labels, args.per_device_eval_batch_size)
     scores = classification_metrics([ex.label for ex in data.eval], predicted, labels)
+    tested = {}
+    if test:
+        test_ids = encode_texts(tokenizer, [ex.text for ex in test], recipe.task.max_length, side)
+        predicted = predict_labels(model, tokenizer, test_ids, labels, args.per_device_eval_batch_size)
+        test_scores = classification_metrics([ex.label for ex in test], predicted, labels)
+        tested = flat_metrics({k: test_scores[k] for k in SCORES}, prefix="test_")
     return {
         "trainable_params": trainable,
         "total_params": total,
         "train_runtime": float(runtime),
         "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
-        **flat_metrics({k: scores[k] for k in ("accuracy", "macro_f1", "invalid_rate")}),
+        **flat_metrics({k: scores[k] for k in SCORES}),
+        **tested,
         "peak_memory_mb": round(peak_memory_mb(device), 1),
         "num_train_epochs": float(args.num_train_epochs),
         "quantization": recipe.model.quantization,
@@ -203,7 +214,8 @@ def seed_row(metrics: dict[str, Any], run_dir: str, seed: int, reused: bool = Fa
         train_runtime=round(float(metrics["train_runtime"]), 1),
         train_samples_per_second=round(float(metrics["train_samples_per_second"]), 3),
         peak_memory_mb=metrics["peak_memory_mb"],
-        constrained=short_scores({k: metrics[f"eval_{k}"] for k in ("accuracy", "macro_f1", "invalid_rate")}),
+        constrained=short_scores({k: metrics[f"eval_{k}"] for k in SCORES}),
+        test=short_scores({k: metrics[f"test_{k}"] for k in SCORES}) if "test_accuracy" in metrics else None,
         epochs=float(metrics["num_train_epochs"]),
         run_dir=run_dir,
         seed=seed,

@@ -90,6 +90,20 @@ def rows_table(study: Study) -> str:
     return "\n".join(lines)
 
 
+def test_table(study: Study) -> str:
+    """The rows on the study's test set (`test_file`): accuracy and macro-F1, constrained decoding."""
+    lines = ["| row | accuracy | macro-F1 | invalid |", "|---|---|---|---|"]
+    for row in (r for r in study.rows if r.status == "ok" and r.test):
+        lines.append(f"| {row.name} | " + " | ".join(_scores(row.test, (row.std or {}).get("test"))) + " |")
+    n = study.test_samples
+    rates = [row.test["accuracy"] for row in study.rows if row.status == "ok" and row.test]
+    if rates:
+        at = sorted({max(rates), min(rates)}, reverse=True)
+        errors = " and ".join(f"{standard_error(p, n):.3f} at p = {p:.2f}" for p in at)
+        lines += ["", f"Standard error of an accuracy on these {n} examples: {errors}."]
+    return "\n".join(lines)
+
+
 def spread_notes(study: Study) -> list[str]:
     """What the table's ± means, and the sampling noise of an accuracy on this evaluation set."""
     seeds = ", ".join(map(str, study.settings.get("seeds") or []))
@@ -261,6 +275,14 @@ def render_markdown(study: Study, command: str) -> str:
         rows_table(study),
         "\n".join(f"- {note}" for note in spread_notes(study)),
     ]
+    if study.test_samples:
+        s = study.settings
+        parts += [
+            f"## Moderation, test set ({study.test_samples} examples)",
+            f"`{s['test_file']}`, balanced sample (seed {s['seed']}) of the rows whose text is in neither "
+            "the training nor the evaluation split; constrained decoding (the calibrated rows calibrated).",
+            test_table(study),
+        ]
     if study.transfer:
         parts += ["## Transfer to unseen labels (news topics, zero-shot)", transfer_table(study)]
     parts += [

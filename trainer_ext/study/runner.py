@@ -38,7 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer_ext.runs.info import RunInfo
+from trainer_ext.runs.info import RunInfo, machine
+from trainer_ext.study.heldout import load_test_set, score_test
 from trainer_ext.study.scoring import (
     RowResult,
     TransferResult,
@@ -75,6 +76,7 @@ class Study:
     transfer_labels: list[str] = field(default_factory=list)
     transfer_samples: int = 0
     eval_samples: int = 0
+    test_samples: int = 0
     train_samples: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -90,12 +92,12 @@ class Study:
 # The rows.
 
 
-def run_baseline(settings: StudySettings, train, evaluation, labels) -> RowResult:
+def run_baseline(settings: StudySettings, train, evaluation, labels, test=()) -> RowResult:
     """The TF-IDF + logistic regression row."""
     from trainer_ext.study.baselines import tfidf_logreg
 
     logger.info("Row tfidf-logreg: fitting on %d examples", len(train))
-    result = tfidf_logreg(train, evaluation, labels, seed=settings.seed)
+    result = tfidf_logreg(train, evaluation, labels, seed=settings.seed, test=test)
     return RowResult(
         "tfidf-logreg",
         trainable_params=result.trainable_params,
@@ -103,25 +105,26 @@ def run_baseline(settings: StudySettings, train, evaluation, labels) -> RowResul
         train_samples_per_second=round(result.train_samples_per_second, 2),
         peak_memory_mb=round(result.peak_memory_mb, 1),
         constrained=short_scores(result.metrics),
+        test=short_scores(result.test_metrics) if result.test_metrics else None,
         note="peak memory: Python/NumPy allocations of the fit (tracemalloc), not a process's resident size",
     )
 
 
-def run_embeddings(settings: StudySettings, train, evaluation, labels) -> RowResult:
+def run_embeddings(settings: StudySettings, train, evaluation, labels, test=()) -> RowResult:
     """The embedding-logreg row: embeddings once, a regression per seed, in a fresh process."""
     from trainer_ext.study.embeddings import embedding_logreg, seed_rows
 
     logger.info("Row %s: %s, %d training examples", EMBEDDING_ROW, settings.embedding_model, len(train))
     args = (train, evaluation, labels, settings.embedding_model, settings.seeds, settings.batch_size)
     try:
-        results = in_fresh_process(embedding_logreg, *args)
+        results = in_fresh_process(embedding_logreg, *args, 1.0, None, list(test))
     except Exception as error:  # any failure of the row is reported in the table, the study goes on
         logger.error("Row %s failed: %s", EMBEDDING_ROW, error)
         return RowResult(EMBEDDING_ROW, status="failed", note=_one_line(error))
     return combine_seeds(EMBEDDING_ROW, seed_rows(results, settings.seeds, settings.embedding_model))
 
 
-def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str) -> list[RowResult]:
+def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str, tested: dict) -> list[RowResult]:
     """The rows of one frozen scoring pass: uncalibrated and calibrated, those asked for."""
     shared = {"trainable_params": 0, "train_runtime": 0.0, "epochs": 0.0}
     rows = []
@@ -131,6 +134,7 @@ def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str) -> list[R
                 row,
                 constrained=scores.get("constrained"),
                 generate=scores.get("generate"),
+                test=tested.get("constrained"),
                 note=note,
                 **shared,
             )
@@ -140,6 +144,7 @@ def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str) -> list[R
             RowResult(
                 f"{row}-calibrated",
                 constrained=scores.get("calibrated"),
+                test=tested.get("calibrated"),
                 note=(
                     "the same scores with the label bias of content-free inputs divided out; constrained only"
                 ),
@@ -149,7 +154,9 @@ def _frozen_rows(row: str, wanted: list[str], scores: dict, note: str) -> list[R
     return rows
 
 
-def run_frozen(settings: StudySettings, recipe, train, evaluation, study: Study, headlines, topics) -> None:
+def run_frozen(
+    settings: StudySettings, recipe, train, evaluation, study: Study, headlines, topics, test=()
+) -> None:
     """Score the frozen rows (zero-/few-shot, calibrated or not) and the base model's transfer, in-process."""
     from trainer_ext.evaluation.reports import peak_memory_mb
     from trainer_ext.inference.classifier import Classifier
@@ -176,7 +183,8 @@ def run_frozen(settings: StudySettings, recipe, train, evaluation, study: Study,
         started = time.perf_counter()
         scores = score_classifier(classifier, evaluation, modes, settings.batch_size, row)
         note = f"inference only, {time.perf_counter() - started:.0f} s for {len(evaluation)} examples" + note
-        study.rows.extend(_frozen_rows(row, wanted, scores, note))
+        tested = score_test(classifier, test, settings.batch_size, row)
+        study.rows.extend(_frozen_rows(row, wanted, scores, note, tested))
     peak = round(peak_memory_mb(next(base.model.parameters()).device), 1)
     for result in study.rows:
         if result.name in FROZEN_ROWS or result.name in CALIBRATED_ROWS:
@@ -268,8 +276,9 @@ def _too_big(settings: StudySettings, study: Study) -> int | None:
     return known[0] if known and known[0] > settings.full_max_params else None
 
 
-def run_trained(settings: StudySettings, study: Study, headlines, topics) -> None:
-    """Train every requested method, one subprocess each, then score its transfer to the topics."""
+def run_trained(settings: StudySettings, study: Study, headlines, topics, test=()) -> None:
+    """Train every requested method, one subprocess each, then score it on the test set and its transfer to
+    the topics."""
     from trainer_ext.inference.classifier import Classifier
 
     for row in (r for r in settings.rows if r in TRAINED_ROWS):
@@ -288,32 +297,36 @@ def run_trained(settings: StudySettings, study: Study, headlines, topics) -> Non
             run_dir = run_path(settings, row, seed)
             argv = row_argv(settings, row, run_dir, seed)
             runs.append(train_row(settings, row, argv, run_dir, settings.runs_path / "logs", seed))
-            if runs[-1].status == "ok" and headlines:
+            if runs[-1].status == "ok" and (headlines or test):
                 classifier = Classifier.from_pretrained(run_dir)
-                study.transfer.extend(transfer_scores(classifier, row, settings, headlines, topics, seed))
+                runs[-1].test = score_test(classifier, test, settings.batch_size, row).get("constrained")
+                if headlines:
+                    study.transfer.extend(transfer_scores(classifier, row, settings, headlines, topics, seed))
                 del classifier
                 gc.collect()
         study.rows.append(combine_seeds(row, runs))
 
 
-def head_run(settings: StudySettings, seed: int) -> RowResult:
-    """One seed of the classification-head row, in a fresh process (or a finished identical run reused)."""
+def head_run(settings: StudySettings, seed: int, test=()) -> RowResult:
+    """One seed of the classification-head row, in a fresh process (or a finished identical run reused:
+    same arguments and same test set)."""
     from trainer_ext.evaluation.reports import write_metrics
     from trainer_ext.study.head import seed_row, train_head
 
     run_dir = run_path(settings, HEAD_ROW, seed)
     argv = row_argv(settings, HEAD_ROW, run_dir, seed)
-    reused = _reusable(settings, run_dir, argv)
+    stamp = argv + ([f"test set: {settings.test_file}, {len(test)}, seed {settings.seed}"] if test else [])
+    reused = _reusable(settings, run_dir, stamp)
     if not reused:
         logger.info("Row %s, seed %d: training", HEAD_ROW, seed)
         try:
-            metrics = in_fresh_process(train_head, argv)
+            metrics = in_fresh_process(train_head, argv, list(test))
         except Exception as error:  # any failure of the row is reported in the table, the study goes on
             logger.error("Row %s, seed %d failed: %s", HEAD_ROW, seed, error)
             return RowResult(HEAD_ROW, status="failed", seed=seed, note=_one_line(error))
         run_dir.mkdir(parents=True, exist_ok=True)
         write_metrics(run_dir, metrics)
-        (run_dir / COMMAND_FILE).write_text(json.dumps(argv) + "\n", encoding="utf-8")
+        (run_dir / COMMAND_FILE).write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     return seed_row(_read_metrics(run_dir), str(run_dir), seed, reused)
 
 
@@ -359,12 +372,14 @@ def run_study(settings: StudySettings) -> Study:
     labels = list(recipe.task.labels)
     train = load_split(recipe.data, "train", labels=labels)
     evaluation = load_split(recipe.data, "eval", labels=labels)
+    test = load_test_set(settings, recipe, labels, [*train, *evaluation])
     headlines, topics = load_transfer(settings, recipe)
     study = Study(
         settings=settings.to_dict(),
         transfer_labels=topics,
         transfer_samples=len(headlines),
         eval_samples=len(evaluation),
+        test_samples=len(test),
         train_samples=len(train),
         info={
             "model": recipe.model.model_name_or_path,
@@ -374,33 +389,16 @@ def run_study(settings: StudySettings) -> Study:
         },
     )
     if "tfidf-logreg" in settings.rows:
-        study.rows.append(run_baseline(settings, train, evaluation, labels))
+        study.rows.append(run_baseline(settings, train, evaluation, labels, test))
     if EMBEDDING_ROW in settings.rows:
-        study.rows.append(run_embeddings(settings, train, evaluation, labels))
-    run_frozen(settings, recipe, train, evaluation, study, headlines, topics)
-    run_trained(settings, study, headlines, topics)
+        study.rows.append(run_embeddings(settings, train, evaluation, labels, test))
+    run_frozen(settings, recipe, train, evaluation, study, headlines, topics, test)
+    run_trained(settings, study, headlines, topics, test)
     if HEAD_ROW in settings.rows:
-        study.rows.append(combine_seeds(HEAD_ROW, [head_run(settings, seed) for seed in settings.seeds]))
+        heads = [head_run(settings, seed, test) for seed in settings.seeds]
+        study.rows.append(combine_seeds(HEAD_ROW, heads))
     order = {name: i for i, name in enumerate(settings.rows)}
     study.rows.sort(key=lambda r: order[r.name])
-    study.info.update(_environment(), wall_seconds=round(time.perf_counter() - started, 1))
+    study.info.update(machine(), wall_seconds=round(time.perf_counter() - started, 1))
     return study
 
-
-def _environment() -> dict[str, Any]:
-    import os
-
-    import torch
-
-    from trainer_ext.modeling.loading import default_device
-    from trainer_ext.runs.info import framework_versions
-
-    device = default_device()
-    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    return {
-        "device": name,
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "date": time.strftime("%Y-%m-%d"),
-        "versions": framework_versions(),
-    }

@@ -53,12 +53,14 @@ class RowResult:
         peak_memory_mb (`float`, *optional*): Peak memory of the process that produced the row, MiB.
         constrained (`dict`, *optional*): `accuracy`, `macro_f1`, `invalid_rate` with constrained decoding.
         generate (`dict`, *optional*): The same with greedy generation.
+        test (`dict`, *optional*): `accuracy`, `macro_f1`, `invalid_rate` on the study's test set
+            (`test_file`), constrained decoding.
         epochs (`float`, *optional*): Training epochs.
         run_dir (`str`, *optional*): The run directory of a trained or frozen row.
         note (`str`): Why a row failed or was skipped, or how to read it.
         seed (`int`, *optional*): The training seed of one run.
-        std (`dict`, *optional*): Standard deviation over the seeds of each score, by decoding
-            (``{"constrained": {"accuracy": 0.01, ...}}``); `None` for a single run.
+        std (`dict`, *optional*): Standard deviation over the seeds of each score, by decoding or set
+            (``{"constrained": {"accuracy": 0.01, ...}, "test": {...}}``); `None` for a single run.
         per_seed (`list[RowResult]`): Every seed's run, in the order of ``seeds`` (seeded rows only).
     """
 
@@ -70,6 +72,7 @@ class RowResult:
     peak_memory_mb: float | None = None
     constrained: dict[str, float] | None = None
     generate: dict[str, float] | None = None
+    test: dict[str, float] | None = None
     epochs: float | None = None
     run_dir: str | None = None
     note: str = ""
@@ -101,7 +104,9 @@ def combine_seeds(name: str, runs: list[RowResult]) -> RowResult:
         return RowResult(name, status=runs[0].status, note=runs[0].note, per_seed=runs)
     constrained, constrained_std = combine_scores([run.constrained for run in done])
     generate, generate_std = combine_scores([run.generate for run in done])
-    std = {k: v for k, v in (("constrained", constrained_std), ("generate", generate_std)) if v}
+    test, test_std = combine_scores([run.test for run in done])
+    parts = (("constrained", constrained_std), ("generate", generate_std), ("test", test_std))
+    std = {k: v for k, v in parts if v}
     notes = list(dict.fromkeys(run.note for run in done if run.note))
     notes += [f"seed {run.seed} {run.status}: {run.note}" for run in runs if run.status != "ok"]
     return RowResult(
@@ -112,6 +117,7 @@ def combine_seeds(name: str, runs: list[RowResult]) -> RowResult:
         peak_memory_mb=max((run.peak_memory_mb for run in done if run.peak_memory_mb), default=None),
         constrained=constrained,
         generate=generate,
+        test=test,
         epochs=done[0].epochs,
         note="; ".join(notes),
         std=std or None,

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from trainer_ext.configs import CONFIGS_DIR, load_yaml_mapping
+from trainer_ext.data.examples import parse_mapping
 from trainer_ext.tasks import INSTRUCTION_TEMPLATE
 
 TRAINED_ROWS = ("norms", "lora-attention", "lora-all", "full")
@@ -166,6 +167,23 @@ class StudyArguments:
         default="constrained",
         metadata={"help": "Transfer decoding: constrained (calibrated comes free) or both."},
     )
+    test_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A second, larger labelled test set, scored by every row beside the recipe's evaluation "
+            "split (constrained decoding), relative to the recipe's data_dir; rows whose text is also in the "
+            "recipe's training or evaluation data are left out. Empty: none."
+        },
+    )
+    test_text_column: str = field(default="text", metadata={"help": "Column of the test texts."})
+    test_label_column: str = field(default="label", metadata={"help": "Column of the test labels."})
+    test_label_mapping: dict[str, str] | str | None = field(
+        default=None,
+        metadata={"help": 'Raw test label -> label, dict or JSON (e.g. {"0": "hate", "1": "offensive"}).'},
+    )
+    test_samples: int = field(
+        default=0, metadata={"help": "Balanced sample of the test set (0: every row that is left)."}
+    )
     full_max_params: int = field(
         default=1_000_000_000, metadata={"help": "The `full` row is skipped for models with more parameters."}
     )
@@ -209,8 +227,9 @@ class StudySettings(StudyArguments):
         bad = [row for row in self.overrides if row not in ROWS]
         if bad:
             raise StudyError(f"overrides: unknown row(s) {bad}; choose from {', '.join(ROWS)}.")
-        for name in ("shots", "transfer_samples", "batch_size", "few_shot_max_length"):
-            if getattr(self, name) < (0 if name == "transfer_samples" else 1):
+        self.test_label_mapping = parse_mapping(self.test_label_mapping)
+        for name in ("shots", "transfer_samples", "test_samples", "batch_size", "few_shot_max_length"):
+            if getattr(self, name) < (0 if name in ("transfer_samples", "test_samples") else 1):
                 raise StudyError(f"{name} must be positive, got {getattr(self, name)}.")
         for prompt in self.transfer_prompts:
             transfer_template(prompt)

@@ -1,0 +1,226 @@
+"""The study's main rows on a larger held-out test set: is the LM's lead over the alternatives real?
+
+    python -m benchmarks.heldout --runs runs/transfer/plain-seed42 runs/transfer/plain-seed1 \\
+        runs/transfer/plain-seed2
+
+The reference split's 200 evaluation tweets give an accuracy near 0.8 a binomial standard error of
+0.028: a lead of a point or two is noise. So the study preset has a larger test set, 900 Davidson tweets
+(`../shared/data/davidson/labeled_data.csv`), balanced over the three labels, seed 42, none of them in
+the study's 1,200 (`trainer_ext.study.heldout`). This benchmark draws the very same test set and scores,
+without training anything again:
+
+- the given runs of the main recipe (``--runs``, one per training seed), loaded as evaluated (their
+  quantization, dtype and autocast), constrained decoding (the study's main score);
+- `tfidf-logreg` fitted on the study's 1,000 training tweets (the study's row; deterministic);
+- `embedding-logreg` on the same tweets, one fit per ``--seeds`` seed (needs the ``embeddings`` extra;
+  ``--no_embeddings`` leaves it out).
+
+Every row is compared with `tfidf-logreg` on the same test tweets by McNemar's exact test (the paired test
+for two classifiers scored on one set; Dietterich 1998, "Approximate statistical tests for comparing
+supervised classification learning algorithms"), per seed. Writes ``OUT_DIR/heldout.json`` and
+``heldout.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import DATA_DIR, REPO_ROOT, report_header, write_report
+
+LABELS = ["hate", "offensive", "neutral"]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", required=True, help="run directories of the main recipe")
+    parser.add_argument("--test_size", type=int, help="held-out tweets (default: the study preset's 900)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="embedding-logreg seeds")
+    parser.add_argument("--embedding_model", default="all-minilm-l6-v2")
+    parser.add_argument("--no_embeddings", action="store_true", help="leave out embedding-logreg")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"))
+    return parser
+
+
+def study_sets(test_size: int | None = None) -> tuple[list[Any], list[Any], list[Any]]:
+    """The study's training, evaluation and test examples, drawn as `trainer-ext compare` with the shipped
+    preset draws them (``test_size`` overrides the preset's ``test_samples``)."""
+    from trainer_ext.data import load_split
+    from trainer_ext.study.heldout import load_test_set
+    from trainer_ext.study.settings import build_settings, row_argv
+    from trainer_ext.training.recipe import parse_recipe
+
+    flags = {"test_samples": test_size} if test_size else {}
+    settings = build_settings(None, flags, [], ["--data_dir", str(DATA_DIR)])
+    recipe = parse_recipe(row_argv(settings, "zero-shot", settings.runs_path / "zero-shot"))
+    labels = list(recipe.task.labels)
+    train = load_split(recipe.data, "train", labels=labels)
+    evaluation = load_split(recipe.data, "eval", labels=labels)
+    return train, evaluation, load_test_set(settings, recipe, labels, [*train, *evaluation])
+
+
+def _scores(gold: list[str], predicted: list[str]) -> dict[str, float]:
+    from trainer_ext.evaluation.metrics import classification_metrics
+
+    metrics = classification_metrics(gold, predicted, LABELS)
+    return {"accuracy": round(metrics["accuracy"], 4), "macro_f1": round(metrics["macro_f1"], 4)}
+
+
+def mcnemar(gold: list[str], ours: list[str], theirs: list[str]) -> dict[str, Any]:
+    """McNemar's exact test of two classifiers on the same examples.
+
+    Returns:
+        `dict`: ``only_ours`` (right where the other is wrong), ``only_theirs``, and the two-sided exact
+        ``p_value`` (a binomial test of ``only_ours`` out of the discordant pairs at 1/2; scipy's
+        `binomtest`). Discordant pairs only carry information; ties are left out.
+    """
+    from scipy.stats import binomtest
+
+    only_ours = sum(o == g != t for g, o, t in zip(gold, ours, theirs, strict=True))
+    only_theirs = sum(t == g != o for g, o, t in zip(gold, ours, theirs, strict=True))
+    discordant = only_ours + only_theirs
+    p_value = binomtest(only_ours, discordant, 0.5).pvalue if discordant else 1.0
+    return {"only_ours": only_ours, "only_theirs": only_theirs, "p_value": round(float(p_value), 4)}
+
+
+def run_predictions(run: Path, sets: dict[str, list[Any]], batch_size: int) -> dict[str, list[str]]:
+    """The labels a run directory's classifier predicts on each set (constrained decoding, loaded as the run
+    was evaluated: its quantization, dtype and autocast)."""
+    import gc
+
+    from trainer_ext.inference.classifier import Classifier
+
+    classifier = Classifier.from_pretrained(run)
+    predictions = {
+        name: [p.label for p in classifier.predict([ex.text for ex in examples], "constrained", batch_size)]
+        for name, examples in sets.items()
+    }
+    del classifier
+    gc.collect()
+    return predictions
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    from trainer_ext.study.scoring import standard_error
+
+    n_test, n_eval = report["test_size"], report["eval_size"]
+    lines = [
+        "# The study's rows on a larger held-out test set",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Test set: the study's, {n_test} Davidson tweets, balanced ({n_test // 3} per label, seed 42), "
+        f"none of them in the study's 1,200; the study's evaluation set is the {n_eval} of "
+        "`seed_split/val.csv`. Standard error of an accuracy near 0.8: "
+        f"{standard_error(0.8, n_eval):.3f} on {n_eval}, {standard_error(0.8, n_test):.3f} on {n_test}.",
+        "",
+        f"| row | seeds | accuracy, {n_eval} | macro-F1, {n_eval} "
+        f"| accuracy, {n_test} | macro-F1, {n_test} |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in report["rows"]:
+        runs = row["per_seed"]
+        cells = [
+            _mean_std([run[split][metric] for run in runs])
+            for split in ("eval", "test")
+            for metric in ("accuracy", "macro_f1")
+        ]
+        lines.append(f"| {row['name']} | {len(runs)} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"## Paired against tfidf-logreg on the {n_test} test tweets (McNemar's exact test, per seed)",
+        "",
+        "| row | seed | accuracy difference | right only here / only tfidf | p |",
+        "|---|---|---:|---:|---:|",
+    ]
+    tfidf = report["rows"][0]["per_seed"][0]["test"]["accuracy"]
+    for row in report["rows"][1:]:
+        for run in row["per_seed"]:
+            paired = run["vs_tfidf"]
+            lines.append(
+                f"| {row['name']} | {run['seed']} | {run['test']['accuracy'] - tfidf:+.3f} | "
+                f"{paired['only_ours']} / {paired['only_theirs']} | {paired['p_value']:.4f} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    runs = [Path(run) for run in args.runs]
+    missing = [str(run) for run in runs if not (run / "metrics.json").is_file()]
+    if missing:
+        print(f"error: not a finished run directory (no metrics.json): {', '.join(missing)}", file=sys.stderr)
+        return 2
+    from trainer_ext.data import DataError
+
+    try:
+        train, evaluation, test = study_sets(args.test_size)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sets = {"eval": evaluation, "test": test}
+    gold = {name: [example.label for example in examples] for name, examples in sets.items()}
+
+    from trainer_ext.study.baselines import tfidf_logreg
+
+    tfidf_predictions = {
+        name: tfidf_logreg(train, examples, LABELS).predictions for name, examples in sets.items()
+    }
+    rows = [{"name": "tfidf-logreg", "per_seed": [
+        {"seed": None, **{name: _scores(gold[name], tfidf_predictions[name]) for name in sets}}
+    ]}]  # fmt: skip
+
+    def seed_entry(seed: int | None, predictions: dict[str, list[str]], **extra: Any) -> dict[str, Any]:
+        return {
+            "seed": seed,
+            **{name: _scores(gold[name], predictions[name]) for name in sets},
+            "vs_tfidf": mcnemar(gold["test"], predictions["test"], tfidf_predictions["test"]),
+            **extra,
+        }
+
+    if not args.no_embeddings:
+        from trainer_ext.study.embeddings import embedding_logreg
+
+        per_set = {
+            name: embedding_logreg(train, examples, LABELS, args.embedding_model, args.seeds)
+            for name, examples in sets.items()
+        }
+        rows.append({"name": "embedding-logreg", "model": args.embedding_model, "per_seed": [
+            seed_entry(seed, {name: per_set[name][i].predictions for name in sets})
+            for i, seed in enumerate(args.seeds)
+        ]})  # fmt: skip
+    lora = []
+    for run in runs:
+        print(f"Scoring {run} on {len(evaluation)} + {len(test)} tweets", file=sys.stderr)
+        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        predictions = run_predictions(run, sets, args.batch_size)
+        entry = seed_entry(info["training"].get("seed", 42), predictions, run=str(run))
+        # The run's own evaluation, for a check that the run is scored here as it was evaluated.
+        entry["run_eval_accuracy"] = metrics.get("eval_accuracy")
+        lora.append(entry)
+    rows.append({"name": "lora-all", "per_seed": lora})
+    report = {
+        **report_header("benchmarks.heldout", argv),
+        "test_size": len(test),
+        "eval_size": len(evaluation),
+        "rows": rows,
+    }
+    write_report(args.out_dir, "heldout", report, markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

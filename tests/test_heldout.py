@@ -1,0 +1,63 @@
+"""The held-out test benchmark: its draw stays outside the study's split, and its paired test counts right."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from benchmarks.heldout import markdown, mcnemar, study_sets
+from trainer_ext.data import DataError
+from trainer_ext.data.report import text_key
+
+
+def test_the_study_test_set_is_balanced_seeded_and_outside_the_study_split(data_dir):
+    train, evaluation, test = study_sets(300)
+    assert (len(train), len(evaluation)) == (1000, 200)
+    assert Counter(example.label for example in test) == {"hate": 100, "offensive": 100, "neutral": 100}
+    study_texts = {text_key(example.text) for example in [*train, *evaluation]}
+    assert not study_texts & {text_key(example.text) for example in test}
+    assert [e.source for e in study_sets(300)[2]] == [e.source for e in test]
+    # The shipped preset's own size.
+    assert len(study_sets()[2]) == 900
+
+
+def test_a_test_set_larger_than_the_unseen_rows_says_how_many_there_are(data_dir):
+    with pytest.raises(DataError, match=r"test_samples 30000 is more than the \d+ rows"):
+        study_sets(30_000)
+
+
+def test_mcnemar_counts_the_discordant_pairs_and_gives_the_exact_p_value():
+    gold = ["a"] * 12
+    ours = ["a"] * 10 + ["b"] * 2  # right on the first 10
+    theirs = ["a"] * 2 + ["b"] * 9 + ["a"]  # right on the first 2 and the last
+    result = mcnemar(gold, ours, theirs)
+    # Right only here: items 2..9 (8); right only there: item 11 (1); both wrong: item 10.
+    assert (result["only_ours"], result["only_theirs"]) == (8, 1)
+    # Two-sided binomial test at 1/2 on 9 pairs: 2 * P(X >= 8) = 2 * (9 + 1) / 2**9.
+    assert result["p_value"] == pytest.approx(2 * 10 / 512, abs=1e-4)
+    assert mcnemar(gold, ours, ours)["p_value"] == 1.0
+
+
+def test_the_report_shows_mean_and_spread_per_row_and_the_paired_differences():
+    scores = {"accuracy": 0.8, "macro_f1": 0.79}
+    report = {
+        "command": "python -m benchmarks.heldout --runs r1 r2",
+        "test_size": 900,
+        "eval_size": 200,
+        "rows": [
+            {"name": "tfidf-logreg", "per_seed": [{"seed": None, "eval": scores, "test": scores}]},
+            {
+                "name": "lora-all",
+                "per_seed": [
+                    {"seed": seed, "eval": scores, "test": {"accuracy": acc, "macro_f1": acc},
+                     "vs_tfidf": {"only_ours": 30, "only_theirs": 10, "p_value": 0.002}}
+                    for seed, acc in ((42, 0.84), (1, 0.86))
+                ],
+            },
+        ],
+    }  # fmt: skip
+    text = markdown(report)
+    assert "| lora-all | 2 | 0.800 ± 0.000 | 0.790 ± 0.000 | 0.850 ± 0.014 | 0.850 ± 0.014 |" in text
+    assert "| lora-all | 42 | +0.040 | 30 / 10 | 0.0020 |" in text
+    assert "0.028 on 200, 0.013 on 900" in text

@@ -1,0 +1,85 @@
+"""The study's optional second test set (`test_file`): larger than the recipe's evaluation split, so that
+differences between rows can be told from sampling noise, and drawn so that no row has seen its texts.
+
+Every row is scored on it with constrained decoding (the calibrated rows with the same pass calibrated);
+the scores go to `RowResult.test`, and a seeded row gets their mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainer_ext.study.settings import StudySettings
+
+logger = logging.getLogger(__name__)
+
+
+def load_test_set(settings: StudySettings, recipe, labels: Sequence[str], seen: Sequence[Any]) -> list[Any]:
+    """The study's test examples: `test_file` less every text in `seen`, a balanced `test_samples` sample.
+
+    Args:
+        settings (`StudySettings`): `test_file` (relative to the recipe's `data_dir`), its columns, label
+            mapping and sample size; `seed` draws the sample.
+        recipe (`Recipe`): The study's recipe (its `data_dir` and `decode_html`).
+        labels (`Sequence[str]`): The task's labels; every test row must map to one.
+        seen (`Sequence[Example]`): The training and evaluation examples; their texts are left out (compared
+            after whitespace folding and lower-casing, as the data report compares them).
+
+    Returns:
+        `list[Example]`: empty when `test_file` is unset.
+
+    Raises:
+        `DataError`: when the file is missing, a row is bad, or no row is left.
+    """
+    from trainer_ext.data import DataError, balanced_sample, load_examples
+    from trainer_ext.data.report import drop_seen
+
+    if not settings.test_file:
+        return []
+    path = Path(settings.test_file).expanduser()
+    if not path.is_absolute() and recipe.data.data_dir:
+        path = Path(recipe.data.data_dir).expanduser() / path
+    if not path.is_file():
+        raise DataError(
+            f"test_file {str(path)!r} does not exist (relative paths are read from the recipe's data_dir); "
+            "check the path, or set --test_file '' to score no test set."
+        )
+    examples = load_examples(
+        path,
+        settings.test_text_column,
+        settings.test_label_column,
+        settings.test_label_mapping,
+        recipe.data.decode_html,
+        labels,
+    )
+    unseen = drop_seen(examples, seen)
+    if not unseen:
+        raise DataError(f"test_file {str(path)!r}: every row is also in the training or evaluation data.")
+    size = settings.test_samples or None
+    if size and size > len(unseen):
+        raise DataError(
+            f"test_samples {size} is more than the {len(unseen)} rows of {str(path)!r} that are not in the "
+            "training or evaluation data; ask for fewer."
+        )
+    test = balanced_sample(unseen, size, settings.seed)
+    logger.info(
+        "Test set: %d examples of %s (%d rows also in the training or evaluation data left out)",
+        len(test),
+        path,
+        len(examples) - len(unseen),
+    )
+    return test
+
+
+def score_test(
+    classifier, examples: Sequence[Any], batch_size: int, desc: str
+) -> dict[str, dict[str, float]]:
+    """Constrained and calibrated scores of `classifier` on the test examples (`{}` without any)."""
+    from trainer_ext.study.scoring import score_classifier
+
+    if not examples:
+        return {}
+    return score_classifier(classifier, examples, ("constrained",), batch_size, f"{desc}, test set")
