@@ -1,4 +1,5 @@
-"""The held-out test benchmark: its draw stays outside the study's split, and its paired test counts right."""
+"""The held-out test benchmark (its draw stays outside the study's split, its paired test counts right) and
+the job memory sampler's phases."""
 
 from __future__ import annotations
 
@@ -61,3 +62,28 @@ def test_the_report_shows_mean_and_spread_per_row_and_the_paired_differences():
     assert "| lora-all | 2 | 0.800 ± 0.000 | 0.790 ± 0.000 | 0.850 ± 0.014 | 0.850 ± 0.014 |" in text
     assert "| lora-all | 42 | +0.040 | 30 / 10 | 0.0020 |" in text
     assert "0.028 on 200, 0.013 on 900" in text
+
+
+def test_the_job_memory_sampler_files_samples_under_the_phase_the_log_names():
+    from benchmarks.job_memory import Phases
+
+    phases = Phases()
+    phases.add(100.0)
+    phases.on_line("12:00:00 INFO trainer_ext.modeling.embedded: Using embedded model smollm2-135m")
+    phases.add(300.0)
+    phases.on_line("12:00:05 INFO trainer_ext.modeling.loading: Loaded smollm2-135m (8bit) with lora-all")
+    phases.add(900.0)
+    phases.on_line("{'loss': '0.9', 'epoch': '0.1'}")
+    phases.add(950.0)
+    phases.on_line("{'train_runtime': '10'}")
+    phases.add(990.0)
+    phases.on_line("{'eval_accuracy': '0.8'}")
+    phases.add(980.0)
+    assert phases.samples == {
+        "start-up and data": [100.0],
+        "model loading": [300.0],
+        "training, logging window 1": [900.0],
+        "training, logging window 2": [950.0],
+        "evaluation": [990.0],
+        "writing the run directory": [980.0],
+    }
