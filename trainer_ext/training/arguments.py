@@ -83,6 +83,14 @@ class LabelArguments:
             "gradient_checkpointing)."
         },
     )
+    release_host_memory: bool = field(
+        default=True,
+        metadata={
+            "help": "Training on the CPU under glibc: fix malloc's mmap threshold at 128 KiB, so that freed "
+            "tensors go back to the system instead of piling up in the heap (lower peak memory; "
+            "MALLOC_MMAP_THRESHOLD_ in the environment wins)."
+        },
+    )
 
     def check_label_arguments(self) -> None:
         """Refuse values of these keys that cannot work (raises `ValueError` naming the key)."""

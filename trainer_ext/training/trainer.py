@@ -30,6 +30,7 @@ from trainer_ext.inference.scoring import LabelScores, generate_labels, score_la
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.arguments import LabelArguments
 from trainer_ext.training.collator import LabelCollator
+from trainer_ext.training.host_memory import fix_mmap_threshold
 from trainer_ext.training.loss import completion_loss
 from trainer_ext.training.tokenization import encode_dataset, encode_prompts
 from trainer_ext.vocabulary import DECODINGS
@@ -144,6 +145,8 @@ class LabelTrainer(Trainer):
         with _allow_trained_norms(model):
             super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
         self.task = task
+        if self.args.release_host_memory and self.args.device.type == "cpu":
+            fix_mmap_threshold()
         # Our loss divides by the completion-token count the Trainer gathers across accumulation steps and
         # devices (`num_items_in_batch`); this flag makes the Trainer compute that count and not rescale.
         self.model_accepts_loss_kwargs = True

@@ -1,0 +1,50 @@
+"""Host memory of CPU training: hand freed tensor memory back to the system instead of keeping it in the heap.
+
+glibc's malloc serves a request of at least ``M_MMAP_THRESHOLD`` bytes (128 KiB to start with) with a
+mapping of its own, returned to the system on free. But the threshold is dynamic: each time such a block
+is freed, the threshold rises to its size (up to 32 MiB on 64-bit), so after the first step of training
+most activation and gradient tensors come from the heap instead. Freed heap memory stays resident, and
+tensors of changing shapes (length-grouped batches, evaluation batches) fragment it: the resident set
+keeps growing long after the live tensors stop growing. Fixing the threshold turns the dynamic
+adjustment off (glibc manual, "Memory Allocation Tunables"; mallopt(3)).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import platform
+
+logger = logging.getLogger(__name__)
+
+#: ``M_MMAP_THRESHOLD`` of ``<malloc.h>``.
+M_MMAP_THRESHOLD = -3
+#: glibc's initial threshold, kept fixed.
+DEFAULT_THRESHOLD = 128 * 1024
+ENVIRONMENT_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
+
+
+def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold of this process at `threshold` bytes (see the module docstring).
+
+    Does nothing where the C library is not glibc, or when ``MALLOC_MMAP_THRESHOLD_`` is set in the
+    environment (the user's own choice, which glibc has already applied).
+
+    Args:
+        threshold (`int`, *optional*, defaults to 131072): Bytes from which a request gets its own mapping.
+
+    Returns:
+        `bool`: whether the threshold was set.
+    """
+    if ENVIRONMENT_VARIABLE in os.environ or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        done = bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+    if done:
+        logger.debug("glibc mmap threshold fixed at %d bytes", threshold)
+    return done
