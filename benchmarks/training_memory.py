@@ -17,6 +17,8 @@ peak so far (VmHWM, from /proc/self/status) after each stage. The batches come l
   shape of the first batch;
 - `batch8`: the recipe's batch of 8 run at once, not as two accumulated halves of 4;
 - `checkpointing`: with ``gradient_checkpointing`` (layers recomputed in the backward pass);
+- `dynamic-malloc`: glibc's default dynamic mmap threshold (``release_host_memory: false``; the recipe
+  fixes it at 128 KiB, see `trainer_ext.training.host_memory`);
 - `arena2`: glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``);
 - `mmap`: glibc's malloc serving every block over 64 KiB with its own mapping, returned on free
   (``MALLOC_MMAP_THRESHOLD_=65536``), to show how much of the resident memory is freed memory the allocator
@@ -46,6 +48,7 @@ CONFIGS: dict[str, tuple[dict[str, str | None], list[str]]] = {
     "max_length256": ({}, ["--max_length", "256"]),
     "batch8": ({}, ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]),
     "checkpointing": ({}, ["--gradient_checkpointing", "true"]),
+    "dynamic-malloc": ({}, ["--release_host_memory", "false"]),
     "arena2": ({"MALLOC_ARENA_MAX": "2"}, []),
     "mmap": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, []),
 }

@@ -166,9 +166,12 @@ def build(recipe: Recipe, data: PreparedData | None = None):
     from transformers import set_seed
 
     from trainer_ext.modeling.loading import load_model
+    from trainer_ext.training.host_memory import fix_mmap_threshold
     from trainer_ext.training.trainer import LabelDataset, LabelTrainer
 
     data = data or prepare_data(recipe)
+    if recipe.training.release_host_memory and recipe.training.device.type == "cpu":
+        fix_mmap_threshold()  # before loading, so that its temporary copies are given back too
     set_seed(recipe.training.seed)
     m = recipe.model
     loaded = load_model(

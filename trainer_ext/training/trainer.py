@@ -24,7 +24,6 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainingArguments
 
-from trainer_ext.evaluation.metrics import classification_metrics, flat_metrics
 from trainer_ext.inference.decision import apply_decision_bias
 from trainer_ext.inference.scoring import LabelScores, generate_labels, score_labels
 from trainer_ext.tasks import LabelTask
@@ -260,6 +259,10 @@ class LabelTrainer(Trainer):
                 "build the "
                 "eval set with LabelDataset(examples, tokenizer, task, max_length)."
             )
+        # Imported here, not with the module: scikit-learn and `evaluate` (about 40 MB resident) are only
+        # needed once a run evaluates, after the training steps' memory is given back.
+        from trainer_ext.evaluation.metrics import classification_metrics, flat_metrics
+
         gold = [ex.label for ex in dataset.examples]
         metrics: dict[str, Any] = {}
         self.last_label_scores = {}
