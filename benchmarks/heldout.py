@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         lora.append(entry)
     rows.append({"name": "lora-all", "per_seed": lora})
     report = {
-        **report_header("benchmarks.heldout", argv),
+        **report_header("heldout", argv),
         "test_size": len(test),
         "eval_size": len(evaluation),
         "rows": rows,
