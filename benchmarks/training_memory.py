@@ -17,8 +17,10 @@ peak so far (VmHWM, from /proc/self/status) after each stage. The batches come l
   shape of the first batch;
 - `batch8`: the recipe's batch of 8 run at once, not as two accumulated halves of 4;
 - `checkpointing`: with ``gradient_checkpointing`` (layers recomputed in the backward pass);
-- `dynamic-malloc`: glibc's default dynamic mmap threshold (``release_host_memory: false``; the recipe
-  fixes it at 128 KiB, see `trainer_ext.training.host_memory`);
+- `dynamic-malloc`: glibc's default dynamic mmap threshold (``release_host_memory: false``; training
+  fixes it at 1 MiB by default, see `trainer_ext.training.host_memory`);
+- `mmap1m`, `mmap128k`: the threshold fixed at 1 MiB (the default, set through the environment) or at
+  glibc's initial 128 KiB (``MALLOC_MMAP_THRESHOLD_=131072``): more, smaller mappings;
 - `arena2`: glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``);
 - `mmap`: glibc's malloc serving every block over 64 KiB with its own mapping, returned on free
   (``MALLOC_MMAP_THRESHOLD_=65536``), to show how much of the resident memory is freed memory the allocator
@@ -49,6 +51,8 @@ CONFIGS: dict[str, tuple[dict[str, str | None], list[str]]] = {
     "batch8": ({}, ["--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1"]),
     "checkpointing": ({}, ["--gradient_checkpointing", "true"]),
     "dynamic-malloc": ({}, ["--release_host_memory", "false"]),
+    "mmap1m": ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, []),
+    "mmap128k": ({"MALLOC_MMAP_THRESHOLD_": "131072"}, []),
     "arena2": ({"MALLOC_ARENA_MAX": "2"}, []),
     "mmap": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, []),
 }

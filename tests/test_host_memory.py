@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(
     sys.platform != "linux" or platform.libc_ver()[0] != "glibc", reason="glibc's malloc on Linux only"
 )
 
-# Frees every other one of 64 tensors of 1 MiB, in a fresh process: how much of the freed half leaves the
-# resident set. A first 16 MiB block, freed, raises glibc's dynamic threshold above 1 MiB, as the first
+# Frees every other one of 32 tensors of 2 MiB, in a fresh process: how much of the freed half leaves the
+# resident set. A first 16 MiB block, freed, raises glibc's dynamic threshold above 2 MiB, as the first
 # training step does; the tensors kept alive stop the heap from being trimmed.
 PROBE = """
 import json, sys
@@ -29,7 +29,7 @@ def rss():
 fixed = fix_mmap_threshold() if sys.argv[1] == "fix" else False
 warm = torch.ones(4 * 2**20)
 del warm
-tensors = [torch.ones(2**18) for _ in range(64)]
+tensors = [torch.ones(2**19) for _ in range(32)]
 before = rss()
 del tensors[::2]
 print(json.dumps({"fixed": fixed, "released_mib": before - rss()}))

@@ -86,8 +86,8 @@ class LabelArguments:
     release_host_memory: bool = field(
         default=True,
         metadata={
-            "help": "Training on the CPU under glibc: fix malloc's mmap threshold at 128 KiB, so that freed "
-            "tensors go back to the system instead of piling up in the heap (lower peak memory; "
+            "help": "Training on the CPU under glibc: fix malloc's mmap threshold at 1 MiB, so that freed "
+            "large tensors go back to the system instead of piling up in the heap (lower peak memory; "
             "MALLOC_MMAP_THRESHOLD_ in the environment wins)."
         },
     )

@@ -7,6 +7,11 @@ most activation and gradient tensors come from the heap instead. Freed heap memo
 tensors of changing shapes (length-grouped batches, evaluation batches) fragment it: the resident set
 keeps growing long after the live tensors stop growing. Fixing the threshold turns the dynamic
 adjustment off (glibc manual, "Memory Allocation Tunables"; mallopt(3)).
+
+The threshold is a trade: every mapping is zero-filled page by page by the kernel when first touched.
+On the main job (`python -m benchmarks.training_memory --configs dynamic-malloc cached mmap1m`, 10 steps,
+2-core Xeon) glibc's own 128 KiB made a training step 50% slower for 218 MB less peak; 1 MiB costs 7% for
+59 MB less over 10 steps, and keeps the heap from growing over a whole run.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ logger = logging.getLogger(__name__)
 
 #: ``M_MMAP_THRESHOLD`` of ``<malloc.h>``.
 M_MMAP_THRESHOLD = -3
-#: glibc's initial threshold, kept fixed.
-DEFAULT_THRESHOLD = 128 * 1024
+#: Requests of this many bytes or more get a mapping of their own (glibc starts at 128 KiB).
+DEFAULT_THRESHOLD = 1024 * 1024
 ENVIRONMENT_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
 
 
@@ -33,7 +38,7 @@ def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     environment (the user's own choice, which glibc has already applied).
 
     Args:
-        threshold (`int`, *optional*, defaults to 131072): Bytes from which a request gets its own mapping.
+        threshold (`int`, *optional*, defaults to 1048576): Bytes from which a request gets its own mapping.
 
     Returns:
         `bool`: whether the threshold was set.
