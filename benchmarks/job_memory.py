@@ -17,6 +17,7 @@ spike between two samples still counts. Writes ``OUT_DIR/job_memory.json`` and `
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import subprocess
@@ -71,9 +72,12 @@ class Phases:
 
     def on_line(self, line: str) -> None:
         with self.lock:
-            for name, pattern in PHASES:
-                if pattern.search(line) and self.name != name:
+            names = [name for name, _ in PHASES]
+            now = names.index(self.name) if self.name in names else -1
+            for name, pattern in PHASES[now + 1 :]:  # phases only move forward
+                if pattern.search(line):
                     self.name = name
+                    break
             if self.name == "training" and STEP_LOG.search(line):
                 self.steps += 1
 
@@ -94,13 +98,20 @@ def run_job(command: list[str], interval: float, log_path: Path) -> dict[str, An
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w", encoding="utf-8") as log:
         child = subprocess.Popen(
-            command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            command,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},  # each log line as it is written, not at exit
         )
 
         def read() -> None:
             for raw in child.stdout:  # tqdm rewrites its line with \r; each piece is a line here
                 for line in raw.split("\r"):
                     log.write(line if line.endswith("\n") else line + "\n")
+                    log.flush()
                     phases.on_line(line)
 
         reader = threading.Thread(target=read, daemon=True)

@@ -79,11 +79,13 @@ def test_the_job_memory_sampler_files_samples_under_the_phase_the_log_names():
     phases.add(990.0)
     phases.on_line("{'eval_accuracy': '0.8'}")
     phases.add(980.0)
+    phases.on_line("{'loss': '0.1'}")  # an earlier phase's line does not move it back
+    phases.add(970.0)
     assert phases.samples == {
         "start-up and data": [100.0],
         "model loading": [300.0],
         "training, logging window 1": [900.0],
         "training, logging window 2": [950.0],
         "evaluation": [990.0],
-        "writing the run directory": [980.0],
+        "writing the run directory": [980.0, 970.0],
     }
