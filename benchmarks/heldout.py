@@ -35,10 +35,18 @@ from benchmarks.common import DATA_DIR, REPO_ROOT, report_header, write_report
 LABELS = ["hate", "offensive", "neutral"]
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of tweets, got {value!r}")
+    return int(value)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="run directories of the main recipe")
-    parser.add_argument("--test_size", type=int, help="held-out tweets (default: the study preset's 900)")
+    parser.add_argument(
+        "--test_size", type=_positive, help="held-out tweets (default: the study preset's 900)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="embedding-logreg seeds")
     parser.add_argument("--embedding_model", default="all-minilm-l6-v2")
     parser.add_argument("--no_embeddings", action="store_true", help="leave out embedding-logreg")
@@ -111,6 +119,12 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _distinct(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs, or only the first when every seed scored the same (a deterministic fit)."""
+    keys = [json.dumps({k: run[k] for k in ("eval", "test", "vs_tfidf") if k in run}) for run in runs]
+    return runs[:1] if len(runs) > 1 and len(set(keys)) == 1 else runs
+
+
 def markdown(report: dict[str, Any]) -> str:
     from trainer_ext.study.scoring import standard_error
 
@@ -120,8 +134,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Test set: the study's, {n_test} Davidson tweets, balanced ({n_test // 3} per label, seed 42), "
-        f"none of them in the study's 1,200; the study's evaluation set is the {n_eval} of "
+        f"Test set: the study's, {n_test} Davidson tweets balanced over the labels (seed 42), none of them "
+        f"in the study's 1,200; the study's evaluation set is the {n_eval} of "
         "`seed_split/val.csv`. Standard error of an accuracy near 0.8: "
         f"{standard_error(0.8, n_eval):.3f} on {n_eval}, {standard_error(0.8, n_test):.3f} on {n_test}.",
         "",
@@ -130,13 +144,15 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for row in report["rows"]:
-        runs = row["per_seed"]
+        runs, seeds = _distinct(row["per_seed"]), str(len(row["per_seed"]))
+        if len(runs) < len(row["per_seed"]):
+            seeds = f"{len(row['per_seed'])}, identical (a deterministic fit)"
         cells = [
             _mean_std([run[split][metric] for run in runs])
             for split in ("eval", "test")
             for metric in ("accuracy", "macro_f1")
         ]
-        lines.append(f"| {row['name']} | {len(runs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['name']} | {seeds} | " + " | ".join(cells) + " |")
     lines += [
         "",
         f"## Paired against tfidf-logreg on the {n_test} test tweets (McNemar's exact test, per seed)",
@@ -146,7 +162,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     tfidf = report["rows"][0]["per_seed"][0]["test"]["accuracy"]
     for row in report["rows"][1:]:
-        for run in row["per_seed"]:
+        for run in _distinct(row["per_seed"]):
             paired = run["vs_tfidf"]
             lines.append(
                 f"| {row['name']} | {run['seed']} | {run['test']['accuracy'] - tfidf:+.3f} | "
@@ -175,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from trainer_ext.study.baselines import tfidf_logreg
 
-    tfidf_predictions = {
-        name: tfidf_logreg(train, examples, LABELS).predictions for name, examples in sets.items()
-    }
+    fitted = tfidf_logreg(train, evaluation, LABELS, test=test)
+    tfidf_predictions = {"eval": fitted.predictions, "test": fitted.test_predictions}
     rows = [{"name": "tfidf-logreg", "per_seed": [
         {"seed": None, **{name: _scores(gold[name], tfidf_predictions[name]) for name in sets}}
     ]}]  # fmt: skip
@@ -193,13 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_embeddings:
         from trainer_ext.study.embeddings import embedding_logreg
 
-        per_set = {
-            name: embedding_logreg(train, examples, LABELS, args.embedding_model, args.seeds)
-            for name, examples in sets.items()
-        }
+        fits = embedding_logreg(train, evaluation, LABELS, args.embedding_model, args.seeds, test=test)
         rows.append({"name": "embedding-logreg", "model": args.embedding_model, "per_seed": [
-            seed_entry(seed, {name: per_set[name][i].predictions for name in sets})
-            for i, seed in enumerate(args.seeds)
+            seed_entry(seed, {"eval": fit.predictions, "test": fit.test_predictions})
+            for seed, fit in zip(args.seeds, fits, strict=True)
         ]})  # fmt: skip
     lora = []
     for run in runs:

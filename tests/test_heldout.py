@@ -89,3 +89,51 @@ def test_the_job_memory_sampler_files_samples_under_the_phase_the_log_names():
         "evaluation": [990.0],
         "writing the run directory": [980.0, 970.0],
     }
+
+
+# The study's own loading of its test set.
+
+
+def _settings(data_dir, **flags):
+    from trainer_ext.study.settings import build_settings, row_argv
+    from trainer_ext.training.recipe import parse_recipe
+
+    settings = build_settings(None, flags, [], ["--data_dir", str(data_dir)])
+    return settings, parse_recipe(row_argv(settings, "zero-shot", settings.runs_path / "zero-shot"))
+
+
+def test_no_test_file_means_no_test_set(data_dir):
+    from trainer_ext.study.heldout import load_test_set
+
+    settings, recipe = _settings(data_dir, test_file="")
+    assert load_test_set(settings, recipe, ["hate", "offensive", "neutral"], []) == []
+
+
+def test_a_missing_test_file_says_where_it_was_looked_for_and_how_to_go_without(data_dir):
+    from trainer_ext.study.heldout import load_test_set
+
+    settings, recipe = _settings(data_dir, test_file="davidson/nope.csv")
+    with pytest.raises(DataError, match=r"nope\.csv' does not exist .*data_dir.*--test_file ''"):
+        load_test_set(settings, recipe, ["hate", "offensive", "neutral"], [])
+
+
+def test_a_test_set_made_only_of_seen_rows_is_refused(data_dir):
+    from trainer_ext.study.heldout import load_test_set
+
+    settings, recipe = _settings(
+        data_dir, test_file="seed_split/val.csv", test_text_column="text", test_label_column="label",
+        test_label_mapping=None, test_samples=0,
+    )  # fmt: skip
+    seen = study_sets(300)[1]  # the 200 evaluation tweets: every row of val.csv
+    with pytest.raises(DataError, match="every row is also in the training or evaluation data"):
+        load_test_set(settings, recipe, ["hate", "offensive", "neutral"], seen)
+
+
+def test_the_digest_changes_with_the_test_set():
+    from trainer_ext.data import Example
+    from trainer_ext.study.heldout import examples_digest
+
+    one = [Example("a tweet", "hate", "t:1"), Example("another", "neutral", "t:2")]
+    assert examples_digest(one) == examples_digest(list(one))
+    assert examples_digest(one) != examples_digest(one[:1])
+    assert examples_digest(one) != examples_digest([Example("a tweet", "offensive", "t:1"), one[1]])

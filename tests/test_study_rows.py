@@ -319,6 +319,10 @@ def test_new_rows_end_to_end_over_two_seeds(tiny_model_dir, tiny_encoder_dir, da
     assert "reused finished runs" in again["note"]
     assert again["constrained"] == by_name[HEAD_ROW]["constrained"]
     assert again["test"] == by_name[HEAD_ROW]["test"]
+    # Another test set: the kept runs hold scores of the old one, so they are trained and scored again.
+    assert main([*argv, "--reuse", "true", "--rows", HEAD_ROW, "--test_samples", "3"]) == 0
+    retrained = json.loads((out / "compare.json").read_text(encoding="utf-8"))["rows"][0]
+    assert "reused finished runs" not in retrained["note"]
 
 
 def test_a_row_without_its_model_fails_with_a_note_and_the_study_goes_on(data_dir, tmp_path, capsys):

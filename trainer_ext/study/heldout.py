@@ -2,7 +2,9 @@
 differences between rows can be told from sampling noise, and drawn so that no row has seen its texts.
 
 Every row is scored on it with constrained decoding (the calibrated rows with the same pass calibrated);
-the scores go to `RowResult.test`, and a seeded row gets their mean and standard deviation.
+the scores go to `RowResult.test`, and a seeded row gets their mean and standard deviation. "Unseen" is
+with respect to the recipe's training and evaluation data: a per-row override that changes a row's data
+(``--set lora-all.train_file=...``) is not checked against it.
 """
 
 from __future__ import annotations
@@ -43,9 +45,10 @@ def load_test_set(settings: StudySettings, recipe, labels: Sequence[str], seen: 
     if not path.is_absolute() and recipe.data.data_dir:
         path = Path(recipe.data.data_dir).expanduser() / path
     if not path.is_file():
+        where = "the recipe's data_dir" if recipe.data.data_dir else "the working directory"
         raise DataError(
-            f"test_file {str(path)!r} does not exist (relative paths are read from the recipe's data_dir); "
-            "check the path, or set --test_file '' to score no test set."
+            f"test_file {str(path)!r} does not exist (a relative path is read from {where}); check the "
+            "path, or give --test_file '' to score no test set."
         )
     examples = load_examples(
         path,
@@ -57,7 +60,10 @@ def load_test_set(settings: StudySettings, recipe, labels: Sequence[str], seen: 
     )
     unseen = drop_seen(examples, seen)
     if not unseen:
-        raise DataError(f"test_file {str(path)!r}: every row is also in the training or evaluation data.")
+        raise DataError(
+            f"test_file {str(path)!r}: every row is also in the training or evaluation data; give another "
+            "file, or --test_file '' to score no test set."
+        )
     size = settings.test_samples or None
     if size and size > len(unseen):
         raise DataError(
@@ -72,6 +78,15 @@ def load_test_set(settings: StudySettings, recipe, labels: Sequence[str], seen: 
         len(examples) - len(unseen),
     )
     return test
+
+
+def examples_digest(examples: Sequence[Any]) -> str:
+    """A short fingerprint of labelled examples (SHA-1 of their labels and texts, in order): a finished run
+    scored on one test set is reused only for the very same one."""
+    import hashlib
+
+    lines = "\n".join(f"{example.label}\t{example.text}" for example in examples)
+    return hashlib.sha1(lines.encode("utf-8")).hexdigest()[:16]
 
 
 def score_test(

@@ -90,8 +90,9 @@ def rows_table(study: Study) -> str:
     return "\n".join(lines)
 
 
-def test_table(study: Study) -> str:
-    """The rows on the study's test set (`test_file`): accuracy and macro-F1, constrained decoding."""
+def heldout_table(study: Study) -> str:
+    """The rows on the study's test set (`test_file`): accuracy, macro-F1 and invalid rate, constrained
+    decoding."""
     lines = ["| row | accuracy | macro-F1 | invalid |", "|---|---|---|---|"]
     for row in (r for r in study.rows if r.status == "ok" and r.test):
         lines.append(f"| {row.name} | " + " | ".join(_scores(row.test, (row.std or {}).get("test"))) + " |")
@@ -279,9 +280,11 @@ def render_markdown(study: Study, command: str) -> str:
         s = study.settings
         parts += [
             f"## Moderation, test set ({study.test_samples} examples)",
-            f"`{s['test_file']}`, balanced sample (seed {s['seed']}) of the rows whose text is in neither "
-            "the training nor the evaluation split; constrained decoding (the calibrated rows calibrated).",
-            test_table(study),
+            f"`{s['test_file']}`: "
+            + (f"a balanced sample (seed {s['seed']}) of the rows" if s.get("test_samples") else "the rows")
+            + " whose text is in neither the training nor the evaluation split; constrained decoding (the "
+            "calibrated rows calibrated).",
+            heldout_table(study),
         ]
     if study.transfer:
         parts += ["## Transfer to unseen labels (news topics, zero-shot)", transfer_table(study)]

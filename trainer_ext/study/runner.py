@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer_ext.runs.info import RunInfo, machine
-from trainer_ext.study.heldout import load_test_set, score_test
+from trainer_ext.study.heldout import examples_digest, load_test_set, score_test
 from trainer_ext.study.scoring import (
     RowResult,
     TransferResult,
@@ -117,7 +117,7 @@ def run_embeddings(settings: StudySettings, train, evaluation, labels, test=()) 
     logger.info("Row %s: %s, %d training examples", EMBEDDING_ROW, settings.embedding_model, len(train))
     args = (train, evaluation, labels, settings.embedding_model, settings.seeds, settings.batch_size)
     try:
-        results = in_fresh_process(embedding_logreg, *args, 1.0, None, list(test))
+        results = in_fresh_process(embedding_logreg, *args, test=list(test))
     except Exception as error:  # any failure of the row is reported in the table, the study goes on
         logger.error("Row %s failed: %s", EMBEDDING_ROW, error)
         return RowResult(EMBEDDING_ROW, status="failed", note=_one_line(error))
@@ -315,12 +315,12 @@ def head_run(settings: StudySettings, seed: int, test=()) -> RowResult:
 
     run_dir = run_path(settings, HEAD_ROW, seed)
     argv = row_argv(settings, HEAD_ROW, run_dir, seed)
-    stamp = argv + ([f"test set: {settings.test_file}, {len(test)}, seed {settings.seed}"] if test else [])
+    stamp = argv + ([f"test set {examples_digest(test)}"] if test else [])  # its test scores are kept
     reused = _reusable(settings, run_dir, stamp)
     if not reused:
         logger.info("Row %s, seed %d: training", HEAD_ROW, seed)
         try:
-            metrics = in_fresh_process(train_head, argv, list(test))
+            metrics = in_fresh_process(train_head, argv, test=list(test))
         except Exception as error:  # any failure of the row is reported in the table, the study goes on
             logger.error("Row %s, seed %d failed: %s", HEAD_ROW, seed, error)
             return RowResult(HEAD_ROW, status="failed", seed=seed, note=_one_line(error))
@@ -330,16 +330,16 @@ def head_run(settings: StudySettings, seed: int, test=()) -> RowResult:
     return seed_row(_read_metrics(run_dir), str(run_dir), seed, reused)
 
 
-def in_fresh_process(function: Callable, *args):
-    """``function(*args)`` in a new Python process (spawned, logging at this process's level), so that its
-    peak memory is its own; its exception, if any, is raised here."""
+def in_fresh_process(function: Callable, *args, **kwargs):
+    """``function(*args, **kwargs)`` in a new Python process (spawned, logging at this process's level), so
+    that its peak memory is its own; its exception, if any, is raised here."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     context = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     with ProcessPoolExecutor(1, mp_context=context, initializer=_child_logging, initargs=(level,)) as pool:
-        return pool.submit(function, *args).result()
+        return pool.submit(function, *args, **kwargs).result()
 
 
 def _child_logging(level: int) -> None:

@@ -227,7 +227,10 @@ class StudySettings(StudyArguments):
         bad = [row for row in self.overrides if row not in ROWS]
         if bad:
             raise StudyError(f"overrides: unknown row(s) {bad}; choose from {', '.join(ROWS)}.")
-        self.test_label_mapping = parse_mapping(self.test_label_mapping)
+        try:
+            self.test_label_mapping = parse_mapping(self.test_label_mapping)
+        except ValueError as error:
+            raise StudyError(f"test_label_mapping: {error}") from None
         for name in ("shots", "transfer_samples", "test_samples", "batch_size", "few_shot_max_length"):
             if getattr(self, name) < (0 if name in ("transfer_samples", "test_samples") else 1):
                 raise StudyError(f"{name} must be positive, got {getattr(self, name)}.")

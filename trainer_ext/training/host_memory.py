@@ -34,8 +34,9 @@ ENVIRONMENT_VARIABLE = "MALLOC_MMAP_THRESHOLD_"
 def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold of this process at `threshold` bytes (see the module docstring).
 
-    Does nothing where the C library is not glibc, or when ``MALLOC_MMAP_THRESHOLD_`` is set in the
-    environment (the user's own choice, which glibc has already applied).
+    Does nothing where the C library is not glibc, or when the environment sets the threshold already
+    (``MALLOC_MMAP_THRESHOLD_``, or ``mmap_threshold`` in ``GLIBC_TUNABLES``: the user's own choice). The
+    setting holds for the whole process until it exits; nothing here undoes it.
 
     Args:
         threshold (`int`, *optional*, defaults to 1048576): Bytes from which a request gets its own mapping.
@@ -43,7 +44,8 @@ def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     Returns:
         `bool`: whether the threshold was set.
     """
-    if ENVIRONMENT_VARIABLE in os.environ or platform.libc_ver()[0] != "glibc":
+    user_set = ENVIRONMENT_VARIABLE in os.environ or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", "")
+    if user_set or platform.libc_ver()[0] != "glibc":
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
