@@ -21,6 +21,8 @@ peak so far (VmHWM, from /proc/self/status) after each stage. The batches come l
   fixes it at 1 MiB by default, see `trainer_ext.training.host_memory`);
 - `mmap1m`, `mmap128k`: the threshold fixed at 1 MiB (the default, set through the environment) or at
   glibc's initial 128 KiB (``MALLOC_MMAP_THRESHOLD_=131072``): more, smaller mappings;
+- `pad16`: training batches padded to a multiple of 16 tokens (``pad_to_multiple_of: 16``): a few
+  distinct shapes instead of one per length (`pad16-dynamic`: the same with glibc's dynamic threshold);
 - `arena2`: glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``);
 - `mmap`: glibc's malloc serving every block over 64 KiB with its own mapping, returned on free
   (``MALLOC_MMAP_THRESHOLD_=65536``), to show how much of the resident memory is freed memory the allocator
@@ -53,6 +55,8 @@ CONFIGS: dict[str, tuple[dict[str, str | None], list[str]]] = {
     "dynamic-malloc": ({}, ["--release_host_memory", "false"]),
     "mmap1m": ({"MALLOC_MMAP_THRESHOLD_": "1048576"}, []),
     "mmap128k": ({"MALLOC_MMAP_THRESHOLD_": "131072"}, []),
+    "pad16": ({}, ["--pad_to_multiple_of", "16"]),
+    "pad16-dynamic": ({}, ["--pad_to_multiple_of", "16", "--release_host_memory", "false"]),
     "arena2": ({"MALLOC_ARENA_MAX": "2"}, []),
     "mmap": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, []),
 }
@@ -100,7 +104,7 @@ def worker(steps: int, eval_samples: int, overrides: list[str]) -> list[dict[str
 
     class Marks(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step in (1, 2) or state.global_step == steps:
+            if state.global_step in (1, 2) or state.global_step % 10 == 0 or state.global_step == steps:
                 mark(f"after step {state.global_step}")
 
     output = tempfile.mkdtemp(prefix="memory-run-")

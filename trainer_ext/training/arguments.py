@@ -83,6 +83,14 @@ class LabelArguments:
             "gradient_checkpointing)."
         },
     )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={
+            "help": "Round each training batch's padded length up to a multiple of this (e.g. 16): fewer "
+            "distinct shapes, so the CPU's matmul kernels and the heap settle instead of growing with "
+            "every new length."
+        },
+    )
     release_host_memory: bool = field(
         default=True,
         metadata={
@@ -120,6 +128,8 @@ class LabelArguments:
             value = getattr(self, key, 1)
             if value < 1:
                 raise ValueError(f"{key} must be at least 1, got {value}.")
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
         if getattr(self, "learning_rate", 1.0) < 0:
             raise ValueError(f"learning_rate must not be negative, got {self.learning_rate}.")
         if getattr(self, "max_steps", -1) <= 0 and getattr(self, "num_train_epochs", 1.0) <= 0:

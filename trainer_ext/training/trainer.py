@@ -140,7 +140,8 @@ class LabelTrainer(Trainer):
         tokenizer = kwargs.get("processing_class")
         if tokenizer is None:
             raise ValueError("LabelTrainer needs the tokenizer as processing_class.")
-        kwargs.setdefault("data_collator", LabelCollator(tokenizer))
+        multiple = getattr(args, "pad_to_multiple_of", None)
+        kwargs.setdefault("data_collator", LabelCollator(tokenizer, pad_to_multiple_of=multiple))
         with _allow_trained_norms(model):
             super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
         self.task = task
