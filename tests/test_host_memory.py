@@ -60,7 +60,7 @@ def test_the_environment_variable_wins():
     assert _probe("fix", {"MALLOC_MMAP_THRESHOLD_": "65536"})["fixed"] is False
 
 
-def test_label_trainer_fixes_it_on_the_cpu_unless_told_not_to(tiny_model, tmp_path, monkeypatch):
+def test_label_trainer_fixes_it_on_the_cpu_when_asked(tiny_model, tmp_path, monkeypatch):
     import trainer_ext.training.trainer as trainer_module
     from trainer_ext.tasks import LabelTask
     from trainer_ext.training.trainer import LabelTrainer, LabelTrainingArguments

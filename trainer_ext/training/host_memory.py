@@ -3,15 +3,16 @@
 glibc's malloc serves a request of at least ``M_MMAP_THRESHOLD`` bytes (128 KiB to start with) with a
 mapping of its own, returned to the system on free. But the threshold is dynamic: each time such a block
 is freed, the threshold rises to its size (up to 32 MiB on 64-bit), so after the first step of training
-most activation and gradient tensors come from the heap instead. Freed heap memory stays resident, and
-tensors of changing shapes (length-grouped batches, evaluation batches) fragment it: the resident set
-keeps growing long after the live tensors stop growing. Fixing the threshold turns the dynamic
-adjustment off (glibc manual, "Memory Allocation Tunables"; mallopt(3)).
+most activation and gradient tensors come from the heap instead, and freed heap memory stays resident.
+bf16 matmuls over 109 sequence lengths (as length-grouped batches make them) grew the resident set by 245
+MB with the dynamic threshold and by 31 MB with it fixed at 128 KiB. Fixing the threshold turns the
+dynamic adjustment off (glibc manual, "Memory Allocation Tunables"; mallopt(3)).
 
-The threshold is a trade: every mapping is zero-filled page by page by the kernel when first touched.
-On the main job (`python -m benchmarks.training_memory --configs dynamic-malloc cached mmap1m`, 10 steps,
-2-core Xeon) glibc's own 128 KiB made a training step 50% slower for 218 MB less peak; 1 MiB costs 7% for
-59 MB less over 10 steps, and keeps the heap from growing over a whole run.
+The threshold is a trade, and on the main job a poor one so far, which is why `release_host_memory` is
+off by default: every mapping is zero-filled page by page by the kernel when first touched. Over 10 steps
+(`docs/benchmarks/training_memory_malloc/`) 128 KiB made a step 50% slower for 218 MB less peak, and 1 MiB
+7% slower for 59 MB less; over the whole 250-step job 1 MiB still peaked at 1,779 MB
+(`docs/benchmarks/job_memory.md`), against 1,759 MB for a run with the dynamic threshold.
 """
 
 from __future__ import annotations
