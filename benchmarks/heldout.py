@@ -175,9 +175,12 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     runs = [Path(run) for run in args.runs]
-    missing = [str(run) for run in runs if not (run / "metrics.json").is_file()]
+    missing = [
+        str(run) for run in runs if not ((run / "metrics.json").is_file() and (run / "run.json").is_file())
+    ]
     if missing:
-        print(f"error: not a finished run directory (no metrics.json): {', '.join(missing)}", file=sys.stderr)
+        print(f"error: not a finished run directory (metrics.json and run.json of `trainer-ext train`): "
+              f"{', '.join(missing)}", file=sys.stderr)  # fmt: skip
         return 2
     from trainer_ext.data import DataError
 

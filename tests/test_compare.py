@@ -67,7 +67,7 @@ def test_row_overrides_win_over_global_flags_and_the_row_fixes_win_over_both(tmp
         ({}, ["lora.lora_r=2"], "overrides: unknown row"),
         ({"recipe": "missing_recipe.yaml"}, [], "neither a file nor a shipped recipe"),
         ({"test_label_mapping": "{0: hate"}, [], "test_label_mapping"),
-        ({"test_samples": -1}, [], "test_samples must be positive"),
+        ({"test_samples": -1}, [], "test_samples must be 0 or more"),
     ],
 )
 def test_bad_settings_say_what_is_wrong(flags, sets, message):

@@ -137,3 +137,19 @@ def test_the_digest_changes_with_the_test_set():
     assert examples_digest(one) == examples_digest(list(one))
     assert examples_digest(one) != examples_digest(one[:1])
     assert examples_digest(one) != examples_digest([Example("a tweet", "offensive", "t:1"), one[1]])
+
+
+def test_a_wrong_test_column_names_the_study_keys(data_dir):
+    from trainer_ext.study.heldout import load_test_set
+
+    settings, recipe = _settings(data_dir, test_label_column="wrong")
+    with pytest.raises(DataError, match="test_label_column"):
+        load_test_set(settings, recipe, ["hate", "offensive", "neutral"], [])
+
+
+def test_the_benchmark_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    from benchmarks.heldout import main
+
+    (tmp_path / "metrics.json").write_text("{}", encoding="utf-8")  # no run.json
+    assert main(["--runs", str(tmp_path), "--no_embeddings"]) == 2
+    assert "not a finished run directory" in capsys.readouterr().err

@@ -50,14 +50,20 @@ def load_test_set(settings: StudySettings, recipe, labels: Sequence[str], seen: 
             f"test_file {str(path)!r} does not exist (a relative path is read from {where}); check the "
             "path, or give --test_file '' to score no test set."
         )
-    examples = load_examples(
-        path,
-        settings.test_text_column,
-        settings.test_label_column,
-        settings.test_label_mapping,
-        recipe.data.decode_html,
-        labels,
-    )
+    try:
+        examples = load_examples(
+            path,
+            settings.test_text_column,
+            settings.test_label_column,
+            settings.test_label_mapping,
+            recipe.data.decode_html,
+            labels,
+        )
+    except DataError as error:  # its hints name the recipe's keys; the study's are test_*
+        raise DataError(
+            f"test set: {error} (for the study's test set the keys are test_text_column, test_label_column "
+            "and test_label_mapping)"
+        ) from None
     unseen = drop_seen(examples, seen)
     if not unseen:
         raise DataError(

@@ -281,7 +281,11 @@ def render_markdown(study: Study, command: str) -> str:
         parts += [
             f"## Moderation, test set ({study.test_samples} examples)",
             f"`{s['test_file']}`: "
-            + (f"a balanced sample (seed {s['seed']}) of the rows" if s.get("test_samples") else "the rows")
+            + (
+                f"a sample (seed {s['seed']}), balanced as far as the data allows, of the rows"
+                if s.get("test_samples")
+                else "the rows"
+            )
             + " whose text is in neither the training nor the evaluation split; constrained decoding (the "
             "calibrated rows calibrated).",
             heldout_table(study),

@@ -233,7 +233,8 @@ class StudySettings(StudyArguments):
             raise StudyError(f"test_label_mapping: {error}") from None
         for name in ("shots", "transfer_samples", "test_samples", "batch_size", "few_shot_max_length"):
             if getattr(self, name) < (0 if name in ("transfer_samples", "test_samples") else 1):
-                raise StudyError(f"{name} must be positive, got {getattr(self, name)}.")
+                least = "0 or more" if name in ("transfer_samples", "test_samples") else "positive"
+                raise StudyError(f"{name} must be {least}, got {getattr(self, name)}.")
         for prompt in self.transfer_prompts:
             transfer_template(prompt)
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):

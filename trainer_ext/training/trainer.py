@@ -145,7 +145,7 @@ class LabelTrainer(Trainer):
         with _allow_trained_norms(model):
             super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
         self.task = task
-        if getattr(self.args, "release_host_memory", True) and self.args.device.type == "cpu":
+        if getattr(self.args, "release_host_memory", False) and self.args.device.type == "cpu":
             fix_mmap_threshold()
         # Our loss divides by the completion-token count the Trainer gathers across accumulation steps and
         # devices (`num_items_in_batch`); this flag makes the Trainer compute that count and not rescale.
