@@ -11,12 +11,17 @@ DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "sh
 TOKENIZERS_DIR = DATA_DIR.parent / "tokenizers"
 
 
-def status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field (``VmRSS``, ``VmHWM``) in KiB."""
-    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` field (``VmRSS``, ``VmHWM``) in KiB, of this process by default.
+
+    Raises:
+        `FileNotFoundError`: when process `pid` is gone;
+        `RuntimeError`: when the field is missing (memory is measured on Linux only).
+    """
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}; memory is measured on Linux only.")
+    raise RuntimeError(f"/proc/{pid}/status has no {field}; memory is measured on Linux only.")
 
 
 def reset_peak_rss() -> None:

@@ -2,6 +2,8 @@
 
     python -m benchmarks.heldout --runs runs/transfer/plain-seed42 runs/transfer/plain-seed1 \\
         runs/transfer/plain-seed2
+    python -m benchmarks.heldout --runs runs/transfer/plain-seed42 --no_embeddings \\
+        --variant neftune5 runs/ablation/neftune5-seed42 --out_dir docs/benchmarks/ablation
 
 The reference split's 200 evaluation tweets give an accuracy near 0.8 a binomial standard error of
 0.028: a lead of a point or two is noise. So the study preset has a larger test set, 900 Davidson tweets
@@ -14,6 +16,10 @@ without training anything again:
 - `tfidf-logreg` fitted on the study's 1,000 training tweets (the study's row; deterministic);
 - `embedding-logreg` on the same tweets, one fit per ``--seeds`` seed (needs the ``embeddings`` extra;
   ``--no_embeddings`` leaves it out).
+
+- ablations of the main recipe (``--variant NAME RUN [RUN ...]``, repeatable): runs trained with other
+  recipe keys, each scored the same way, listed with the keys that differ from the first ``--runs`` run
+  and paired with the main recipe's run of the same seed.
 
 Every row is compared with `tfidf-logreg` on the same test tweets by McNemar's exact test (the paired test
 for two classifiers scored on one set; Dietterich 1998, "Approximate statistical tests for comparing
@@ -46,6 +52,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs", nargs="+", required=True, help="run directories of the main recipe")
     parser.add_argument(
         "--test_size", type=_positive, help="held-out tweets (default: the study preset's 900)"
+    )
+    parser.add_argument(
+        "--variant",
+        nargs="+",
+        action="append",
+        default=[],
+        metavar=("NAME", "RUN"),
+        help="an ablation row: its name, then its run directories (one per seed); repeatable",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="embedding-logreg seeds")
     parser.add_argument("--embedding_model", default="all-minilm-l6-v2")
@@ -125,6 +139,17 @@ def _distinct(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return runs[:1] if len(runs) > 1 and len(set(keys)) == 1 else runs
 
 
+# Keys of run.json's "training" that name the run rather than the recipe.
+_RUN_KEYS = {"output_dir", "seed", "disable_tqdm", "data_dir"}
+
+
+def differing_keys(main: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """The recipe keys of `variant` (a run's ``run.json`` "training") whose value differs from `main`'s; a key
+    `variant` does not set shows as `None`."""
+    keys = (set(main) | set(variant)) - _RUN_KEYS
+    return {key: variant.get(key) for key in sorted(keys) if main.get(key) != variant.get(key)}
+
+
 def markdown(report: dict[str, Any]) -> str:
     from trainer_ext.study.scoring import standard_error
 
@@ -168,15 +193,44 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {row['name']} | {run['seed']} | {run['test']['accuracy'] - tfidf:+.3f} | "
                 f"{paired['only_ours']} / {paired['only_theirs']} | {paired['p_value']:.4f} |"
             )
+    variants = [row for row in report["rows"] if row.get("variant")]
+    if variants:
+        lines += [
+            "",
+            f"## Ablations: each against the main recipe's run of the same seed, on the {n_test} test tweets",
+            "",
+            "| row | seed | keys that differ | accuracy difference | right only here / only lora-all | p |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for row in variants:
+            for run in row["per_seed"]:
+                differs = ", ".join(f"`{key}: {value}`" for key, value in run["differs"].items()) or "none"
+                paired = run.get("vs_lora_all")
+                cells = (
+                    f"{paired['accuracy_difference']:+.3f} | "
+                    f"{paired['only_ours']} / {paired['only_theirs']} | {paired['p_value']:.4f}"
+                    if paired
+                    else "no lora-all run of this seed | |"
+                )
+                lines.append(f"| {row['name']} | {run['seed']} | {differs} | {cells} |")
     lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    parser = make_parser()
+    args = parser.parse_args(argv)
     runs = [Path(run) for run in args.runs]
+    variants: dict[str, list[Path]] = {}
+    for name, *paths in args.variant:
+        if not paths or name in variants or name in ("lora-all", "tfidf-logreg", "embedding-logreg"):
+            parser.error(f"--variant {name}: give a new row name, then its run directories")
+        variants[name] = [Path(path) for path in paths]
+    every_run = [*runs, *(run for paths in variants.values() for run in paths)]
     missing = [
-        str(run) for run in runs if not ((run / "metrics.json").is_file() and (run / "run.json").is_file())
+        str(run)
+        for run in every_run
+        if not ((run / "metrics.json").is_file() and (run / "run.json").is_file())
     ]
     if missing:
         print(f"error: not a finished run directory (metrics.json and run.json of `trainer-ext train`): "
@@ -216,17 +270,40 @@ def main(argv: list[str] | None = None) -> int:
             seed_entry(seed, {"eval": fit.predictions, "test": fit.test_predictions})
             for seed, fit in zip(args.seeds, fits, strict=True)
         ]})  # fmt: skip
-    lora = []
-    for run in runs:
-        print(f"Scoring {run} on {len(evaluation)} + {len(test)} tweets", file=sys.stderr)
-        info = json.loads((run / "run.json").read_text(encoding="utf-8"))
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-        predictions = run_predictions(run, sets, args.batch_size)
-        entry = seed_entry(info["training"].get("seed", 42), predictions, run=str(run))
-        # The run's own evaluation, for a check that the run is scored here as it was evaluated.
-        entry["run_eval_accuracy"] = metrics.get("eval_accuracy")
-        lora.append(entry)
+
+    def scored(paths: list[Path]) -> list[dict[str, Any]]:
+        entries = []
+        for run in paths:
+            print(f"Scoring {run} on {len(evaluation)} + {len(test)} tweets", file=sys.stderr)
+            info = json.loads((run / "run.json").read_text(encoding="utf-8"))
+            metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+            predictions = run_predictions(run, sets, args.batch_size)
+            entry = seed_entry(info["training"].get("seed", 42), predictions, run=str(run))
+            entry["predictions"] = predictions["test"]
+            entry["training"] = info["training"]
+            # The run's own evaluation, for a check that the run is scored here as it was evaluated.
+            entry["run_eval_accuracy"] = metrics.get("eval_accuracy")
+            entries.append(entry)
+        return entries
+
+    lora = scored(runs)
     rows.append({"name": "lora-all", "per_seed": lora})
+    for name, paths in variants.items():
+        entries = scored(paths)
+        for entry in entries:
+            entry["differs"] = differing_keys(lora[0]["training"], entry["training"])
+            same_seed = [run for run in lora if run["seed"] == entry["seed"]]
+            if same_seed:
+                main_run = same_seed[0]
+                entry["vs_lora_all"] = mcnemar(gold["test"], entry["predictions"], main_run["predictions"])
+                entry["vs_lora_all"]["accuracy_difference"] = round(
+                    entry["test"]["accuracy"] - main_run["test"]["accuracy"], 4
+                )
+        rows.append({"name": name, "variant": True, "per_seed": entries})
+    for row in rows:
+        for entry in row["per_seed"]:
+            entry.pop("predictions", None)
+            entry.pop("training", None)
     report = {
         **report_header("heldout", argv),
         "test_size": len(test),

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, report_header, write_report
+from benchmarks.common import DATA_DIR, REPO_ROOT, report_header, status_kib, write_report
 
 RECIPE = REPO_ROOT / "trainer_ext" / "configs" / "recipes" / "moderation_lora_all.yaml"
 # (phase entered, a regular expression of the log line that starts it), in the order the job runs.
@@ -53,12 +53,9 @@ def make_parser() -> argparse.ArgumentParser:
 def rss_mb(pid: int) -> float | None:
     """VmRSS of a process in MB, `None` once it is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024 / 1e6
+        return status_kib("VmRSS", pid) * 1024 / 1e6
     except (FileNotFoundError, ProcessLookupError):
         return None
-    return None
 
 
 class Phases:

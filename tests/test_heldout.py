@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from benchmarks.heldout import markdown, mcnemar, study_sets
+from benchmarks.heldout import differing_keys, markdown, mcnemar, study_sets
 from trainer_ext.data import DataError
 from trainer_ext.data.report import text_key
 
@@ -62,6 +62,46 @@ def test_the_report_shows_mean_and_spread_per_row_and_the_paired_differences():
     assert "| lora-all | 2 | 0.800 ± 0.000 | 0.790 ± 0.000 | 0.850 ± 0.014 | 0.850 ± 0.014 |" in text
     assert "| lora-all | 42 | +0.040 | 30 / 10 | 0.0020 |" in text
     assert "0.028 on 200, 0.013 on 900" in text
+    assert "Ablations" not in text
+
+
+def test_an_ablation_row_names_the_keys_it_changes_and_is_paired_with_the_same_seed():
+    main = {"learning_rate": 5e-4, "seed": 1, "output_dir": "a", "num_train_epochs": 2}
+    variant = {"learning_rate": 1e-3, "seed": 1, "output_dir": "b", "neftune_noise_alpha": 5}
+    assert differing_keys(main, variant) == {
+        "learning_rate": 1e-3, "neftune_noise_alpha": 5, "num_train_epochs": None,
+    }  # fmt: skip
+    scores = {"accuracy": 0.8, "macro_f1": 0.79}
+    entry = {
+        "seed": 1,
+        "eval": scores,
+        "test": scores,
+        "vs_tfidf": {"only_ours": 1, "only_theirs": 1, "p_value": 1},
+    }
+    report = {
+        "command": "x", "test_size": 900, "eval_size": 200,
+        "rows": [
+            {"name": "tfidf-logreg", "per_seed": [{"seed": None, "eval": scores, "test": scores}]},
+            {"name": "lora-all", "per_seed": [entry]},
+            {"name": "lr1e-3", "variant": True, "per_seed": [
+                {**entry, "differs": {"learning_rate": 1e-3},
+                 "vs_lora_all": {"accuracy_difference": -0.012, "only_ours": 20, "only_theirs": 31,
+                                 "p_value": 0.16}},
+                {**entry, "seed": 7, "differs": {"learning_rate": 1e-3}},
+            ]},
+        ],
+    }  # fmt: skip
+    text = markdown(report)
+    assert "| lr1e-3 | 1 | `learning_rate: 0.001` | -0.012 | 20 / 31 | 0.1600 |" in text
+    assert "| lr1e-3 | 7 | `learning_rate: 0.001` | no lora-all run of this seed | | |" in text
+
+
+def test_a_variant_without_runs_is_refused(capsys):
+    from benchmarks.heldout import main
+
+    with pytest.raises(SystemExit):
+        main(["--runs", "r", "--variant", "lonely"])
+    assert "--variant lonely: give a new row name, then its run directories" in capsys.readouterr().err
 
 
 def test_the_job_memory_sampler_files_samples_under_the_phase_the_log_names():
@@ -127,6 +167,20 @@ def test_a_test_set_made_only_of_seen_rows_is_refused(data_dir):
     seen = study_sets(300)[1]  # the 200 evaluation tweets: every row of val.csv
     with pytest.raises(DataError, match="every row is also in the training or evaluation data"):
         load_test_set(settings, recipe, ["hate", "offensive", "neutral"], seen)
+
+
+def test_a_test_set_without_some_label_is_used_with_a_warning_naming_it(data_dir, caplog):
+    from trainer_ext.study.heldout import load_test_set
+
+    settings, recipe = _settings(
+        data_dir, test_file="seed_split/val.csv", test_text_column="text", test_label_column="label",
+        test_label_mapping=None, test_samples=2,
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="trainer_ext.study.heldout"):
+        test = load_test_set(settings, recipe, ["hate", "offensive", "neutral"], [])
+    absent = {"hate", "offensive", "neutral"} - {example.label for example in test}
+    assert len(test) == 2 and len(absent) == 1
+    assert f"has no example of {absent.pop()!r}" in caplog.text
 
 
 def test_the_digest_changes_with_the_test_set():

@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (StudyError, RecipeError, DataError, TaskError, ModelLoadError) as error:
         print(f"trainer-ext compare: {error}", file=sys.stderr)
         return 2
-    command = shlex.join(["python", "scripts/compare.py", *argv])
+    command = shlex.join(["trainer-ext", "compare", *argv])  # the same as scripts/compare.py and make compare
     paths = write_report(study, settings.output_dir, command)
     print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
     print("Written: " + ", ".join(str(p) for p in paths.values()))

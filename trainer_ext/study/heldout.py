@@ -77,6 +77,14 @@ def load_test_set(settings: StudySettings, recipe, labels: Sequence[str], seen: 
             "training or evaluation data; ask for fewer."
         )
     test = balanced_sample(unseen, size, settings.seed)
+    absent = [label for label in labels if not any(example.label == label for example in test)]
+    if absent:
+        logger.warning(
+            "Test set %s has no example of %s: its macro-F1 counts that label as 0 for every row. Give a "
+            "file with every label, or raise test_samples.",
+            path,
+            ", ".join(repr(label) for label in absent),
+        )
     logger.info(
         "Test set: %d examples of %s (%d rows also in the training or evaluation data left out)",
         len(test),

@@ -8,11 +8,13 @@ bf16 matmuls over 109 sequence lengths (as length-grouped batches make them) gre
 MB with the dynamic threshold and by 31 MB with it fixed at 128 KiB. Fixing the threshold turns the
 dynamic adjustment off (glibc manual, "Memory Allocation Tunables"; mallopt(3)).
 
-The threshold is a trade, and on the main job a poor one so far, which is why `release_host_memory` is
-off by default: every mapping is zero-filled page by page by the kernel when first touched. Over 10 steps
+The threshold is a trade, which is why `release_host_memory` is off by default in `LabelArguments`:
+every mapping is zero-filled page by page by the kernel when first touched. Over 10 steps
 (`docs/benchmarks/training_memory_malloc/`) 128 KiB made a step 50% slower for 218 MB less peak, and 1 MiB
-7% slower for 59 MB less; over the whole 250-step job 1 MiB still peaked at 1,779 MB
-(`docs/benchmarks/job_memory.md`), against 1,759 MB for a run with the dynamic threshold.
+7% slower for 59 MB less. Alone, over the whole 250-step job, 1 MiB still peaked at 1,779 MB
+(`docs/benchmarks/job_memory.md`), against 1,759 MB for a run with the dynamic threshold; together with
+``pad_to_multiple_of: 16`` (fewer distinct batch shapes) the whole job peaked at 1,454 MB
+(`docs/benchmarks/job_memory_pad16/`), so the main recipe sets both.
 """
 
 from __future__ import annotations
