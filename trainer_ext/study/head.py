@@ -157,12 +157,15 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
     from trainer_ext.evaluation.metrics import classification_metrics, flat_metrics
     from trainer_ext.evaluation.reports import peak_memory_mb
     from trainer_ext.modeling.methods import count_parameters
+    from trainer_ext.training.host_memory import fix_mmap_threshold
     from trainer_ext.training.pipeline import prepare_data
     from trainer_ext.training.recipe import parse_recipe
 
     recipe = parse_recipe(argv)
     data = prepare_data(recipe)
     labels, args = list(data.task.labels), recipe.training
+    if args.release_host_memory and args.device.type == "cpu":
+        fix_mmap_threshold()  # the recipe's memory keys hold for this row too
     set_seed(args.seed)
     model, tokenizer, device = load_sequence_classifier(recipe, labels)
     model = add_lora(model, recipe.lora, len(labels))
@@ -176,7 +179,7 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
         args=args,
         train_dataset=train,
         processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=args.pad_to_multiple_of),
     )
     started = time.perf_counter()
     result = trainer.train()
