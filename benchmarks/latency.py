@@ -5,7 +5,8 @@
 
 For each weight setting (`8bit`: the run's 8-bit base weights with bf16 autocast, as it was evaluated;
 `8bit-fp32`: the same int8 weights computing in fp32; `bf16`, `fp32`: the unquantized model in that dtype;
-`fp32-merged`: the same with the LoRA adapter merged into the base weights)
+`fp32-merged`: the same with the LoRA adapter merged into the base weights; `fp32-merged-dynamic-int8` and
+`-per-channel`: that model through PyTorch's dynamic int8 quantization, not a library option)
 it times, on the same tweets of the study's eval split:
 
 - `forward`: one bare forward pass of each message's whole prompt through the same PEFT model (no cache,
@@ -14,8 +15,9 @@ it times, on the same tweets of the study's eval split:
   call, so the template's KV cache and the label ids are recomputed each time (what every call cost before
   the scorer kept them);
 - `predict`: `Classifier.predict(text)` as users call it, the template's KV cache kept across calls;
-- `batch`: `Classifier.predict(texts, batch_size=16)` over all messages at once, in texts/s, and the share
-  of its labels equal to those of the first setting measured (a dtype changes the probabilities a little).
+- `batch`: `Classifier.predict(texts, batch_size=16)` over all messages at once, in texts/s, the share
+  of its labels equal to those of the first setting measured (a dtype changes the probabilities a little),
+  and their accuracy against the tweets' gold labels.
 
 Latencies are per call, in milliseconds, after two untimed warm-up calls. Timings are only worth something
 on a quiet machine: the run is refused above a 1-minute load average of ``--max_load`` unless ``--force``.
@@ -41,6 +43,29 @@ SETTINGS = {
     "fp32": {"quantization": "none", "dtype": "float32"},
     "fp32-merged": {"quantization": "none", "dtype": "float32", "merge_adapter": True},
 }
+# Not library options: measured to show what PyTorch's dynamic int8 quantization of the merged float32 model
+# would give (`torch.ao.quantization.quantize_dynamic`, fbgemm kernels: int8 weights, activations quantized
+# per tensor at every call; deprecated in torch 2.13 in favour of torchao). Weights per tensor or per output
+# channel.
+DYNAMIC_INT8 = {
+    "fp32-merged-dynamic-int8": "per-tensor",
+    "fp32-merged-dynamic-int8-per-channel": "per-channel",
+}
+for _name in DYNAMIC_INT8:
+    SETTINGS[_name] = SETTINGS["fp32-merged"]
+
+
+def quantize_dynamic_int8(model, weights: str) -> None:
+    """Swaps every `nn.Linear` of `model` for PyTorch's dynamically quantized int8 linear layer, in place."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig = per_channel_dynamic_qconfig if weights == "per-channel" else default_dynamic_qconfig
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecation notices
+        quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -77,7 +102,7 @@ def _timed(call, items) -> list[float]:
 
 
 def measure(
-    run: str, setting: str, texts: list[str], batch_texts: list[str], reference=None
+    run: str, setting: str, texts: list[str], batch_texts: list[str], reference=None, batch_gold=None
 ) -> dict[str, Any]:
     """Latencies and batch throughput of one weight setting (see the module docstring)."""
     import torch
@@ -86,6 +111,8 @@ def measure(
     from trainer_ext.modeling.positions import last_position
 
     clf = Classifier.from_pretrained(run, **SETTINGS[setting])
+    if setting in DYNAMIC_INT8:
+        quantize_dynamic_int8(clf.model, DYNAMIC_INT8[setting])
     prompts = clf.prompts(texts)
 
     @torch.no_grad()
@@ -116,6 +143,10 @@ def measure(
     labels = [p.label for p in clf.predict(batch_texts, batch_size=16)]
     result["batch_texts_per_s"] = round(len(batch_texts) / (time.perf_counter() - started), 1)
     result["labels"] = labels
+    if batch_gold:
+        result["batch_accuracy"] = round(
+            sum(a == b for a, b in zip(labels, batch_gold, strict=True)) / len(labels), 3
+        )
     reference = reference or labels
     result["label_agreement"] = round(
         sum(a == b for a, b in zip(labels, reference, strict=True)) / len(labels), 3
@@ -134,8 +165,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"(latency in ms), and {report['batch_texts']} at once with batch size 16.",
         "",
         "| weights | prompt tokens (template prefix) | forward p50 | predict, no kept cache p50 | "
-        "predict p50 | predict p90 | batch texts/s | kept cache = fresh | labels as the first row |",
-        "|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "predict p50 | predict p90 | batch texts/s | kept cache = fresh | labels as the first row | "
+        "batch accuracy |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in report["results"]:
         lines.append(
@@ -143,7 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['forward']['p50_ms']} | {r['predict, no kept cache']['p50_ms']} | "
             f"{r['predict']['p50_ms']} | "
             f"{r['predict']['p90_ms']} | {r['batch_texts_per_s']} | {r['cached_equals_uncached']} | "
-            f"{r['label_agreement']:.3f} |"
+            f"{r['label_agreement']:.3f} | {r.get('batch_accuracy', '')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -165,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     examples = load_examples(DATA_DIR / "seed_split" / "val.csv", decode_html=True)
     texts = [example.text for example in examples]
     batch = (texts * (args.batch_texts // len(texts) + 1))[: args.batch_texts]
+    gold = [example.label for example in examples]
+    batch_gold = (gold * (args.batch_texts // len(gold) + 1))[: args.batch_texts]
     report: dict[str, Any] = {
         **report_header("latency", argv),
         "threads": torch.get_num_threads(),
@@ -175,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for setting in args.settings:
         first = report["results"][0]["labels"] if report["results"] else None
-        report["results"].append(measure(args.run, setting, texts[: args.messages], batch, first))
+        report["results"].append(measure(args.run, setting, texts[: args.messages], batch, first, batch_gold))
     write_report(args.out_dir, "latency", report, markdown(report))
     return 0
 

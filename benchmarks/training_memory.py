@@ -17,14 +17,18 @@ peak so far (VmHWM, from /proc/self/status) after each stage. The batches come l
   shape of the first batch;
 - `batch8`: the recipe's batch of 8 run at once, not as two accumulated halves of 4;
 - `checkpointing`: with ``gradient_checkpointing`` (layers recomputed in the backward pass);
-- `dynamic-malloc`: glibc's default dynamic mmap threshold, said explicitly (``release_host_memory:
-  false``, the default; see `trainer_ext.training.host_memory`);
+- `dynamic-malloc`: glibc's default dynamic mmap threshold (``release_host_memory: false``, the library's
+  default; the main recipe sets it true; see `trainer_ext.training.host_memory`);
 - `release-host-memory`: the threshold fixed at 1 MiB by training itself (``release_host_memory: true``);
 - `mmap1m`, `mmap128k`: the threshold fixed at 1 MiB or at glibc's initial 128 KiB through the
   environment (``MALLOC_MMAP_THRESHOLD_``): more, smaller mappings at 128 KiB;
 - `pad16`: training batches padded to a multiple of 16 tokens (``pad_to_multiple_of: 16``), threshold
   fixed at 1 MiB: a few distinct shapes instead of one per length (`pad16-dynamic`: the dynamic
   threshold);
+- `unpadded`: batches padded to their longest sample only (``pad_to_multiple_of: 1``), the threshold kept
+  fixed as the recipe has it;
+- `fp32`: float32 compute instead of bf16 autocast, the non-quantized weights in float32 (``bf16: false,
+  dtype: float32``): faster on CPUs without native bf16, at a memory cost;
 - `arena2`: glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``);
 - `mmap`: glibc's malloc serving every block over 64 KiB with its own mapping, returned on free
   (``MALLOC_MMAP_THRESHOLD_=65536``), to show how much of the resident memory is freed memory the allocator
@@ -60,6 +64,8 @@ CONFIGS: dict[str, tuple[dict[str, str | None], list[str]]] = {
     "mmap128k": ({"MALLOC_MMAP_THRESHOLD_": "131072"}, []),
     "pad16": ({}, ["--pad_to_multiple_of", "16", "--release_host_memory", "true"]),
     "pad16-dynamic": ({}, ["--pad_to_multiple_of", "16", "--release_host_memory", "false"]),
+    "unpadded": ({}, ["--pad_to_multiple_of", "1"]),
+    "fp32": ({}, ["--bf16", "false", "--dtype", "float32"]),
     "arena2": ({"MALLOC_ARENA_MAX": "2"}, []),
     "mmap": ({"MALLOC_MMAP_THRESHOLD_": "65536"}, []),
 }
