@@ -143,11 +143,28 @@ def _distinct(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 _RUN_KEYS = {"output_dir", "seed", "disable_tqdm", "data_dir"}
 
 
-def differing_keys(main: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
-    """The recipe keys of `variant` (a run's ``run.json`` "training") whose value differs from `main`'s; a key
-    `variant` does not set shows as `None`."""
+def training_defaults() -> dict[str, Any]:
+    """The default of every training argument: ``run.json`` "training" leaves out the ones a run keeps."""
+    import dataclasses
+
+    from trainer_ext.training.trainer import LabelTrainingArguments
+
+    defaults = LabelTrainingArguments(output_dir="unused", report_to="none")
+    return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults) if f.init}
+
+
+def differing_keys(
+    main: dict[str, Any], variant: dict[str, Any], defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The recipe keys of `variant` (a run's ``run.json`` "training") whose value differs from `main`'s. A key
+    a run does not list has its default from `defaults` (see `training_defaults`), or shows as `None`."""
+    defaults = defaults or {}
     keys = (set(main) | set(variant)) - _RUN_KEYS
-    return {key: variant.get(key) for key in sorted(keys) if main.get(key) != variant.get(key)}
+
+    def value(run: dict[str, Any], key: str) -> Any:
+        return run[key] if key in run else defaults.get(key)
+
+    return {key: value(variant, key) for key in sorted(keys) if value(main, key) != value(variant, key)}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -287,11 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         return entries
 
     lora = scored(runs)
+    defaults = training_defaults() if variants else {}
     rows.append({"name": "lora-all", "per_seed": lora})
     for name, paths in variants.items():
         entries = scored(paths)
         for entry in entries:
-            entry["differs"] = differing_keys(lora[0]["training"], entry["training"])
+            entry["differs"] = differing_keys(lora[0]["training"], entry["training"], defaults)
             same_seed = [run for run in lora if run["seed"] == entry["seed"]]
             if same_seed:
                 main_run = same_seed[0]

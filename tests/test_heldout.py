@@ -71,6 +71,9 @@ def test_an_ablation_row_names_the_keys_it_changes_and_is_paired_with_the_same_s
     assert differing_keys(main, variant) == {
         "learning_rate": 1e-3, "neftune_noise_alpha": 5, "num_train_epochs": None,
     }  # fmt: skip
+    # A key a run does not list is at its default: 3 epochs left out of a run.json is 3, not "unset".
+    assert differing_keys({"num_train_epochs": 2}, {}, {"num_train_epochs": 3.0}) == {"num_train_epochs": 3.0}
+    assert differing_keys({"num_train_epochs": 3.0}, {}, {"num_train_epochs": 3.0}) == {}
     scores = {"accuracy": 0.8, "macro_f1": 0.79}
     entry = {
         "seed": 1,
