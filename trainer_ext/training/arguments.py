@@ -96,9 +96,9 @@ class LabelArguments:
         metadata={
             "help": "Training on the CPU under glibc: fix malloc's mmap threshold at 1 MiB, so that freed "
             "large tensors go back to the system instead of piling up in the heap (for the whole process; "
-            "MALLOC_MMAP_THRESHOLD_ in the environment wins). Measured on the main job: alone, 59 MB less peak "
-            "over 10 steps and no less over a whole run; with pad_to_multiple_of 16, a whole-run peak of 1,454 "
-            "instead of 1,759-1,779 MB. The main recipe sets both."
+            "MALLOC_MMAP_THRESHOLD_ in the environment wins). Measured on the main job: alone, 59 MB less "
+            "peak over 10 steps and no less over a whole run; with pad_to_multiple_of 16, a whole-run peak "
+            "of 1,454 instead of 1,759-1,779 MB. The main recipe sets both."
         },
     )
 
