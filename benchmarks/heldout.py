@@ -15,8 +15,7 @@ without training anything again:
   quantization, dtype and autocast), constrained decoding (the study's main score);
 - `tfidf-logreg` fitted on the study's 1,000 training tweets (the study's row; deterministic);
 - `embedding-logreg` on the same tweets, one fit per ``--seeds`` seed (needs the ``embeddings`` extra;
-  ``--no_embeddings`` leaves it out).
-
+  ``--no_embeddings`` leaves it out);
 - ablations of the main recipe (``--variant NAME RUN [RUN ...]``, repeatable): runs trained with other
   recipe keys, each scored the same way, listed with the keys that differ from the first ``--runs`` run
   and paired with the main recipe's run of the same seed.
