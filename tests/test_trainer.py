@@ -43,6 +43,26 @@ def test_completion_loss_equals_full_logits_loss(tiny_model, arch):
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
+def test_label_smoothing_factor_is_transformers_label_smoother_on_the_completion(tiny_model, tmp_path):
+    """`label_smoothing_factor` reaches the loss: equal to transformers' `LabelSmoother` over full logits."""
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    model, tokenizer = tiny_model("llama")
+    samples = [encode_example(tokenizer, TASK, ex.text, ex.label, 64) for ex in _examples(1)]
+    batch = LabelCollator(tokenizer)(samples)
+    args = LabelTrainingArguments(
+        output_dir=str(tmp_path), label_smoothing_factor=0.1, use_cpu=True, disable_tqdm=True
+    )
+    trainer = LabelTrainer(model=model, args=args, task=TASK, processing_class=tokenizer)
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, batch)
+        plain, _ = completion_loss(model, batch)
+        outputs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    expected = LabelSmoother(epsilon=0.1)(outputs, batch["labels"], shift_labels=True)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    assert abs(ours.item() - plain.item()) > 1e-3  # smoothing changed it
+
+
 def test_completion_loss_counts_eos_when_pad_is_eos(tiny_model):
     """pad == EOS: the completion's EOS is a target, the padding after it is not."""
     model, tokenizer = tiny_model("gpt2")

@@ -72,7 +72,11 @@ def _forward(model, inputs: dict[str, torch.Tensor], keep: torch.Tensor, share_p
 
 
 def completion_loss(
-    model, inputs: dict[str, torch.Tensor], num_items: Any = None, share_prefix: bool = False
+    model,
+    inputs: dict[str, torch.Tensor],
+    num_items: Any = None,
+    share_prefix: bool = False,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, Any]:
     """Cross-entropy of the completion tokens, computing logits only where a completion token is predicted.
 
@@ -89,6 +93,10 @@ def completion_loss(
         share_prefix (`bool`, *optional*, defaults to `False`): Run the ids every sample starts with once
             (see the module docstring); needs right padding (left-padded batches run whole) and a model
             that takes `past_key_values` with gradients, so not gradient checkpointing.
+        label_smoothing (`float`, *optional*, defaults to 0.0): epsilon of label smoothing over the vocabulary
+            (Szegedy et al. 2016, "Rethinking the Inception Architecture", section 7): each completion token's
+            loss is ``(1 - epsilon) * NLL + epsilon * mean over the V tokens of -log p``, as transformers'
+            `LabelSmoother` computes it for `TrainingArguments.label_smoothing_factor`.
 
     Returns:
         `(loss, outputs)`; `outputs.logits` is `(N, V)`, one row per scored position in row-major order.
@@ -101,8 +109,10 @@ def completion_loss(
     targets = labels[:, 1:][keep[:, :-1]]  # (N,)
     if "sample_weight" in inputs:
         token_weights = inputs["sample_weight"][:, None].expand_as(labels)[keep]  # (N,): each token's sample
-        loss = (F.cross_entropy(logits.float(), targets, reduction="none") * token_weights).sum()
+        smoothing = label_smoothing
+        per_token = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=smoothing)
+        loss = (per_token * token_weights).sum()
     else:
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
     divisor = num_items if num_items is not None else targets.numel()
     return loss / divisor, outputs

@@ -168,7 +168,13 @@ class LabelTrainer(Trainer):
         # A checkpointed forward recomputes layers and may drop a passed cache (GPT-2 does): run whole.
         share = self.args.share_prompt_prefix and not self.args.gradient_checkpointing
         with self.mixed_precision(model):
-            loss, outputs = completion_loss(model, inputs, num_items_in_batch, share_prefix=share)
+            loss, outputs = completion_loss(
+                model,
+                inputs,
+                num_items_in_batch,
+                share_prefix=share,
+                label_smoothing=self.args.label_smoothing_factor,
+            )
         return (loss, outputs) if return_outputs else loss
 
     def mixed_precision(self, model) -> contextlib.AbstractContextManager:
