@@ -19,6 +19,12 @@ it times, on the same tweets of the study's eval split:
   of its labels equal to those of the first setting measured (a dtype changes the probabilities a little),
   and their accuracy against the tweets' gold labels.
 
+With `--profile`, each setting also runs `predict` one message at a time and in batches under
+`torch.profiler` and splits their operator time into matrix products (`aten::mm`, `addmm`, `bmm`, with the
+rate they reach in GFLOP/s from the profiler's FLOP counts), attention and everything else, per text; and
+the report gives this machine's float32 matrix-product rate at the model's MLP shape as the roofline. The
+profiler adds a few microseconds per operator, so these times are a little above the unprofiled ones.
+
 Latencies are per call, in milliseconds, after two untimed warm-up calls. Timings are only worth something
 on a quiet machine: the run is refused above a 1-minute load average of ``--max_load`` unless ``--force``.
 Writes `OUT_DIR/latency.json` and `latency.md`. The Space's latency through its HTTP API is measured by
@@ -74,11 +80,56 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--messages", type=int, default=60, help="tweets timed one per call")
     parser.add_argument("--batch_texts", type=int, default=200, help="tweets of the batch measurement")
+    parser.add_argument("--profile", action="store_true", help="split operator time (see above)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--max_load", type=float, default=1.5)
     parser.add_argument("--force", action="store_true", help="run on a busy machine anyway")
     parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"))
     return parser
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int8pack_mm")
+ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu",)
+
+
+def operator_split(call, items, per: int) -> dict[str, float]:
+    """Profiled operator time of `call(item)` over `items`, in ms per text, split into matrix products,
+    attention and the rest, with the matrix products' rate in GFLOP/s (`per`: texts per item)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call(items[0])  # warm-up
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for item in items:
+            call(item)
+    events = prof.key_averages()
+    texts = len(items) * per
+    matmul_us = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
+    attention_us = sum(e.self_cpu_time_total for e in events if e.key in ATTENTION_OPS)
+    total_us = sum(e.self_cpu_time_total for e in events)
+    flops = sum(e.flops for e in events if e.key in MATMUL_OPS)
+    return {
+        "matmul_ms": matmul_us / 1000 / texts,
+        "attention_ms": attention_us / 1000 / texts,
+        "other_ms": (total_us - matmul_us - attention_us) / 1000 / texts,
+        "matmul_gflop_per_text": flops / 1e9 / texts,
+        "matmul_gflops": flops / (matmul_us * 1e3) if matmul_us else None,
+    }
+
+
+def gemm_rate(rows: int = 512, inner: int = 576, cols: int = 1536, repeats: int = 50) -> float:
+    """This machine's float32 matrix-product rate in GFLOP/s at one shape (default: an MLP projection of
+    SmolLM2-135M over a batch's 512 token rows), the best of `repeats` timed products."""
+    import torch
+
+    a, b = torch.randn(rows, inner), torch.randn(inner, cols)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return round(2 * rows * inner * cols / best / 1e9, 1)
 
 
 def _percentiles(seconds: list[float]) -> dict[str, float]:
@@ -102,7 +153,13 @@ def _timed(call, items) -> list[float]:
 
 
 def measure(
-    run: str, setting: str, texts: list[str], batch_texts: list[str], reference=None, batch_gold=None
+    run: str,
+    setting: str,
+    texts: list[str],
+    batch_texts: list[str],
+    reference=None,
+    batch_gold=None,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Latencies and batch throughput of one weight setting (see the module docstring)."""
     import torch
@@ -147,6 +204,12 @@ def measure(
         result["batch_accuracy"] = round(
             sum(a == b for a, b in zip(labels, batch_gold, strict=True)) / len(labels), 3
         )
+    if profile:
+        chunks = [batch_texts[i : i + 16] for i in range(0, len(batch_texts) - 15, 16)]
+        result["profile"] = {
+            "predict": operator_split(clf.predict, texts, per=1),
+            "batch": operator_split(lambda chunk: clf.predict(chunk, batch_size=16), chunks, per=16),
+        }
     reference = reference or labels
     result["label_agreement"] = round(
         sum(a == b for a, b in zip(labels, reference, strict=True)) / len(labels), 3
@@ -177,6 +240,24 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['predict']['p90_ms']} | {r['batch_texts_per_s']} | {r['cached_equals_uncached']} | "
             f"{r['label_agreement']:.3f} | {r.get('batch_accuracy', '')} |"
         )
+    profiled = [r for r in report["results"] if "profile" in r]
+    if profiled:
+        lines += [
+            "",
+            f"Operator time under `torch.profiler`, ms per text; this machine's float32 matrix-product rate "
+            f"at 512 x 576 x 1536: {report['gemm_gflops']} GFLOP/s.",
+            "",
+            "| weights | call | matrix products | their GFLOP per text | their GFLOP/s | attention | other |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in profiled:
+            for call in ("predict", "batch"):
+                p, name = r["profile"][call], "predict" if call == "predict" else "batch of 16"
+                lines.append(
+                    f"| {r['setting']} | {name} | {p['matmul_ms']:.1f} | "
+                    f"{p['matmul_gflop_per_text']:.2f} | {p['matmul_gflops'] or 0:.1f} | "
+                    f"{p['attention_ms']:.1f} | {p['other_ms']:.1f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -207,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
         "batch_texts": len(batch),
         "results": [],
     }
+    if args.profile:
+        report["gemm_gflops"] = gemm_rate()
     for setting in args.settings:
         first = report["results"][0]["labels"] if report["results"] else None
-        report["results"].append(measure(args.run, setting, texts[: args.messages], batch, first, batch_gold))
+        report["results"].append(
+            measure(args.run, setting, texts[: args.messages], batch, first, batch_gold, args.profile)
+        )
     write_report(args.out_dir, "latency", report, markdown(report))
     return 0
 

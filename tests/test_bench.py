@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from benchmarks.report import summarize, write_markdown
 from benchmarks.speed import main
@@ -212,3 +213,21 @@ def test_timed_figures_count_every_accumulated_batch_of_a_step():
     assert figures["samples_per_second"] == 8.0  # 2 batches of 4 rows per step
     assert figures["mean_real_tokens_per_batch"] == 60.0  # per optimizer step
     assert figures["batch_real_tokens"] == [60, 60, 60]
+
+
+def test_latency_operator_split_counts_matrix_product_flops_per_text():
+    """The latency benchmark's profile: a call of 2 texts doing one (4 x 8) @ (8 x 16) product per text."""
+    from benchmarks.latency import markdown, operator_split
+
+    weight = torch.randn(8, 16)
+    split = operator_split(lambda xs: [x @ weight for x in xs], [[torch.randn(4, 8)] * 2] * 3, per=2)
+    assert split["matmul_gflop_per_text"] == pytest.approx(2 * 4 * 8 * 16 / 1e9)
+    assert split["matmul_ms"] > 0 and split["matmul_gflops"] > 0
+    report = {"command": "x", "date": "d", "machine": "m", "threads": 2, "load_average": 0.1, "run": "r",
+              "messages": 1, "batch_texts": 16, "gemm_gflops": 100.0, "results": [{
+                  "setting": "fp32", "prompt_tokens_mean": 9, "template_prefix_tokens": 3,
+                  "forward": {"p50_ms": 1}, "predict, no kept cache": {"p50_ms": 2},
+                  "predict": {"p50_ms": 1, "p90_ms": 2}, "batch_texts_per_s": 5,
+                  "cached_equals_uncached": True, "label_agreement": 1.0,
+                  "profile": {"predict": split, "batch": split}}]}  # fmt: skip
+    assert "| fp32 | batch of 16 |" in markdown(report)
