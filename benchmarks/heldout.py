@@ -109,6 +109,26 @@ def mcnemar(gold: list[str], ours: list[str], theirs: list[str]) -> dict[str, An
     return {"only_ours": only_ours, "only_theirs": only_theirs, "p_value": round(float(p_value), 4)}
 
 
+def check_runs(runs: list[Path]) -> str | None:
+    """What is wrong with `runs` as finished runs of `trainer-ext train`, before anything is scored."""
+    from trainer_ext.runs.info import RunDirError, RunInfo
+
+    missing = [
+        str(run) for run in runs if not ((run / "metrics.json").is_file() and (run / "run.json").is_file())
+    ]
+    if missing:
+        return (
+            "not a finished run directory (metrics.json and run.json of `trainer-ext train`): "
+            + ", ".join(missing)
+        )
+    for run in runs:
+        try:
+            RunInfo.load(run)
+        except RunDirError as error:
+            return str(error)
+    return None
+
+
 def run_predictions(run: Path, sets: dict[str, list[Any]], batch_size: int) -> dict[str, list[str]]:
     """The labels a run directory's classifier predicts on each set (constrained decoding, loaded as the run
     was evaluated: its quantization, dtype and autocast)."""
@@ -239,18 +259,26 @@ def main(argv: list[str] | None = None) -> int:
     runs = [Path(run) for run in args.runs]
     variants: dict[str, list[Path]] = {}
     for name, *paths in args.variant:
-        if not paths or name in variants or name in ("lora-all", "tfidf-logreg", "embedding-logreg"):
-            parser.error(f"--variant {name}: give a new row name, then its run directories")
+        problem = (
+            "its run directories are missing: give the row's name, then its runs"
+            if not paths
+            else "this is a directory: the first value is the row's name, then come its runs"
+            if Path(name).is_dir() or not name.strip()
+            else "this name is already taken by another --variant"
+            if name in variants
+            else "this name is a built-in row; choose another"
+            if name in ("lora-all", "tfidf-logreg", "embedding-logreg")
+            else None
+        )
+        if problem:
+            parser.error(f"--variant {name!r}: {problem}")
         variants[name] = [Path(path) for path in paths]
     every_run = [*runs, *(run for paths in variants.values() for run in paths)]
-    missing = [
-        str(run)
-        for run in every_run
-        if not ((run / "metrics.json").is_file() and (run / "run.json").is_file())
-    ]
-    if missing:
-        print(f"error: not a finished run directory (metrics.json and run.json of `trainer-ext train`): "
-              f"{', '.join(missing)}", file=sys.stderr)  # fmt: skip
+    repeated = sorted({str(run) for run in every_run if every_run.count(run) > 1})
+    if repeated:
+        parser.error(f"each run directory can be scored in one row only; given twice: {', '.join(repeated)}")
+    if problem := check_runs(every_run):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from trainer_ext.data import DataError
 

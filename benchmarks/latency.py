@@ -1,6 +1,6 @@
 """Prediction latency of a trained run: one message per call (as the Space calls it) and batches.
 
-    python -m benchmarks.latency                                   # runs/moderation-lora-all, 8-bit and bf16
+    python -m benchmarks.latency                                   # runs/moderation-lora-all, every setting
     python -m benchmarks.latency --run runs/imbalanced/plain-seed42 --messages 60
 
 For each weight setting (`8bit`: the run's 8-bit base weights with bf16 autocast, as it was evaluated;
@@ -74,13 +74,21 @@ def quantize_dynamic_int8(model, weights: str) -> None:
         quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
 
 
+def _count(value: str) -> int:
+    if not value.isdigit() or int(value) < 3:
+        raise argparse.ArgumentTypeError(f"expected a number of tweets, 3 or more; got {value!r}")
+    return int(value)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=str(REPO_ROOT / "runs" / "moderation-lora-all"), help="a run dir")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--messages", type=int, default=60, help="tweets timed one per call")
-    parser.add_argument("--batch_texts", type=int, default=200, help="tweets of the batch measurement")
-    parser.add_argument("--profile", action="store_true", help="split operator time (see above)")
+    parser.add_argument("--messages", type=_count, default=60, help="tweets timed one per call (3-200)")
+    parser.add_argument("--batch_texts", type=_count, default=200, help="tweets of the batch measurement")
+    parser.add_argument(
+        "--profile", action="store_true", help="split operator time: matrix products, attention, the rest"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--max_load", type=float, default=1.5)
     parser.add_argument("--force", action="store_true", help="run on a busy machine anyway")
@@ -277,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     examples = load_examples(DATA_DIR / "seed_split" / "val.csv", decode_html=True)
     texts = [example.text for example in examples]
+    if args.messages > len(texts):
+        print(f"error: --messages {args.messages}: the eval split has only {len(texts)} tweets.",
+              file=sys.stderr)  # fmt: skip
+        return 2
     batch = (texts * (args.batch_texts // len(texts) + 1))[: args.batch_texts]
     gold = [example.label for example in examples]
     batch_gold = (gold * (args.batch_texts // len(gold) + 1))[: args.batch_texts]

@@ -155,6 +155,21 @@ TWO_CLASSES = "text,label\n" + "fine,good\nbad,bad\n" * 6
         ),
         ({"t.csv": "text,label\nfine,good\n"}, ["--lora_r", "four"], r"invalid int value: 'four'"),
         (
+            {"t.csv": TWO_CLASSES},
+            ["--label_smoothing_factor", "-0.1"],
+            r"label_smoothing_factor must be between 0 and 1 .* got -0.1",
+        ),
+        (  # a YAML float for an int key is converted and checked as the command line's text would be
+            {"t.csv": TWO_CLASSES, "r.yaml": "pad_to_multiple_of: 2.5\n"},
+            ["--config", "r.yaml"],
+            r"pad_to_multiple_of.*invalid int value: '2.5'",
+        ),
+        (
+            {"t.csv": TWO_CLASSES, "r.yaml": "release_host_memory:\n"},
+            ["--config", "r.yaml"],
+            r"'r.yaml': release_host_memory is empty \(null\); give it a value or delete the line",
+        ),
+        (
             {"t.csv": "text,label\n" + "fine,good\nbad,bad\n" * 6},
             ["--labels", "good, bad"],
             r"model directory '/nonexistent/model-dir' does not exist",

@@ -99,12 +99,23 @@ def test_an_ablation_row_names_the_keys_it_changes_and_is_paired_with_the_same_s
     assert "| lr1e-3 | 7 | `learning_rate: 0.001` | no lora-all run of this seed | | |" in text
 
 
-def test_a_variant_without_runs_is_refused(capsys):
+@pytest.mark.parametrize(
+    ("variant", "message"),
+    [
+        (["lonely"], "--variant 'lonely': its run directories are missing"),
+        (["RUN", "RUN"], "the first value is the row's name"),  # the name forgotten
+        (["lora-all", "RUN"], "'lora-all': this name is a built-in row"),
+        (["a", "RUN", "--variant", "a", "RUN"], "'a': this name is already taken"),
+        (["a", "RUN", "RUN"], "scored in one row only; given twice: RUN"),
+    ],
+)
+def test_bad_variants_are_refused_before_anything_is_scored(tmp_path, capsys, variant, message):
     from benchmarks.heldout import main
 
+    run = str(tmp_path)
     with pytest.raises(SystemExit):
-        main(["--runs", "r", "--variant", "lonely"])
-    assert "--variant lonely: give a new row name, then its run directories" in capsys.readouterr().err
+        main(["--runs", "r", "--variant", *[run if v == "RUN" else v for v in variant]])
+    assert message.replace("RUN", run) in capsys.readouterr().err
 
 
 def test_the_job_memory_sampler_files_samples_under_the_phase_the_log_names():
@@ -210,3 +221,12 @@ def test_the_benchmark_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
     (tmp_path / "metrics.json").write_text("{}", encoding="utf-8")  # no run.json
     assert main(["--runs", str(tmp_path), "--no_embeddings"]) == 2
     assert "not a finished run directory" in capsys.readouterr().err
+
+
+def test_a_run_json_not_written_by_training_is_refused_before_anything_is_scored(tmp_path, capsys):
+    from benchmarks.heldout import main
+
+    for name in ("metrics.json", "run.json"):
+        (tmp_path / name).write_text("{}", encoding="utf-8")
+    assert main(["--runs", str(tmp_path), "--no_embeddings"]) == 2
+    assert "it was not written by a training run" in capsys.readouterr().err

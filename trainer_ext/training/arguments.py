@@ -132,6 +132,11 @@ class LabelArguments:
                 raise ValueError(f"{key} must be at least 1, got {value}.")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
+        smoothing = getattr(self, "label_smoothing_factor", 0.0)
+        if not 0.0 <= smoothing <= 1.0:  # also refuses nan
+            raise ValueError(
+                f"label_smoothing_factor must be between 0 and 1 (0 turns it off; 0.1 is usual), got {smoothing}."
+            )
         if getattr(self, "learning_rate", 1.0) < 0:
             raise ValueError(f"learning_rate must not be negative, got {self.learning_rate}.")
         if getattr(self, "max_steps", -1) <= 0 and getattr(self, "num_train_epochs", 1.0) <= 0:

@@ -93,6 +93,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     values = load_yaml_mapping(path, "Recipe file", RecipeError)
     _check_keys(values, f"Recipe file {str(path)!r}")
+    known = known_keys()
+    for key, value in values.items():
+        field = next(f for f in dataclasses.fields(known[key]) if f.name == key)
+        if value is None and field.default is not None:  # a key that has a value unless set
+            raise RecipeError(
+                f"Recipe file {str(path)!r}: {key} is empty (null); give it a value or delete the line to "
+                "keep its default."
+            )
     return values
 
 
@@ -102,7 +110,7 @@ def _parser():
     parser = HfArgumentParser(settings_classes(), prog="trainer-ext train")
 
     def error(message: str):  # argparse would print the whole usage of every TrainingArguments key
-        raise RecipeError(f"{message}; see `trainer-ext train --help`.")
+        raise RecipeError(f"{message.rstrip('.')}; see `trainer-ext train --help`.")
 
     parser.error = error
     return parser
@@ -170,9 +178,16 @@ def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
 
 
 def _as_flag_value(value: Any) -> Any:
-    """YAML mappings and lists become what the command-line parser would produce for those fields."""
+    """A YAML value as the command line would give it, so that the parser checks and converts it alike.
+
+    argparse converts a default only when it is a string: a YAML ``pad_to_multiple_of: 2.5`` would otherwise
+    reach training as the float 2.5. Scalars become their text (``true`` -> ``"True"``, which the parser
+    reads back as a bool), mappings JSON; lists (``nargs`` fields) and ``null`` stay as they are.
+    """
     if isinstance(value, dict):
         import json
 
         return json.dumps(value)
+    if isinstance(value, bool | int | float):
+        return str(value)
     return value
