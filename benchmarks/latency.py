@@ -100,9 +100,9 @@ MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int8pack_mm
 ATTENTION_OPS = ("aten::_scaled_dot_product_flash_attention_for_cpu",)
 
 
-def operator_split(call, items, per: int) -> dict[str, float]:
+def operator_split(call, items, texts: int) -> dict[str, float]:
     """Profiled operator time of `call(item)` over `items`, in ms per text, split into matrix products,
-    attention and the rest, with the matrix products' rate in GFLOP/s (`per`: texts per item)."""
+    attention and the rest, with the matrix products' rate in GFLOP/s (`texts`: all items' texts)."""
     from torch.profiler import ProfilerActivity, profile
 
     call(items[0])  # warm-up
@@ -110,7 +110,6 @@ def operator_split(call, items, per: int) -> dict[str, float]:
         for item in items:
             call(item)
     events = prof.key_averages()
-    texts = len(items) * per
     matmul_us = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS)
     attention_us = sum(e.self_cpu_time_total for e in events if e.key in ATTENTION_OPS)
     total_us = sum(e.self_cpu_time_total for e in events)
@@ -213,10 +212,11 @@ def measure(
             sum(a == b for a, b in zip(labels, batch_gold, strict=True)) / len(labels), 3
         )
     if profile:
-        chunks = [batch_texts[i : i + 16] for i in range(0, len(batch_texts) - 15, 16)]
+        chunks = [batch_texts[i : i + 16] for i in range(0, len(batch_texts), 16)]
+        batch_of_16 = lambda chunk: clf.predict(chunk, batch_size=16)  # noqa: E731
         result["profile"] = {
-            "predict": operator_split(clf.predict, texts, per=1),
-            "batch": operator_split(lambda chunk: clf.predict(chunk, batch_size=16), chunks, per=16),
+            "predict": operator_split(clf.predict, texts, len(texts)),
+            "batch": operator_split(batch_of_16, chunks, len(batch_texts)),
         }
     reference = reference or labels
     result["label_agreement"] = round(

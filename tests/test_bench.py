@@ -220,7 +220,7 @@ def test_latency_operator_split_counts_matrix_product_flops_per_text():
     from benchmarks.latency import markdown, operator_split
 
     weight = torch.randn(8, 16)
-    split = operator_split(lambda xs: [x @ weight for x in xs], [[torch.randn(4, 8)] * 2] * 3, per=2)
+    split = operator_split(lambda xs: [x @ weight for x in xs], [[torch.randn(4, 8)] * 2] * 3, texts=6)
     assert split["matmul_gflop_per_text"] == pytest.approx(2 * 4 * 8 * 16 / 1e9)
     assert split["matmul_ms"] > 0 and split["matmul_gflops"] > 0
     report = {"command": "x", "date": "d", "machine": "m", "threads": 2, "load_average": 0.1, "run": "r",
