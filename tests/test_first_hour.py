@@ -245,3 +245,20 @@ def test_predict_asks_a_base_model_for_labels(capsys):
     assert "is a base model, not a trained run: give the labels" in capsys.readouterr().err
     args, texts = predict.parse(["--model", "m", "--labels", "sport, politics", "a text", "another"])
     assert args.labels == ["sport", "politics"] and texts == ["a text", "another"]
+
+
+@pytest.mark.parametrize(
+    ("bf16", "native", "hinted"), [("true", False, True), ("true", True, False), ("false", False, False)]
+)
+def test_bf16_on_a_cpu_without_native_bf16_gets_the_fp32_hint(monkeypatch, caplog, bf16, native, hinted):
+    import logging
+
+    from trainer_ext.modeling import loading
+    from trainer_ext.training.pipeline import _hint_cpu_precision
+    from trainer_ext.training.recipe import parse_recipe
+
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: native)
+    recipe = parse_recipe(["--output_dir", "run", "--use_cpu", "true", "--bf16", bf16])
+    with caplog.at_level(logging.INFO, logger="trainer_ext"):
+        _hint_cpu_precision(recipe)
+    assert ("--bf16 false --dtype float32" in caplog.text) is hinted

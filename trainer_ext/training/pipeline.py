@@ -191,6 +191,7 @@ def build(recipe: Recipe, data: PreparedData | None = None):
         logger.info("Class weights of the loss (mean 1 over the training rows): %s", weights)
     if data.task.training_variation.active:
         logger.info("Training prompts vary per sample: %s", data.task.training_variation.to_dict())
+    _hint_cpu_precision(recipe)
     train = LabelDataset(
         data.train,
         loaded.tokenizer,
@@ -211,6 +212,18 @@ def build(recipe: Recipe, data: PreparedData | None = None):
     )
     data.report.truncated = {"train": train.truncated, "eval": evaluation.truncated}
     return loaded, data.task, trainer
+
+
+def _hint_cpu_precision(recipe: Recipe) -> None:
+    """Say when bf16 autocast runs on a CPU that only emulates it, and what trades speed for memory."""
+    from trainer_ext.modeling.loading import cpu_supports_bf16
+
+    if recipe.training.bf16 and recipe.training.device.type == "cpu" and not cpu_supports_bf16():
+        logger.info(
+            "This CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 autocast is converted in software: "
+            "--bf16 false --dtype float32 trained the main job 1.4x faster on such a CPU, at a peak of "
+            "1.9 GB instead of 1.45 GB (README, 'Speed and memory')."
+        )
 
 
 def _sources(recipe: Recipe, data: PreparedData) -> list[DataSource]:
