@@ -135,7 +135,8 @@ class LabelArguments:
         smoothing = getattr(self, "label_smoothing_factor", 0.0)
         if not 0.0 <= smoothing <= 1.0:  # also refuses nan
             raise ValueError(
-                f"label_smoothing_factor must be between 0 and 1 (0 turns it off; 0.1 is usual), got {smoothing}."
+                "label_smoothing_factor must be between 0 and 1 (0 turns it off; 0.1 is usual), "
+                f"got {smoothing}."
             )
         if getattr(self, "learning_rate", 1.0) < 0:
             raise ValueError(f"learning_rate must not be negative, got {self.learning_rate}.")
