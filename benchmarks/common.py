@@ -74,3 +74,15 @@ def report_header(module: str, argv: list[str] | None) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
         "load_average": os.getloadavg()[0],
     }
+
+
+def count_type(minimum: int, what: str = "tweets"):
+    """An argparse ``type`` for a whole number of at least `minimum`, whose error names `what`."""
+    import argparse
+
+    def parse(value: str) -> int:
+        if not value.isdigit() or int(value) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number of {what}, {minimum} or more; got {value!r}")
+        return int(value)
+
+    return parse

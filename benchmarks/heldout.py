@@ -35,22 +35,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, report_header, write_report
+from benchmarks.common import DATA_DIR, REPO_ROOT, count_type, report_header, write_report
 
 LABELS = ["hate", "offensive", "neutral"]
-
-
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of tweets, got {value!r}")
-    return int(value)
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="run directories of the main recipe")
     parser.add_argument(
-        "--test_size", type=_positive, help="held-out tweets (default: the study preset's 900)"
+        "--test_size", type=count_type(1), help="held-out tweets (default: the study preset's 900)"
     )
     parser.add_argument(
         "--variant",

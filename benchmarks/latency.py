@@ -40,7 +40,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, REPO_ROOT, refuse_busy_machine, report_header, write_report
+from benchmarks.common import (
+    DATA_DIR,
+    REPO_ROOT,
+    count_type,
+    refuse_busy_machine,
+    report_header,
+    write_report,
+)
 
 SETTINGS = {
     "8bit": {},  # as the run was evaluated: int8 base weights, bf16 autocast
@@ -74,18 +81,12 @@ def quantize_dynamic_int8(model, weights: str) -> None:
         quantize_dynamic(model, {torch.nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
 
 
-def _count(value: str) -> int:
-    if not value.isdigit() or int(value) < 3:
-        raise argparse.ArgumentTypeError(f"expected a number of tweets, 3 or more; got {value!r}")
-    return int(value)
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", default=str(REPO_ROOT / "runs" / "moderation-lora-all"), help="a run dir")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--messages", type=_count, default=60, help="tweets timed one per call (3-200)")
-    parser.add_argument("--batch_texts", type=_count, default=200, help="tweets of the batch measurement")
+    parser.add_argument("--messages", type=count_type(3), default=60, help="tweets timed one per call, 3-200")
+    parser.add_argument("--batch_texts", type=count_type(3), default=200, help="tweets of the batch timing")
     parser.add_argument(
         "--profile", action="store_true", help="split operator time: matrix products, attention, the rest"
     )

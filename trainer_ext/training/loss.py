@@ -107,12 +107,10 @@ def completion_loss(
     outputs = _forward(model, inputs, keep, share_prefix)
     logits = outputs.logits  # (N, V): one row per completion token, in row-major order of `keep`
     targets = labels[:, 1:][keep[:, :-1]]  # (N,)
+    # (N,): each completion token's loss, times its sample's class weight when there are weights
+    per_token = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=label_smoothing)
     if "sample_weight" in inputs:
-        token_weights = inputs["sample_weight"][:, None].expand_as(labels)[keep]  # (N,): each token's sample
-        smoothing = label_smoothing
-        per_token = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=smoothing)
-        loss = (per_token * token_weights).sum()
-    else:
-        loss = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+        per_token = per_token * inputs["sample_weight"][:, None].expand_as(labels)[keep]
+    loss = per_token.sum()
     divisor = num_items if num_items is not None else targets.numel()
     return loss / divisor, outputs
