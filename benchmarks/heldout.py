@@ -4,6 +4,8 @@
         runs/transfer/plain-seed2
     python -m benchmarks.heldout --runs runs/transfer/plain-seed42 --no_embeddings \\
         --variant neftune5 runs/ablation/neftune5-seed42 --out_dir docs/benchmarks/ablation
+    python -m benchmarks.heldout --runs runs/transfer/pad16-seed42 --no_embeddings \\
+        --head runs/compare/runs/classification-head/seed-42
 
 The reference split's 200 evaluation tweets give an accuracy near 0.8 a binomial standard error of
 0.028: a lead of a point or two is noise. So the study preset has a larger test set, 900 Davidson tweets
@@ -18,7 +20,10 @@ without training anything again:
   ``--no_embeddings`` leaves it out);
 - ablations of the main recipe (``--variant NAME RUN [RUN ...]``, repeatable): runs trained with other
   recipe keys, each scored the same way, listed with the keys that differ from the first ``--runs`` run
-  and paired with the main recipe's run of the same seed.
+  and paired with the main recipe's run of the same seed;
+- `classification-head` (``--head RUN [RUN ...]``): the head runs of `trainer-ext compare` with the shipped
+  preset (``runs/compare/runs/classification-head/seed-N``), read from the labels they saved for the same
+  tweets (nothing is loaded or trained), paired with the main recipe's run of the same seed.
 
 Every row is compared with `tfidf-logreg` on the same test tweets by McNemar's exact test (the paired test
 for two classifiers scored on one set; Dietterich 1998, "Approximate statistical tests for comparing
@@ -54,6 +59,8 @@ def make_parser() -> argparse.ArgumentParser:
         metavar=("NAME", "RUN"),
         help="an ablation row: its name, then its run directories (one per seed); repeatable",
     )
+    head_help = "classification-head runs of `trainer-ext compare` (its runs/classification-head/seed-N)"
+    parser.add_argument("--head", nargs="+", default=[], metavar="RUN", help=head_help)
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="embedding-logreg seeds")
     parser.add_argument("--embedding_model", default="all-minilm-l6-v2")
     parser.add_argument("--no_embeddings", action="store_true", help="leave out embedding-logreg")
@@ -138,6 +145,38 @@ def run_predictions(run: Path, sets: dict[str, list[Any]], batch_size: int) -> d
     del classifier
     gc.collect()
     return predictions
+
+
+def head_predictions(run: Path, sets: dict[str, list[Any]]) -> tuple[int, dict[str, list[str]]]:
+    """The seed of a `trainer-ext compare` classification-head run and the labels it saved for each set.
+
+    Raises:
+        `ValueError`: When the run lacks its files, or its saved texts are not the sets' (another test set).
+    """
+    from trainer_ext.study.head import read_head_predictions
+    from trainer_ext.study.runner import COMMAND_FILE
+
+    stamp = run / COMMAND_FILE
+    if not stamp.is_file():
+        raise ValueError(f"{run}: no {COMMAND_FILE}; give a classification-head run of `trainer-ext compare`")
+    argv = json.loads(stamp.read_text(encoding="utf-8"))
+    seeds = [argv[i + 1] for i, flag in enumerate(argv[:-1]) if flag == "--seed"]  # the last one holds
+    seed = int(seeds[-1]) if seeds else 42
+    try:
+        saved = read_head_predictions(run)
+    except (FileNotFoundError, ValueError) as error:
+        raise ValueError(str(error)) from error
+    predictions = {}
+    for name, examples in sets.items():
+        rows = saved.get(name, [])
+        if [row["text"] for row in rows] != [example.text for example in examples]:
+            raise ValueError(
+                f"{run}: its {len(rows)} saved {name} predictions are not for this benchmark's "
+                f"{len(examples)} {name} tweets; rerun the row with the shipped preset "
+                "(`trainer-ext compare --rows classification-head`) or give the matching --test_size"
+            )
+        predictions[name] = [row["predicted"] for row in rows]
+    return seed, predictions
 
 
 def _mean_std(values: list[float]) -> str:
@@ -227,14 +266,17 @@ def markdown(report: dict[str, Any]) -> str:
     if variants:
         lines += [
             "",
-            f"## Ablations: each against the main recipe's run of the same seed, on the {n_test} test tweets",
+            f"## Ablations and the head: each against the main recipe's run of the same seed, on the "
+            f"{n_test} test tweets",
             "",
             "| row | seed | keys that differ | accuracy difference | right only here / only lora-all | p |",
             "|---|---|---|---:|---:|---:|",
         ]
         for row in variants:
             for run in row["per_seed"]:
-                differs = ", ".join(f"`{key}: {value}`" for key, value in run["differs"].items()) or "none"
+                differs = row.get("change") or (
+                    ", ".join(f"`{key}: {value}`" for key, value in run["differs"].items()) or "none"
+                )
                 paired = run.get("vs_lora_all")
                 cells = (
                     f"{paired['accuracy_difference']:+.3f} | "
@@ -271,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     repeated = sorted({str(run) for run in every_run if every_run.count(run) > 1})
     if repeated:
         parser.error(f"each run directory can be scored in one row only; given twice: {', '.join(repeated)}")
+    heads = [Path(run) for run in args.head]
     if problem := check_runs(every_run):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -283,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sets = {"eval": evaluation, "test": test}
     gold = {name: [example.label for example in examples] for name, examples in sets.items()}
+    try:
+        saved_heads = [(run, *head_predictions(run, sets)) for run in heads]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     from trainer_ext.study.baselines import tfidf_logreg
 
@@ -327,18 +375,29 @@ def main(argv: list[str] | None = None) -> int:
     lora = scored(runs)
     defaults = training_defaults() if variants else {}
     rows.append({"name": "lora-all", "per_seed": lora})
+
+    def pair_with_lora(entry: dict[str, Any]) -> None:
+        same_seed = [run for run in lora if run["seed"] == entry["seed"]]
+        if same_seed:
+            main_run = same_seed[0]
+            entry["vs_lora_all"] = mcnemar(gold["test"], entry["predictions"], main_run["predictions"])
+            entry["vs_lora_all"]["accuracy_difference"] = round(
+                entry["test"]["accuracy"] - main_run["test"]["accuracy"], 4
+            )
+
     for name, paths in variants.items():
         entries = scored(paths)
         for entry in entries:
             entry["differs"] = differing_keys(lora[0]["training"], entry["training"], defaults)
-            same_seed = [run for run in lora if run["seed"] == entry["seed"]]
-            if same_seed:
-                main_run = same_seed[0]
-                entry["vs_lora_all"] = mcnemar(gold["test"], entry["predictions"], main_run["predictions"])
-                entry["vs_lora_all"]["accuracy_difference"] = round(
-                    entry["test"]["accuracy"] - main_run["test"]["accuracy"], 4
-                )
+            pair_with_lora(entry)
         rows.append({"name": name, "variant": True, "per_seed": entries})
+    if saved_heads:
+        entries = []
+        for run, seed, predictions in saved_heads:
+            entries.append(seed_entry(seed, predictions, run=str(run), predictions=predictions["test"]))
+            pair_with_lora(entries[-1])
+        change = "a new linear head on the message's last token (no prompt) instead of generating the label"
+        rows.append({"name": "classification-head", "variant": True, "change": change, "per_seed": entries})
     for row in rows:
         for entry in row["per_seed"]:
             entry.pop("predictions", None)

@@ -230,3 +230,58 @@ def test_a_run_json_not_written_by_training_is_refused_before_anything_is_scored
         (tmp_path / name).write_text("{}", encoding="utf-8")
     assert main(["--runs", str(tmp_path), "--no_embeddings"]) == 2
     assert "it was not written by a training run" in capsys.readouterr().err
+
+
+# classification-head runs of the study, read from the labels they saved.
+
+
+def _head_run(path, texts, argv):
+    import json
+
+    from trainer_ext.study.head import write_head_predictions
+    from trainer_ext.study.runner import COMMAND_FILE
+
+    path.mkdir()
+    rows = [
+        {"split": split, "text": text, "gold": "hate", "predicted": predicted}
+        for split in ("eval", "test")
+        for text, predicted in zip(texts, ["hate", "neutral", "hate"], strict=True)
+    ]
+    write_head_predictions(path, rows)
+    (path / COMMAND_FILE).write_text(json.dumps(argv), encoding="utf-8")
+    return path
+
+
+def test_a_head_run_is_read_back_with_its_seed_and_refused_for_other_tweets(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.heldout import head_predictions
+
+    texts = ['a, "quoted" tweet', "two\nlines", "plain"]  # CSV quoting survives the round trip
+    sets = {name: [SimpleNamespace(text=t, label="hate") for t in texts] for name in ("eval", "test")}
+    run = _head_run(tmp_path / "head", texts, ["--config", "x.yaml", "--seed", "1", "--seed", "2"])
+    seed, predictions = head_predictions(run, sets)
+    assert seed == 2  # the last --seed is the one the run trained with
+    assert predictions == {"eval": ["hate", "neutral", "hate"], "test": ["hate", "neutral", "hate"]}
+    other = {**sets, "test": sets["test"][:2]}
+    with pytest.raises(ValueError, match="its 3 saved test predictions are not for this benchmark's 2 test"):
+        head_predictions(run, other)
+    (run / "predictions.csv").unlink()
+    with pytest.raises(ValueError, match="no predictions file"):
+        head_predictions(run, sets)
+    with pytest.raises(ValueError, match="give a classification-head run of `trainer-ext compare`"):
+        head_predictions(tmp_path, sets)
+
+
+def test_the_head_row_is_described_and_paired_with_lora_all():
+    scores = {"accuracy": 0.8, "macro_f1": 0.79}
+    entry = {"seed": 42, "eval": scores, "test": scores, "vs_tfidf": {"only_ours": 1, "only_theirs": 1,
+             "p_value": 1}}  # fmt: skip
+    paired = {"accuracy_difference": 0.021, "only_ours": 40, "only_theirs": 21, "p_value": 0.02}
+    report = {"command": "x", "test_size": 900, "eval_size": 200, "rows": [
+        {"name": "tfidf-logreg", "per_seed": [{"seed": None, "eval": scores, "test": scores}]},
+        {"name": "lora-all", "per_seed": [entry]},
+        {"name": "classification-head", "variant": True, "change": "a linear head",
+         "per_seed": [{**entry, "vs_lora_all": paired}]},
+    ]}  # fmt: skip
+    assert "| classification-head | 42 | a linear head | +0.021 | 40 / 21 | 0.0200 |" in markdown(report)

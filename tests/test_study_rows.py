@@ -310,6 +310,13 @@ def test_new_rows_end_to_end_over_two_seeds(tiny_model_dir, tiny_encoder_dir, da
         assert row["std"]["test"]["accuracy"] >= 0
     assert by_name[HEAD_ROW]["epochs"] == 1 and by_name[HEAD_ROW]["trainable_params"] > 0
     assert (out / "runs" / HEAD_ROW / "seed-2" / "metrics.json").is_file()
+    # The head's labels are saved per text, so that it can be paired with other runs on the same tweets.
+    from trainer_ext.study.head import read_head_predictions
+
+    saved = read_head_predictions(out / "runs" / HEAD_ROW / "seed-2")
+    assert [len(saved["eval"]), len(saved["test"])] == [6, 6]
+    test_accuracy = sum(row["gold"] == row["predicted"] for row in saved["test"]) / 6
+    assert test_accuracy == pytest.approx(by_name[HEAD_ROW]["per_seed"][1]["test"]["accuracy"], abs=1e-3)
     text = (out / "compare.md").read_text(encoding="utf-8")
     assert f"| {HEAD_ROW} |" in text and " ± " in text
     capsys.readouterr()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -150,7 +151,9 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
         `dict`: ``trainable_params``, ``total_params``, ``train_runtime``, ``train_samples_per_second``,
         ``eval_accuracy``, ``eval_macro_f1``, ``eval_invalid_rate``, ``peak_memory_mb``,
         ``num_train_epochs``, ``quantization``, ``optimizer``; with a test set also ``test_accuracy``,
-        ``test_macro_f1`` and ``test_invalid_rate``.
+        ``test_macro_f1`` and ``test_invalid_rate``; and ``predictions``, one dict per scored text
+        (``split``: ``"eval"`` or ``"test"``, ``text``, ``gold``, ``predicted``) for
+        `write_head_predictions`.
     """
     from transformers import DataCollatorWithPadding, Trainer, set_seed
 
@@ -184,14 +187,21 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
     started = time.perf_counter()
     result = trainer.train()
     runtime = result.metrics.get("train_runtime", time.perf_counter() - started)
-    eval_ids = encode_texts(tokenizer, [ex.text for ex in data.eval], recipe.task.max_length, side)
-    predicted = predict_labels(model, tokenizer, eval_ids, labels, args.per_device_eval_batch_size)
-    scores = classification_metrics([ex.label for ex in data.eval], predicted, labels)
+    rows: list[dict[str, str]] = []
+
+    def predict(split: str, examples: Sequence[Any]) -> dict[str, float]:
+        ids = encode_texts(tokenizer, [ex.text for ex in examples], recipe.task.max_length, side)
+        predicted = predict_labels(model, tokenizer, ids, labels, args.per_device_eval_batch_size)
+        rows.extend(
+            {"split": split, "text": ex.text, "gold": ex.label, "predicted": label}
+            for ex, label in zip(examples, predicted, strict=True)
+        )
+        return classification_metrics([ex.label for ex in examples], predicted, labels)
+
+    scores = predict("eval", data.eval)
     tested = {}
     if test:
-        test_ids = encode_texts(tokenizer, [ex.text for ex in test], recipe.task.max_length, side)
-        predicted = predict_labels(model, tokenizer, test_ids, labels, args.per_device_eval_batch_size)
-        test_scores = classification_metrics([ex.label for ex in test], predicted, labels)
+        test_scores = predict("test", test)
         tested = flat_metrics({k: test_scores[k] for k in SCORES}, prefix="test_")
     return {
         "trainable_params": trainable,
@@ -204,7 +214,50 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
         "num_train_epochs": float(args.num_train_epochs),
         "quantization": recipe.model.quantization,
         "optimizer": str(getattr(args.optim, "value", args.optim)),
+        "predictions": rows,
     }
+
+
+PREDICTIONS_COLUMNS = ("split", "text", "gold", "predicted")
+
+
+def write_head_predictions(run_dir: Path, rows: Sequence[dict[str, str]]) -> Path:
+    """Write the head's label for each scored text to ``run_dir/predictions.csv`` (columns `split`, `text`,
+    `gold`, `predicted`), so that the run can be paired with others on the same texts
+    (``benchmarks.heldout --head``). Returns the file's path."""
+    import csv
+
+    path = run_dir / "predictions.csv"
+    with path.open("w", encoding="utf-8", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=PREDICTIONS_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_head_predictions(run_dir: Path) -> dict[str, list[dict[str, str]]]:
+    """The rows of a head run's ``predictions.csv`` per split (see `write_head_predictions`).
+
+    Raises:
+        `FileNotFoundError`: When the run has no predictions file (runs of earlier versions wrote none).
+        `ValueError`: When the file lacks one of the columns.
+    """
+    import csv
+
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no predictions file; rerun the classification-head row with `trainer-ext compare`"
+        )
+    with path.open(encoding="utf-8", newline="") as file:
+        reader = csv.DictReader(file)
+        missing = set(PREDICTIONS_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: columns {sorted(missing)} are missing; it is not a head run's file")
+        splits: dict[str, list[dict[str, str]]] = {}
+        for row in reader:
+            splits.setdefault(row["split"], []).append(row)
+    return splits
 
 
 def seed_row(metrics: dict[str, Any], run_dir: str, seed: int, reused: bool = False) -> RowResult:

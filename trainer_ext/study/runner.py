@@ -311,7 +311,7 @@ def head_run(settings: StudySettings, seed: int, test=()) -> RowResult:
     """One seed of the classification-head row, in a fresh process (or a finished identical run reused:
     same arguments and same test set)."""
     from trainer_ext.evaluation.reports import write_metrics
-    from trainer_ext.study.head import seed_row, train_head
+    from trainer_ext.study.head import seed_row, train_head, write_head_predictions
 
     run_dir = run_path(settings, HEAD_ROW, seed)
     argv = row_argv(settings, HEAD_ROW, run_dir, seed)
@@ -325,6 +325,7 @@ def head_run(settings: StudySettings, seed: int, test=()) -> RowResult:
             logger.error("Row %s, seed %d failed: %s", HEAD_ROW, seed, error)
             return RowResult(HEAD_ROW, status="failed", seed=seed, note=_one_line(error))
         run_dir.mkdir(parents=True, exist_ok=True)
+        write_head_predictions(run_dir, metrics.pop("predictions"))
         write_metrics(run_dir, metrics)
         (run_dir / COMMAND_FILE).write_text(json.dumps(stamp) + "\n", encoding="utf-8")
     return seed_row(_read_metrics(run_dir), str(run_dir), seed, reused)
