@@ -191,7 +191,7 @@ def _distinct(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return runs[:1] if len(runs) > 1 and len(set(keys)) == 1 else runs
 
 
-# Keys of run.json's "training" that name the run rather than the recipe.
+# Keys of a run's recipe that name the run rather than the recipe.
 _RUN_KEYS = {"output_dir", "seed", "disable_tqdm", "data_dir"}
 
 
@@ -205,10 +205,19 @@ def training_defaults() -> dict[str, Any]:
     return {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults) if f.init}
 
 
+def recipe_keys(info: dict[str, Any]) -> dict[str, Any]:
+    """A run's recipe as one flat dict, from its ``run.json``: the training arguments, and the model, LoRA,
+    task (prompt) and data keys, so that an ablation of ``lora_r`` or ``prompt_style`` shows too."""
+    keys = {key: info[key] for key in ("base_model", "quantization", "method", "dtype") if key in info}
+    for section in ("lora", "task", "data"):
+        keys.update(info.get(section) or {})
+    return {**keys, **info["training"]}
+
+
 def differing_keys(
     main: dict[str, Any], variant: dict[str, Any], defaults: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The recipe keys of `variant` (a run's ``run.json`` "training") whose value differs from `main`'s. A key
+    """The recipe keys of `variant` (a run's `recipe_keys`) whose value differs from `main`'s. A training key
     a run does not list has its default from `defaults` (see `training_defaults`), or shows as `None`."""
     defaults = defaults or {}
     keys = (set(main) | set(variant)) - _RUN_KEYS
@@ -366,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             predictions = run_predictions(run, sets, args.batch_size)
             entry = seed_entry(info["training"].get("seed", 42), predictions, run=str(run))
             entry["predictions"] = predictions["test"]
-            entry["training"] = info["training"]
+            entry["recipe"] = recipe_keys(info)
             # The run's own evaluation, for a check that the run is scored here as it was evaluated.
             entry["run_eval_accuracy"] = metrics.get("eval_accuracy")
             entries.append(entry)
@@ -388,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, paths in variants.items():
         entries = scored(paths)
         for entry in entries:
-            entry["differs"] = differing_keys(lora[0]["training"], entry["training"], defaults)
+            entry["differs"] = differing_keys(lora[0]["recipe"], entry["recipe"], defaults)
             pair_with_lora(entry)
         rows.append({"name": name, "variant": True, "per_seed": entries})
     if saved_heads:
@@ -401,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         for entry in row["per_seed"]:
             entry.pop("predictions", None)
-            entry.pop("training", None)
+            entry.pop("recipe", None)
     report = {
         **report_header("heldout", argv),
         "test_size": len(test),

@@ -74,6 +74,14 @@ def test_an_ablation_row_names_the_keys_it_changes_and_is_paired_with_the_same_s
     # A key a run does not list is at its default: 3 epochs left out of a run.json is 3, not "unset".
     assert differing_keys({"num_train_epochs": 2}, {}, {"num_train_epochs": 3.0}) == {"num_train_epochs": 3.0}
     assert differing_keys({"num_train_epochs": 3.0}, {}, {"num_train_epochs": 3.0}) == {}
+    # Keys outside the training arguments count too: LoRA rank, prompt style, quantization.
+    from benchmarks.heldout import recipe_keys
+
+    info = {"quantization": "8bit", "lora": {"lora_r": 8}, "task": {"prompt_style": "instruction"},
+            "data": {"data_dir": "d"}, "training": {"seed": 1, "learning_rate": 5e-4}}  # fmt: skip
+    other = {**info, "lora": {"lora_r": 32}, "task": {"prompt_style": "raw"}, "training": {"seed": 2,
+             "learning_rate": 5e-4}, "data": {"data_dir": "elsewhere"}}  # fmt: skip
+    assert differing_keys(recipe_keys(info), recipe_keys(other)) == {"lora_r": 32, "prompt_style": "raw"}
     scores = {"accuracy": 0.8, "macro_f1": 0.79}
     entry = {
         "seed": 1,
