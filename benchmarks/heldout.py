@@ -179,6 +179,32 @@ def head_predictions(run: Path, sets: dict[str, list[Any]]) -> tuple[int, dict[s
     return seed, predictions
 
 
+def seed_entry(
+    seed: int | None, predictions: dict[str, list[str]], gold: dict[str, list[str]], tfidf: list[str], **extra
+) -> dict[str, Any]:
+    """One run's scores on each set (`gold`'s keys), paired with tfidf-logreg's `tfidf` test labels; its
+    test labels are kept under ``predictions`` for `pair_with_lora`."""
+    return {
+        "seed": seed,
+        **{name: _scores(gold[name], predictions[name]) for name in gold},
+        "vs_tfidf": mcnemar(gold["test"], predictions["test"], tfidf),
+        "predictions": predictions["test"],
+        **extra,
+    }
+
+
+def pair_with_lora(entry: dict[str, Any], lora: list[dict[str, Any]], gold: list[str]) -> None:
+    """Add ``vs_lora_all`` to `entry`: McNemar's test against the main recipe's run of the same seed on the
+    `gold` test labels, and the accuracy difference (nothing when no run of that seed was given)."""
+    same_seed = [run for run in lora if run["seed"] == entry["seed"]]
+    if same_seed:
+        main_run = same_seed[0]
+        entry["vs_lora_all"] = mcnemar(gold, entry["predictions"], main_run["predictions"])
+        entry["vs_lora_all"]["accuracy_difference"] = round(
+            entry["test"]["accuracy"] - main_run["test"]["accuracy"], 4
+        )
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -345,24 +371,17 @@ def main(argv: list[str] | None = None) -> int:
 
     fitted = tfidf_logreg(train, evaluation, LABELS, test=test)
     tfidf_predictions = {"eval": fitted.predictions, "test": fitted.test_predictions}
+    tfidf_test = tfidf_predictions["test"]
     rows = [{"name": "tfidf-logreg", "per_seed": [
         {"seed": None, **{name: _scores(gold[name], tfidf_predictions[name]) for name in sets}}
     ]}]  # fmt: skip
-
-    def seed_entry(seed: int | None, predictions: dict[str, list[str]], **extra: Any) -> dict[str, Any]:
-        return {
-            "seed": seed,
-            **{name: _scores(gold[name], predictions[name]) for name in sets},
-            "vs_tfidf": mcnemar(gold["test"], predictions["test"], tfidf_predictions["test"]),
-            **extra,
-        }
 
     if not args.no_embeddings:
         from trainer_ext.study.embeddings import embedding_logreg
 
         fits = embedding_logreg(train, evaluation, LABELS, args.embedding_model, args.seeds, test=test)
         rows.append({"name": "embedding-logreg", "model": args.embedding_model, "per_seed": [
-            seed_entry(seed, {"eval": fit.predictions, "test": fit.test_predictions})
+            seed_entry(seed, {"eval": fit.predictions, "test": fit.test_predictions}, gold, tfidf_test)
             for seed, fit in zip(args.seeds, fits, strict=True)
         ]})  # fmt: skip
 
@@ -373,8 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             info = json.loads((run / "run.json").read_text(encoding="utf-8"))
             metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
             predictions = run_predictions(run, sets, args.batch_size)
-            entry = seed_entry(info["training"].get("seed", 42), predictions, run=str(run))
-            entry["predictions"] = predictions["test"]
+            entry = seed_entry(info["training"].get("seed", 42), predictions, gold, tfidf_test, run=str(run))
             entry["recipe"] = recipe_keys(info)
             # The run's own evaluation, for a check that the run is scored here as it was evaluated.
             entry["run_eval_accuracy"] = metrics.get("eval_accuracy")
@@ -385,26 +403,17 @@ def main(argv: list[str] | None = None) -> int:
     defaults = training_defaults() if variants else {}
     rows.append({"name": "lora-all", "per_seed": lora})
 
-    def pair_with_lora(entry: dict[str, Any]) -> None:
-        same_seed = [run for run in lora if run["seed"] == entry["seed"]]
-        if same_seed:
-            main_run = same_seed[0]
-            entry["vs_lora_all"] = mcnemar(gold["test"], entry["predictions"], main_run["predictions"])
-            entry["vs_lora_all"]["accuracy_difference"] = round(
-                entry["test"]["accuracy"] - main_run["test"]["accuracy"], 4
-            )
-
     for name, paths in variants.items():
         entries = scored(paths)
         for entry in entries:
             entry["differs"] = differing_keys(lora[0]["recipe"], entry["recipe"], defaults)
-            pair_with_lora(entry)
+            pair_with_lora(entry, lora, gold["test"])
         rows.append({"name": name, "variant": True, "per_seed": entries})
     if saved_heads:
         entries = []
         for run, seed, predictions in saved_heads:
-            entries.append(seed_entry(seed, predictions, run=str(run), predictions=predictions["test"]))
-            pair_with_lora(entries[-1])
+            entries.append(seed_entry(seed, predictions, gold, tfidf_test, run=str(run)))
+            pair_with_lora(entries[-1], lora, gold["test"])
         change = "a new linear head on the message's last token (no prompt) instead of generating the label"
         rows.append({"name": "classification-head", "variant": True, "change": change, "per_seed": entries})
     for row in rows:

@@ -293,3 +293,51 @@ def test_the_head_row_is_described_and_paired_with_lora_all():
          "per_seed": [{**entry, "vs_lora_all": paired}]},
     ]}  # fmt: skip
     assert "| classification-head | 42 | a linear head | +0.021 | 40 / 21 | 0.0200 |" in markdown(report)
+
+
+def test_main_pairs_a_head_run_and_a_variant_with_the_recipe_run_of_their_seed(tmp_path, monkeypatch):
+    """The whole benchmark with the models' labels stubbed: a head run of the study and an ablation run."""
+    import json
+
+    import benchmarks.heldout as heldout
+    from trainer_ext.study.head import write_head_predictions
+    from trainer_ext.study.runner import COMMAND_FILE
+
+    _, evaluation, test = study_sets(30)
+    sets = {"eval": evaluation, "test": test}
+    runs = {}
+    for name, lora_r in (("recipe", 8), ("rank32", 32)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        info = {"training": {"seed": 42}, "lora": {"lora_r": lora_r}}
+        (runs[name] / "run.json").write_text(json.dumps(info), encoding="utf-8")
+        (runs[name] / "metrics.json").write_text("{}", encoding="utf-8")
+    wrong_first = ["neutral" if ex.label == "hate" else "hate" for ex in test[:3]]
+    labels = {  # the recipe right on every tweet, the ablation wrong on the first three test tweets
+        runs["recipe"]: {k: [ex.label for ex in v] for k, v in sets.items()},
+        runs["rank32"]: {"eval": [ex.label for ex in evaluation],
+                         "test": wrong_first + [ex.label for ex in test[3:]]},
+    }  # fmt: skip
+    monkeypatch.setattr(heldout, "check_runs", lambda runs: None)
+    monkeypatch.setattr(heldout, "run_predictions", lambda run, sets, batch_size: labels[run])
+    head = tmp_path / "head"
+    head.mkdir()
+    write_head_predictions(head, [
+        {"split": name, "text": ex.text, "gold": ex.label, "predicted": ex.label if i else wrong_first[0]}
+        for name, examples in sets.items() for i, ex in enumerate(examples)
+    ])  # fmt: skip
+    (head / COMMAND_FILE).write_text(json.dumps(["--seed", "42"]), encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["--runs", str(runs["recipe"]), "--no_embeddings", "--test_size", "30", "--variant", "rank32",
+            str(runs["rank32"]), "--head", str(head), "--out_dir", str(out)]  # fmt: skip
+    assert heldout.main(argv) == 0
+    rows = {row["name"]: row for row in json.loads((out / "heldout.json").read_text())["rows"]}
+    assert list(rows) == ["tfidf-logreg", "lora-all", "rank32", "classification-head"]
+    rank32, head_run = rows["rank32"]["per_seed"][0], rows["classification-head"]["per_seed"][0]
+    assert rank32["differs"] == {"lora_r": 32}
+    paired = {"only_ours": 0, "only_theirs": 3, "p_value": 0.25, "accuracy_difference": -0.1}
+    assert rank32["vs_lora_all"] == paired
+    assert head_run["seed"] == 42 and head_run["test"]["accuracy"] == pytest.approx(29 / 30, abs=1e-4)
+    assert (head_run["vs_lora_all"]["only_ours"], head_run["vs_lora_all"]["only_theirs"]) == (0, 1)
+    text = (out / "heldout.md").read_text()
+    assert "| classification-head | 42 | a new linear head on the message's last token" in text

@@ -18,7 +18,8 @@ Rows (in table order):
 
 Each trained row is one ``trainer-ext train`` subprocess per training seed (so its peak memory is its
 own), started from one training recipe with the study's overrides; `embedding-logreg` and
-`classification-head` run in a fresh Python process for the same reason. The frozen rows are scored in
+`classification-head` run in a fresh Python process for the same reason (the head's run directory keeps
+its metrics and its label per scored tweet, `predictions.csv`). The frozen rows are scored in
 this process, with one model load. Then every model (the frozen base and each trained run) classifies a
 balanced sample of BBC headlines into topic labels it never saw, zero-shot, with each transfer prompt,
 uncalibrated and calibrated. A seeded row's runs are combined by `combine_seeds` (mean, standard
