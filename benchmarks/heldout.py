@@ -345,10 +345,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--variant {name!r}: {problem}")
         variants[name] = [Path(path) for path in paths]
     every_run = [*runs, *(run for paths in variants.values() for run in paths)]
-    repeated = sorted({str(run) for run in every_run if every_run.count(run) > 1})
-    if repeated:
-        parser.error(f"each run directory can be scored in one row only; given twice: {', '.join(repeated)}")
     heads = [Path(run) for run in args.head]
+    given = [*every_run, *heads]
+    repeated = sorted({str(run) for run in given if given.count(run) > 1})
+    if repeated:
+        parser.error(f"each run directory can be in one row only, once; given twice: {', '.join(repeated)}")
     if problem := check_runs(every_run):
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -253,3 +253,17 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
     assert data["settings"]["seed"] == 42 and data["eval_samples"] == 6
     assert Path(tmp_path / "out" / "runs" / "lora-all" / "seed-42" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "out" / "compare.png").is_file()
+
+    # Resumed with --reuse: the finished lora-all run is neither trained nor scored again; its test and
+    # transfer scores are read back from its directory and are those of the first study.
+    from trainer_ext.inference.classifier import Classifier
+
+    def no_load(run_dir):
+        raise AssertionError(f"{run_dir} was loaded to be scored again")
+
+    monkeypatch.setattr(Classifier, "from_pretrained", staticmethod(no_load))
+    assert main([*argv, "--reuse", "true", "--rows", "lora-all"]) == 0
+    again = json.loads((tmp_path / "out" / "compare.json").read_text(encoding="utf-8"))
+    (resumed,) = again["rows"]
+    assert "reused finished runs" in resumed["note"] and resumed["test"] == lora["test"]
+    assert again["transfer"][2:] == data["transfer"][2:]  # lora-all's, after the base model's two

@@ -114,16 +114,18 @@ def test_an_ablation_row_names_the_keys_it_changes_and_is_paired_with_the_same_s
         (["RUN", "RUN"], "the first value is the row's name"),  # the name forgotten
         (["lora-all", "RUN"], "'lora-all': this name is a built-in row"),
         (["a", "RUN", "--variant", "a", "RUN"], "'a': this name is already taken"),
-        (["a", "RUN", "RUN"], "scored in one row only; given twice: RUN"),
+        (["a", "RUN", "RUN"], "in one row only, once; given twice: RUN"),
+        (["a", "RUN", "--head", "RUN"], "in one row only, once; given twice: RUN"),  # a variant and the head
+        (["a", "RUN", "--head", "HEAD", "HEAD"], "in one row only, once; given twice: HEAD"),
     ],
 )
 def test_bad_variants_are_refused_before_anything_is_scored(tmp_path, capsys, variant, message):
     from benchmarks.heldout import main
 
-    run = str(tmp_path)
+    run, head = str(tmp_path), str(tmp_path / "head")
     with pytest.raises(SystemExit):
-        main(["--runs", "r", "--variant", *[run if v == "RUN" else v for v in variant]])
-    assert message.replace("RUN", run) in capsys.readouterr().err
+        main(["--runs", "r", "--variant", *[{"RUN": run, "HEAD": head}.get(v, v) for v in variant]])
+    assert message.replace("RUN", run).replace("HEAD", head) in capsys.readouterr().err
 
 
 def test_the_job_memory_sampler_files_samples_under_the_phase_the_log_names():

@@ -22,8 +22,10 @@ own), started from one training recipe with the study's overrides; `embedding-lo
 its metrics and its label per scored tweet, `predictions.csv`). The frozen rows are scored in
 this process, with one model load. Then every model (the frozen base and each trained run) classifies a
 balanced sample of BBC headlines into topic labels it never saw, zero-shot, with each transfer prompt,
-uncalibrated and calibrated. A seeded row's runs are combined by `combine_seeds` (mean, standard
-deviation, every run kept); `compare_report` writes the table, the JSON and the chart.
+uncalibrated and calibrated; a trained run's scores are kept beside it, so a study finished over several
+sittings with ``--reuse`` scores each model once (`trainer_ext.study.run_scores`). A seeded row's runs
+are combined by `combine_seeds` (mean, standard deviation, every run kept); `compare_report` writes the
+table, the JSON and the chart.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 
 from trainer_ext.runs.info import RunInfo, machine
 from trainer_ext.study.heldout import examples_digest, load_test_set, score_test
+from trainer_ext.study.run_scores import forget_scores, score_run
 from trainer_ext.study.scoring import (
     RowResult,
     TransferResult,
@@ -230,6 +233,7 @@ def train_row(
     else:
         logger.info("Row %s: training (log: %s)", row, log)
         log_dir.mkdir(parents=True, exist_ok=True)
+        forget_scores(run_dir)  # scores of an earlier model in this directory
         started = time.perf_counter()
         with log.open("w", encoding="utf-8") as handle:
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
@@ -279,9 +283,7 @@ def _too_big(settings: StudySettings, study: Study) -> int | None:
 
 def run_trained(settings: StudySettings, study: Study, headlines, topics, test=()) -> None:
     """Train every requested method, one subprocess each, then score it on the test set and its transfer to
-    the topics."""
-    from trainer_ext.inference.classifier import Classifier
-
+    the topics (or read those scores back: `score_run`)."""
     for row in (r for r in settings.rows if r in TRAINED_ROWS):
         if row == "full" and (count := _too_big(settings, study)):
             study.rows.append(
@@ -299,12 +301,8 @@ def run_trained(settings: StudySettings, study: Study, headlines, topics, test=(
             argv = row_argv(settings, row, run_dir, seed)
             runs.append(train_row(settings, row, argv, run_dir, settings.runs_path / "logs", seed))
             if runs[-1].status == "ok" and (headlines or test):
-                classifier = Classifier.from_pretrained(run_dir)
-                runs[-1].test = score_test(classifier, test, settings.batch_size, row).get("constrained")
-                if headlines:
-                    study.transfer.extend(transfer_scores(classifier, row, settings, headlines, topics, seed))
-                del classifier
-                gc.collect()
+                runs[-1].test, moved = score_run(settings, row, seed, run_dir, argv, test, headlines, topics)
+                study.transfer.extend(moved)
         study.rows.append(combine_seeds(row, runs))
 
 
@@ -403,4 +401,3 @@ def run_study(settings: StudySettings) -> Study:
     study.rows.sort(key=lambda r: order[r.name])
     study.info.update(machine(), wall_seconds=round(time.perf_counter() - started, 1))
     return study
-

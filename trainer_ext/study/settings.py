@@ -188,7 +188,12 @@ class StudyArguments:
         default=1_000_000_000, metadata={"help": "The `full` row is skipped for models with more parameters."}
     )
     reuse: bool = field(
-        default=False, metadata={"help": "Reuse a trained row's finished run when its command is unchanged."}
+        default=False,
+        metadata={
+            "help": "Reuse a trained row's finished run when its command is unchanged, and its test and "
+            "transfer scores when what they were measured on is unchanged too (run a seed at a time: "
+            "--seeds 42, then --seeds 1 ..., then every seed)."
+        },
     )
 
 
