@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         variants[name] = [Path(path) for path in paths]
     every_run = [*runs, *(run for paths in variants.values() for run in paths)]
     heads = [Path(run) for run in args.head]
-    given = [*every_run, *heads]
+    given = [run.resolve() for run in (*every_run, *heads)]  # runs/x and /abs/runs/x are one directory
     repeated = sorted({str(run) for run in given if given.count(run) > 1})
     if repeated:
         parser.error(f"each run directory can be in one row only, once; given twice: {', '.join(repeated)}")

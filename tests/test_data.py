@@ -331,9 +331,7 @@ def test_data_settings_command_line():
     (settings,) = HfArgumentParser(DataSettings).parse_args_into_dataclasses(
         ["--label_mapping", json.dumps({0: "hate"}), "--train_samples", "10", "--decode_html"]
     )
-    assert (
-        settings.label_mapping == {"0": "hate"} and settings.train_samples == 10 and settings.decode_html
-    )
+    assert settings.label_mapping == {"0": "hate"} and settings.train_samples == 10 and settings.decode_html
     with pytest.raises(DataError, match="train_samples must be a positive"):
         DataSettings(train_samples=0)
     with pytest.raises(DataError, match="not valid JSON"):

@@ -218,6 +218,7 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
     }
 
 
+PREDICTIONS_FILE = "predictions.csv"
 PREDICTIONS_COLUMNS = ("split", "text", "gold", "predicted")
 
 
@@ -227,7 +228,7 @@ def write_head_predictions(run_dir: Path, rows: Sequence[dict[str, str]]) -> Pat
     (``benchmarks.heldout --head``). Returns the file's path."""
     import csv
 
-    path = run_dir / "predictions.csv"
+    path = run_dir / PREDICTIONS_FILE
     with path.open("w", encoding="utf-8", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=PREDICTIONS_COLUMNS)
         writer.writeheader()
@@ -244,7 +245,7 @@ def read_head_predictions(run_dir: Path) -> dict[str, list[dict[str, str]]]:
     """
     import csv
 
-    path = run_dir / "predictions.csv"
+    path = run_dir / PREDICTIONS_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no predictions file; rerun the classification-head row with `trainer-ext compare`"

@@ -43,7 +43,7 @@ from typing import Any
 
 from trainer_ext.runs.info import RunInfo, machine
 from trainer_ext.study.heldout import examples_digest, load_test_set, score_test
-from trainer_ext.study.run_scores import forget_scores, score_run
+from trainer_ext.study.run_scores import delete_scores, score_run
 from trainer_ext.study.scoring import (
     RowResult,
     TransferResult,
@@ -233,7 +233,8 @@ def train_row(
     else:
         logger.info("Row %s: training (log: %s)", row, log)
         log_dir.mkdir(parents=True, exist_ok=True)
-        forget_scores(run_dir)  # scores of an earlier model in this directory
+        delete_scores(run_dir)  # an earlier model's scores, and its stamp: a run that dies half-way
+        stamp.unlink(missing_ok=True)  # is then never taken for a finished one
         started = time.perf_counter()
         with log.open("w", encoding="utf-8") as handle:
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=False).returncode
@@ -301,8 +302,9 @@ def run_trained(settings: StudySettings, study: Study, headlines, topics, test=(
             argv = row_argv(settings, row, run_dir, seed)
             runs.append(train_row(settings, row, argv, run_dir, settings.runs_path / "logs", seed))
             if runs[-1].status == "ok" and (headlines or test):
-                runs[-1].test, moved = score_run(settings, row, seed, run_dir, argv, test, headlines, topics)
-                study.transfer.extend(moved)
+                scored = score_run(settings, row, seed, run_dir, argv, test, headlines, topics)
+                runs[-1].test = scored[0]
+                study.transfer.extend(scored[1])
         study.rows.append(combine_seeds(row, runs))
 
 
@@ -310,12 +312,13 @@ def head_run(settings: StudySettings, seed: int, test=()) -> RowResult:
     """One seed of the classification-head row, in a fresh process (or a finished identical run reused:
     same arguments and same test set)."""
     from trainer_ext.evaluation.reports import write_metrics
-    from trainer_ext.study.head import seed_row, train_head, write_head_predictions
+    from trainer_ext.study.head import PREDICTIONS_FILE, seed_row, train_head, write_head_predictions
 
     run_dir = run_path(settings, HEAD_ROW, seed)
     argv = row_argv(settings, HEAD_ROW, run_dir, seed)
     stamp = argv + ([f"test set {examples_digest(test)}"] if test else [])  # its test scores are kept
-    reused = _reusable(settings, run_dir, stamp)
+    # a run of a version that saved no labels is trained again, so that it can be paired tweet by tweet
+    reused = _reusable(settings, run_dir, stamp) and (run_dir / PREDICTIONS_FILE).is_file()
     if not reused:
         logger.info("Row %s, seed %d: training", HEAD_ROW, seed)
         try:
