@@ -20,9 +20,20 @@ CONFUSION_FILE = "confusion_matrix.png"
 
 
 def peak_memory_mb(device: str | torch.device = "cpu") -> float:
-    """Peak memory of this process so far, in MiB: CUDA allocations on a GPU, else the peak RSS."""
+    """Peak memory of this process so far, in MiB: CUDA allocations on a GPU, else the peak resident set size.
+
+    On Linux the peak is ``VmHWM`` of ``/proc/self/status``: the high-water mark of this process's own
+    memory. Not ``ru_maxrss``, because Linux carries that one over ``fork`` and ``exec``: a training run
+    started by a big process (`trainer-ext compare`, holding a loaded model) would report its parent's
+    resident size as its own peak. Elsewhere (macOS, no ``/proc``) ``ru_maxrss``.
+    """
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**10  # KiB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
