@@ -5,23 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# a /proc/<pid>/status field in KiB; the library's peak_memory_mb reads the same
+from trainer_ext.training.host_memory import status_kib as status_kib
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The shared data and tokenizers sit beside the repository; TRAINER_EXT_DATA_DIR moves both.
 DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "shared" / "data")
 TOKENIZERS_DIR = DATA_DIR.parent / "tokenizers"
-
-
-def status_kib(field: str, pid: int | str = "self") -> int:
-    """A ``/proc/<pid>/status`` field (``VmRSS``, ``VmHWM``) in KiB, of this process by default.
-
-    Raises:
-        `FileNotFoundError`: when process `pid` is gone;
-        `RuntimeError`: when the field is missing (memory is measured on Linux only).
-    """
-    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/{pid}/status has no {field}; memory is measured on Linux only.")
 
 
 def reset_peak_rss() -> None:

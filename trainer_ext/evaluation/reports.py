@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from trainer_ext.inference.scoring import LabelScores
+from trainer_ext.training.host_memory import status_kib
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -29,11 +30,10 @@ def peak_memory_mb(device: str | torch.device = "cpu") -> float:
     """
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text(encoding="utf-8").splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10  # KiB
+    try:
+        return status_kib("VmHWM") / 2**10
+    except (OSError, RuntimeError):  # no /proc
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 

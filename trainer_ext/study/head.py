@@ -25,6 +25,7 @@ from typing import Any
 
 from torch import nn
 
+from trainer_ext.evaluation.reports import PREDICTIONS_FILE
 from trainer_ext.study.scoring import RowResult, short_scores
 
 logger = logging.getLogger(__name__)
@@ -218,7 +219,6 @@ def train_head(argv: list[str], test: Sequence[Any] = ()) -> dict[str, Any]:
     }
 
 
-PREDICTIONS_FILE = "predictions.csv"
 PREDICTIONS_COLUMNS = ("split", "text", "gold", "predicted")
 
 

@@ -1,7 +1,7 @@
 """A finished trained run of the study scored on the test set and the transfer headlines (`score_run`), and
 those scores kept beside it, so that a study resumed with ``--reuse`` does not score the same model again.
 
-With the shipped preset a trained run is followed by about five minutes of scoring on a 2-core CPU (900 test
+With the shipped preset a trained run is followed by 2 to 3 minutes of scoring on a 2-core CPU (900 test
 tweets, then every transfer prompt on the headlines), and a study of 4 trained rows over 3 seeds is too
 long for one sitting: it is run a seed at a time (``--seeds 42``, then ``--seeds 1``, ...) and finished
 by one run over every seed with ``--reuse``. That last run reads each finished run's scores from

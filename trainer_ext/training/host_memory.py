@@ -1,4 +1,5 @@
-"""Host memory of CPU training: hand freed tensor memory back to the system instead of keeping it in the heap.
+"""Host memory of CPU training: hand freed tensor memory back to the system instead of keeping it in the heap;
+read a process's resident sizes (`status_kib`).
 
 glibc's malloc serves a request of at least ``M_MMAP_THRESHOLD`` bytes (128 KiB to start with) with a
 mapping of its own, returned to the system on free. But the threshold is dynamic: each time such a block
@@ -24,6 +25,7 @@ import ctypes.util
 import logging
 import os
 import platform
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -58,3 +60,16 @@ def fix_mmap_threshold(threshold: int = DEFAULT_THRESHOLD) -> bool:
     if done:
         logger.debug("glibc mmap threshold fixed at %d bytes", threshold)
     return done
+
+
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/<pid>/status`` field (``VmRSS``, ``VmHWM``) in KiB, of this process by default.
+
+    Raises:
+        `FileNotFoundError`: when process `pid` is gone, or there is no ``/proc`` (not Linux);
+        `RuntimeError`: when the field is missing (memory is measured on Linux only).
+    """
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/status has no {field}; memory is measured on Linux only.")
