@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from benchmarks.training import cpu_model, load_average
+from benchmarks.training import load_average
 from trainer_ext.modeling import int8_cpu
+from trainer_ext.runs.info import cpu_model
 
 # SmolLM2-135M's linear layers as (name, in_features, out_features).
 LAYER_SHAPES = [

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import REPO_ROOT, refuse_busy_machine, report_header, write_report
 from benchmarks.int8_matmul import LAYER_SHAPES
-from benchmarks.training import cpu_model
+from trainer_ext.runs.info import cpu_model
 
 ROWS = [1, 3, 8, 16, 28, 48, 64, 128, 448]
 LAYOUTS = ("row-major", "column-major")

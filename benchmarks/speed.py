@@ -152,8 +152,8 @@ def _plan(args) -> tuple[list[str], bool]:
 
 
 def _report_header(args, argv: list[str], recipe, recipe_args: list[str], load: float) -> dict[str, Any]:
-    from benchmarks.training import cpu_model
     from trainer_ext.modeling.loading import cpu_supports_bf16
+    from trainer_ext.runs.info import cpu_model
 
     training = recipe.training
     return {

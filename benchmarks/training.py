@@ -72,18 +72,6 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor name elsewhere)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
 def busy_cpu_seconds() -> float | None:
     """CPU seconds all processes of the machine have used since boot (``/proc/stat``); `None` elsewhere."""
     stat = Path("/proc/stat")

@@ -5,13 +5,15 @@
     python scripts/compare.py --rows tfidf-logreg embedding-logreg lora-all classification-head --seeds 42 1 2
     python scripts/compare.py --model_name_or_path EleutherAI/gpt-j-6B --quantization 8bit --lora_r 2 \\
         --per_device_train_batch_size 4 --output_dir runs/compare-gptj
+    python scripts/compare.py --combine runs/s42/compare.json runs/s1/compare.json --output_dir runs/both
 
 Study flags (below) come from the preset (default: the shipped ``studies/compare_smollm2.yaml``); any other
 ``--flag value`` is a training-recipe key (see ``trainer-ext train --help``) applied to every row, such
 as ``--model_name_or_path``, ``--quantization``, ``--lora_r``, ``--train_samples``. ``--set
 ROW.KEY=VALUE`` changes one row only (``--set norms.learning_rate=1e-3``). The trained rows,
 ``embedding-logreg`` and ``classification-head`` run once per ``--seeds`` seed; the table shows mean ±
-standard deviation.
+standard deviation. ``--combine`` makes one study of the ``compare.json`` of several sittings, each run
+with its own ``--seeds`` (see `trainer_ext.study.combine`); it trains and scores nothing.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from collections.abc import Sequence
 
 
 def parse(argv: list[str]):
-    """(study arguments over the preset, preset path, ``--set`` items, recipe flags for every row)."""
+    """(study arguments over the preset, preset path, ``--set`` items, recipe flags for every row, the
+    ``--combine`` files or `None`)."""
     from transformers import HfArgumentParser
 
     from trainer_ext.study.settings import DEFAULT_PRESET, StudyArguments, load_preset
@@ -46,6 +49,12 @@ def parse(argv: list[str]):
         metavar="ROW.KEY=VALUE",
         help="recipe key for one row",
     )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="COMPARE_JSON",
+        help="combine the compare.json of several sittings (each of its own --seeds) into one study",
+    )
     preset = argv[argv.index("--preset") + 1] if "--preset" in argv[:-1] else None
     known = {f.name for f in dataclasses.fields(StudyArguments)}
     values = load_preset(preset or DEFAULT_PRESET)
@@ -53,7 +62,30 @@ def parse(argv: list[str]):
     args, extra, recipe_args = parser.parse_args_into_dataclasses(
         args=argv, return_remaining_strings=True, look_for_args_file=False
     )
-    return args, extra.preset, extra.sets, recipe_args
+    return args, extra.preset, extra.sets, recipe_args, extra.combine
+
+
+def combine(files: list[str], output_dir: str, argv: list[str]) -> int:
+    """``--combine``: one report from the sittings' JSON files; 2 on bad input."""
+    from trainer_ext.study.combine import combine_studies
+    from trainer_ext.study.report import write_report
+    from trainer_ext.study.settings import StudyError
+
+    others = [a for a in argv if a.startswith("--") and a.split("=")[0] not in ("--combine", "--output_dir")]
+    try:
+        if others:
+            raise StudyError(
+                f"--combine reads finished sittings and runs nothing: {', '.join(others)} do(es) not apply; "
+                "give only --combine FILE ... and --output_dir."
+            )
+        study = combine_studies(files)
+    except StudyError as error:
+        print(f"trainer-ext compare: {error}", file=sys.stderr)
+        return 2
+    paths = write_report(study, output_dir, shlex.join(["trainer-ext", "compare", *argv]))
+    print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
+    print("Written: " + ", ".join(str(p) for p in paths.values()))
+    return 1 if any(row.has_failure for row in study.rows) else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,12 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args, preset, sets, recipe_args = parse(argv)
+        args, preset, sets, recipe_args, files = parse(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     except StudyError as error:
         print(f"trainer-ext compare: {error}", file=sys.stderr)
         return 2
+    if files:
+        return combine(files, args.output_dir, argv)
     try:
         settings = build_settings(preset, dataclasses.asdict(args), sets, recipe_args)
         setup_logging(True)

@@ -38,8 +38,20 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (the platform's processor name elsewhere)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def machine() -> dict[str, Any]:
-    """The device (GPU name, or ``"cpu"``), CPU count, torch threads, date and `framework_versions`."""
+    """The device (GPU name, or ``"cpu"``), the CPU's model and the widest vector instructions torch uses on
+    it (``"AVX512"``, ...; bf16 results depend on them), CPU count, torch threads, date and
+    `framework_versions`."""
     import os
     import time
 
@@ -50,6 +62,8 @@ def machine() -> dict[str, Any]:
     device = default_device()
     return {
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "cpu": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d"),

@@ -260,9 +260,20 @@ def _notes(study: Study) -> list[str]:
     for row in study.rows:
         if row.status == "ok" and row.note:
             notes.append(f"`{row.name}`: {row.note}.")
+    sittings = info.get("sittings") or []
+    for i, sitting in enumerate(sittings, 1):  # a study combined with --combine
+        minutes = (sitting.get("wall_seconds") or 0) / 60
+        seeds = ", ".join(map(str, sitting["seeds"]))
+        cpu = f", {sitting['cpu']}" if sitting.get("cpu") else ""
+        notes.append(
+            f"Sitting {i} of {len(sittings)} ({sitting.get('date')}{cpu}, {minutes:.0f} min, seeds {seeds}): "
+            f"`{sitting['command']}`."
+        )
+    what = "the sittings together" if sittings else "this run (reused rows not retrained)"
+    cpu = "" if sittings else f"{info.get('cpu') or platform.machine()}, "  # the sittings' own are above
     notes.append(
-        f"Wall time of this run (reused rows not retrained): {info.get('wall_seconds', 0) / 60:.1f} min; "
-        f"{platform.machine()}, {info.get('cpus')} CPU(s), device {info.get('device')}."
+        f"Wall time of {what}: {info.get('wall_seconds', 0) / 60:.1f} min; "
+        f"{cpu}{info.get('cpus')} CPU(s), device {info.get('device')}."
     )
     return notes
 
