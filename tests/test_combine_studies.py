@@ -108,6 +108,14 @@ def test_sittings_of_another_study_are_refused_with_what_differs(tmp_path, field
         combine_studies([first, other])
 
 
+def test_one_file_gives_its_study_again(tmp_path):
+    study = combine_studies([_sitting(tmp_path, 42, {"lora-all": 0.80})])
+    assert [row.name for row in study.rows] == ["tfidf-logreg", "lora-all"]
+    assert study.rows[1].constrained["accuracy"] == 0.8 and study.settings["seeds"] == [42]
+    with pytest.raises(StudyError, match="give one or more"):
+        combine_studies([])
+
+
 def test_a_row_scored_differently_by_two_sittings_says_so(tmp_path):
     first = _sitting(tmp_path, 42, {"lora-all": 0.80})
     second = _sitting(tmp_path, 1, {"lora-all": 0.80}, tfidf=0.70)
@@ -121,7 +129,6 @@ def test_bad_files_are_named_and_nothing_is_written(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     (tmp_path / "other.json").write_text('{"rows": []}', encoding="utf-8")
     cases = [
-        ([str(good)], "give two or more compare.json files"),
         ([str(good), str(tmp_path / "missing.json")], "missing.json: cannot read it"),
         ([str(good), str(tmp_path / "broken.json")], "broken.json: not valid JSON"),
         ([str(good), str(tmp_path / "other.json")], "not the compare.json of `trainer-ext compare` (no"),

@@ -265,5 +265,5 @@ def test_study_end_to_end_with_a_tiny_model(tiny_model_dir, data_dir, tmp_path, 
     assert main([*argv, "--reuse", "true", "--rows", "lora-all"]) == 0
     again = json.loads((tmp_path / "out" / "compare.json").read_text(encoding="utf-8"))
     (resumed,) = again["rows"]
-    assert "reused finished runs" in resumed["note"] and resumed["test"] == lora["test"]
+    assert "reused a finished run" in resumed["note"] and resumed["test"] == lora["test"]
     assert again["transfer"][2:] == data["transfer"][2:]  # lora-all's, after the base model's two

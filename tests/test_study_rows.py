@@ -225,7 +225,9 @@ def test_combine_seeds_gives_means_standard_deviations_and_keeps_every_run():
     assert (row.status, row.constrained["accuracy"]) == ("ok", 0.82)
     assert row.std["constrained"]["accuracy"] == 0.0283
     assert row.train_runtime == 11.5 and row.peak_memory_mb == 502.0 and row.trainable_params == 100
-    assert row.per_seed == runs and row.has_failure and "seed 3 failed: exit 1" in row.note
+    assert row.per_seed == runs and row.has_failure and row.note == "8bit; seed 3 failed: exit 1"
+    reused = combine_seeds("lora-all", [_run(1, 0.8), _run(2, 0.8, note="8bit; reused a finished run")])
+    assert reused.note == "8bit; seed 2: reused a finished run"  # what one seed's note adds is said once
     assert "generate" not in row.std  # no seed scored with generation
     failed = combine_seeds("norms", [_run(1, 0, status="failed", note="exit 2: boom")])
     assert (failed.status, failed.note, failed.has_failure) == ("failed", "exit 2: boom", True)
@@ -323,13 +325,13 @@ def test_new_rows_end_to_end_over_two_seeds(tiny_model_dir, tiny_encoder_dir, da
     # Run again with reuse: the head's finished runs are read back, not trained again.
     assert main([*argv, "--reuse", "true", "--rows", HEAD_ROW]) == 0
     again = json.loads((out / "compare.json").read_text(encoding="utf-8"))["rows"][0]
-    assert "reused finished runs" in again["note"]
+    assert "reused a finished run" in again["note"]
     assert again["constrained"] == by_name[HEAD_ROW]["constrained"]
     assert again["test"] == by_name[HEAD_ROW]["test"]
     # Another test set: the kept runs hold scores of the old one, so they are trained and scored again.
     assert main([*argv, "--reuse", "true", "--rows", HEAD_ROW, "--test_samples", "3"]) == 0
     retrained = json.loads((out / "compare.json").read_text(encoding="utf-8"))["rows"][0]
-    assert "reused finished runs" not in retrained["note"]
+    assert "reused a finished run" not in retrained["note"]
 
 
 def test_a_row_without_its_model_fails_with_a_note_and_the_study_goes_on(data_dir, tmp_path, capsys):

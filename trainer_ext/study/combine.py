@@ -120,7 +120,8 @@ def combine_studies(paths: list[str | Path]) -> Study:
     """One study from the `compare.json` files of several sittings of it.
 
     Args:
-        paths (`list[str | Path]`): Two or more `compare.json` files, in the order their seeds are listed.
+        paths (`list[str | Path]`): The `compare.json` files, in the order their seeds are listed; a single
+            file gives its study again, the rows recombined from their runs and the report from this version.
 
     Returns:
         `Study`: rows in table order; seeded rows combined over every sitting's runs, rows without training
@@ -128,12 +129,12 @@ def combine_studies(paths: list[str | Path]) -> Study:
         ``info["sittings"]`` lists each sitting (file, command, seeds, rows, date, wall time, versions).
 
     Raises:
-        `StudyError`: fewer than two files, a file that is not a study's JSON, sittings of different
+        `StudyError`: no file, a file that is not a study's JSON, sittings of different
         studies, or a training seed in two sittings.
     """
     paths = [Path(p) for p in paths]
-    if len(paths) < 2:
-        raise StudyError("--combine: give two or more compare.json files, one per sitting.")
+    if not paths:
+        raise StudyError("--combine: give one or more compare.json files, one per sitting.")
     loaded = [load_study(path) for path in paths]
     studies = [study for study, _ in loaded]
     first = studies[0]

@@ -278,5 +278,5 @@ def seed_row(metrics: dict[str, Any], run_dir: str, seed: int, reused: bool = Fa
         seed=seed,
         note=f"{weights}, optimizer {metrics['optimizer']}; lora-all's adapters and a new linear head on the "
         "last token, trained with the model's cross-entropy; a fixed label set, so no transfer"
-        + ("; reused finished runs (trained by an earlier study)" if reused else ""),
+        + ("; reused a finished run (trained by an earlier study)" if reused else ""),
     )

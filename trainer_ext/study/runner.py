@@ -264,7 +264,7 @@ def train_row(
         run_dir=str(run_dir),
         seed=seed,
         note=f"{_weights(info.quantization)}, optimizer {info.optimizer}"
-        + ("; reused finished runs (trained by an earlier study)" if reusable else ""),
+        + ("; reused a finished run (trained by an earlier study)" if reusable else ""),
     )
 
 

@@ -90,7 +90,8 @@ def combine_seeds(name: str, runs: list[RowResult]) -> RowResult:
     """One table row from the runs of a row's seeds: mean scores and their standard deviation.
 
     Scores, training time and throughput are means over the runs that finished, the peak memory is
-    their largest; a row none of whose runs finished takes the first run's status and note.
+    their largest; the note holds what every run's note says, then what only some say (``seed 1: ...``); a
+    row none of whose runs finished takes the first run's status and note.
 
     Args:
         name (`str`): The row.
@@ -107,7 +108,14 @@ def combine_seeds(name: str, runs: list[RowResult]) -> RowResult:
     test, test_std = combine_scores([run.test for run in done])
     parts = (("constrained", constrained_std), ("generate", generate_std), ("test", test_std))
     std = {k: v for k, v in parts if v}
-    notes = list(dict.fromkeys(run.note for run in done if run.note))
+    parts = [list(dict.fromkeys(part for part in run.note.split("; ") if part)) for run in done]
+    common = [part for part in parts[0] if all(part in other for other in parts[1:])]
+    notes = common + [
+        f"seed {run.seed}: {part}"
+        for run, mine in zip(done, parts, strict=True)
+        for part in mine
+        if part not in common
+    ]
     notes += [f"seed {run.seed} {run.status}: {run.note}" for run in runs if run.status != "ok"]
     return RowResult(
         name,
