@@ -54,14 +54,15 @@ def write_report(out_dir: str | Path, stem: str, report: dict, markdown: str) ->
 
 def report_header(module: str, argv: list[str] | None) -> dict:
     """What every benchmark report starts with: its rerun command, the date, the machine and its load."""
-    import platform
     import sys
     import time
+
+    from trainer_ext.runs.info import cpu_model
 
     return {
         "command": f"python -m benchmarks.{module} " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s)",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPU(s)",
         "load_average": os.getloadavg()[0],
     }
 

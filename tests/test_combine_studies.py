@@ -92,19 +92,18 @@ def test_a_seed_in_two_sittings_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("field", "value", "named"),
-    [("test_samples", 300, "test_samples"), ("settings", {}, "settings.")],
+    ("change", "named"),
+    [
+        (lambda data: data.update(test_samples=300), "test_samples is 300"),
+        (lambda data: data["settings"].update(transfer_samples=5), "settings.transfer_samples is 5"),
+        (lambda data: data["info"].update(model="other"), "info.model is 'other'"),
+    ],
 )
-def test_sittings_of_another_study_are_refused_with_what_differs(tmp_path, field, value, named):
+def test_sittings_of_another_study_are_refused_with_what_differs(tmp_path, change, named):
     first = _sitting(tmp_path, 42, {"lora-all": 0.80})
     other = _sitting(tmp_path, 1, {"lora-all": 0.80})
-    data = json.loads(other.read_text(encoding="utf-8"))
-    if field == "settings":
-        data["settings"]["transfer_samples"] = 5
-    else:
-        data[field] = value
-    other.write_text(json.dumps(data), encoding="utf-8")
-    with pytest.raises(StudyError, match=rf"is not a sitting of the study of .*: {named}"):
+    _edit(other, change)
+    with pytest.raises(StudyError, match=rf"is not a sitting of the study of .*: {named} there"):
         combine_studies([first, other])
 
 
@@ -131,7 +130,7 @@ def test_bad_files_are_named_and_nothing_is_written(tmp_path, capsys):
     cases = [
         ([str(good), str(tmp_path / "missing.json")], "missing.json: cannot read it"),
         ([str(good), str(tmp_path / "broken.json")], "broken.json: not valid JSON"),
-        ([str(good), str(tmp_path / "other.json")], "not the compare.json of `trainer-ext compare` (no"),
+        ([str(good), str(tmp_path / "other.json")], "other.json: not the compare.json of"),
     ]
     out = tmp_path / "out"
     for files, message in cases:
@@ -140,3 +139,65 @@ def test_bad_files_are_named_and_nothing_is_written(tmp_path, capsys):
     assert main(["--combine", str(good), str(good), "--seeds", "3", "--output_dir", str(out)]) == 2
     assert "--seeds do(es) not apply" in capsys.readouterr().err
     assert not out.exists()
+
+
+def _edit(path, change) -> None:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    change(data)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def test_a_row_failed_in_one_sitting_stays_failed_for_its_seeds(tmp_path, capsys):
+    first = _sitting(tmp_path, 42, {"lora-all": 0.80, "embedding-logreg": 0.74})
+    second = _sitting(tmp_path, 1, {"lora-all": 0.84, "embedding-logreg": 0.74})
+
+    def failed_as_a_whole(data):  # what the study writes when the row's model is missing: no runs at all
+        row = next(r for r in data["rows"] if r["name"] == "embedding-logreg")
+        row.update(status="failed", per_seed=[], constrained=None, test=None, note="needs the package")
+
+    _edit(second, failed_as_a_whole)
+    out = tmp_path / "both"
+    assert main(["--combine", str(first), str(second), "--output_dir", str(out)]) == 1
+    assert "row(s) embedding-logreg failed in a sitting" in capsys.readouterr().err
+    row = next(r for r in combine_studies([first, second]).rows if r.name == "embedding-logreg")
+    assert row.has_failure and [(run.seed, run.status) for run in row.per_seed] == [(42, "ok"), (1, "failed")]
+    assert "seed 1 failed: needs the package" in row.note and row.constrained["accuracy"] == 0.74
+
+
+def test_a_sitting_of_untrained_rows_only_and_rows_missing_seeds(tmp_path):
+    first = _sitting(tmp_path, 42, {"lora-all": 0.80, "full": 0.70})
+    second = _sitting(tmp_path, 1, {"lora-all": 0.84}, tfidf=None)
+    untrained = _sitting(tmp_path, 7, {})  # TF-IDF only: it trained no seed, so seed 7 is not one
+    _edit(untrained, lambda data: data["settings"].update(seeds=[42, 1, 2]))  # the preset's seeds
+    study = combine_studies([second, first, untrained])
+    assert study.settings["seeds"] == [1, 42]
+    full = next(row for row in study.rows if row.name == "full")
+    assert full.note.endswith("seeds 42 only") and [run.seed for run in full.per_seed] == [42]
+    assert [s["seeds"] for s in study.info["sittings"]] == [[1], [42], []]
+
+
+def test_sittings_from_two_clones_combine_but_another_recipe_does_not(tmp_path):
+    first = _sitting(tmp_path, 42, {"lora-all": 0.80})
+    moved = _sitting(tmp_path, 1, {"lora-all": 0.80})
+    _edit(moved, lambda data: data["settings"].update(recipe="/elsewhere/recipes/moderation_lora_all.yaml",
+                                                      runs_dir="/elsewhere/runs"))  # fmt: skip
+    assert combine_studies([first, moved]).settings["seeds"] == [42, 1]
+
+    def one_epoch(data):
+        next(r for r in data["rows"] if r["name"] == "lora-all")["epochs"] = 1.0
+
+    _edit(moved, one_epoch)
+    with pytest.raises(StudyError, match=r"row lora-all's \(trainable parameters, epochs\) is \(100, 1.0\)"):
+        combine_studies([first, moved])
+
+
+def test_older_files_and_an_output_over_an_input_are_refused(tmp_path, capsys):
+    first = _sitting(tmp_path, 42, {"lora-all": 0.80})
+    older = _sitting(tmp_path, 1, {"lora-all": 0.80})
+    _edit(older, lambda data: data["settings"].pop("seeds"))
+    with pytest.raises(StudyError, match="without training seeds, written by an older trainer-ext"):
+        combine_studies([first, older])
+    assert main(["--combine", str(first), "--output_dir", str(first.parent)]) == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+    assert main(["--combine", str(first), "--seeds=3", "--output_dir", str(tmp_path / "x")]) == 2
+    assert "--seeds=3 do(es) not apply" in capsys.readouterr().err

@@ -66,9 +66,12 @@ def parse(argv: list[str]):
 
 
 def combine(files: list[str], output_dir: str, argv: list[str]) -> int:
-    """``--combine``: one report from the sittings' JSON files; 2 on bad input."""
+    """``--combine``: one report from the sittings' JSON files; 0 when done, 1 when a row (or a seed's run)
+    failed, 2 on bad input."""
+    from pathlib import Path
+
     from trainer_ext.study.combine import combine_studies
-    from trainer_ext.study.report import write_report
+    from trainer_ext.study.report import JSON_FILE, write_report
     from trainer_ext.study.settings import StudyError
 
     others = [a for a in argv if a.startswith("--") and a.split("=")[0] not in ("--combine", "--output_dir")]
@@ -78,14 +81,26 @@ def combine(files: list[str], output_dir: str, argv: list[str]) -> int:
                 f"--combine reads finished sittings and runs nothing: {', '.join(others)} do(es) not apply; "
                 "give only --combine FILE ... and --output_dir."
             )
+        target = (Path(output_dir) / JSON_FILE).resolve()
+        if any(Path(file).resolve() == target for file in files):
+            raise StudyError(
+                f"--combine: --output_dir {output_dir} would overwrite the input {target}; choose another."
+            )
         study = combine_studies(files)
+        paths = write_report(study, output_dir, shlex.join(["trainer-ext", "compare", *argv]))
     except StudyError as error:
         print(f"trainer-ext compare: {error}", file=sys.stderr)
         return 2
-    paths = write_report(study, output_dir, shlex.join(["trainer-ext", "compare", *argv]))
+    except OSError as error:
+        print(f"trainer-ext compare: cannot write the report into {output_dir}: {error}", file=sys.stderr)
+        return 2
     print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
     print("Written: " + ", ".join(str(p) for p in paths.values()))
-    return 1 if any(row.has_failure for row in study.rows) else 0
+    failed = [row.name for row in study.rows if row.has_failure]
+    if failed:
+        print(f"trainer-ext compare: row(s) {', '.join(failed)} failed in a sitting.", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

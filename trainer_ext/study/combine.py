@@ -22,7 +22,7 @@ from typing import Any
 
 from trainer_ext.study.runner import Study
 from trainer_ext.study.scoring import RowResult, TransferResult, combine_seeds
-from trainer_ext.study.settings import ROWS, StudyError
+from trainer_ext.study.settings import ROWS, SEEDED_ROWS, StudyError
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 PER_SITTING = frozenset({"rows", "seeds", "output_dir", "runs_dir", "reuse", "recipe"})
 SHARED_FIELDS = ("transfer_labels", "transfer_samples", "eval_samples", "test_samples", "train_samples")
 SHARED_INFO = ("model", "quantization", "labels")
+
+
+OLDER = "written by an older trainer-ext; run that sitting again with this version"
 
 
 def _row(data: dict[str, Any]) -> RowResult:
@@ -44,7 +47,7 @@ def load_study(path: str | Path) -> tuple[Study, str]:
         `(Study, str)`: the study and the command that ran it (empty if the file does not say).
 
     Raises:
-        `StudyError`: the file is missing, not JSON, or not a study's JSON.
+        `StudyError`: the file is missing, not JSON, not a study's JSON, or from a version without seeds.
     """
     path = Path(path)
     try:
@@ -53,22 +56,24 @@ def load_study(path: str | Path) -> tuple[Study, str]:
         raise StudyError(f"--combine {path}: cannot read it ({error.strerror}).") from None
     except ValueError as error:
         raise StudyError(f"--combine {path}: not valid JSON ({error}).") from None
-    fields = ("settings", "rows", "transfer", *SHARED_FIELDS, "info")
-    missing = [key for key in fields if not isinstance(data, dict) or key not in data]
-    if missing:
-        raise StudyError(
-            f"--combine {path}: not the compare.json of `trainer-ext compare` (no {', '.join(missing)})."
-        )
+    if not isinstance(data, dict) or not all(key in data for key in ("settings", "rows", "info")):
+        raise StudyError(f"--combine {path}: not the compare.json of `trainer-ext compare`.")
+    missing = [key for key in ("transfer", *SHARED_FIELDS) if key not in data]
+    if missing or not isinstance(data["settings"], dict) or not data["settings"].get("seeds"):
+        what = ", ".join(missing) if missing else "training seeds"
+        raise StudyError(f"--combine {path}: a compare.json without {what}, {OLDER}.")
     try:
         study = Study(
             settings=data["settings"],
             rows=[_row(row) for row in data["rows"]],
             transfer=[TransferResult(**result) for result in data["transfer"]],
-            info=data["info"],
+            info=dict(data["info"]),
             **{key: data[key] for key in SHARED_FIELDS},
         )
-    except TypeError as error:
-        raise StudyError(f"--combine {path}: a row or transfer result is malformed ({error}).") from None
+    except (TypeError, AttributeError) as error:
+        raise StudyError(
+            f"--combine {path}: a row or transfer result is malformed ({error}), {OLDER}."
+        ) from None
     return study, str(data.get("command") or "")
 
 
@@ -81,6 +86,12 @@ def _check_same_study(first: Study, other: Study, first_path: Path, path: Path) 
     pairs.append(("the recipe's file name", *recipe))
     pairs += [(key, getattr(first, key), getattr(other, key)) for key in SHARED_FIELDS]
     pairs += [(f"info.{key}", first.info.get(key), other.info.get(key)) for key in SHARED_INFO]
+    # the recipe's content is not kept in the JSON; what it gave each row (parameters, epochs) is
+    shapes = [
+        {r.name: (r.trainable_params, r.epochs) for r in x.rows if r.status == "ok"} for x in (first, other)
+    ]
+    what = "'s (trainable parameters, epochs)"
+    pairs += [(f"row {n}{what}", shapes[0][n], shapes[1][n]) for n in shapes[0] if n in shapes[1]]
     for name, want, got in pairs:
         if want != got:
             raise StudyError(
@@ -90,7 +101,10 @@ def _check_same_study(first: Study, other: Study, first_path: Path, path: Path) 
 
 
 def _seeds(study: Study) -> list[int]:
-    return [int(seed) for seed in study.settings.get("seeds") or []]
+    """The training seeds a sitting ran: its ``seeds``, if it ran a seeded row; none otherwise."""
+    if not any(row.name in SEEDED_ROWS for row in study.rows):
+        return []
+    return [int(seed) for seed in study.settings["seeds"]]
 
 
 def _sitting(study: Study, path: Path, command: str) -> dict[str, Any]:
@@ -102,11 +116,20 @@ def _sitting(study: Study, path: Path, command: str) -> dict[str, Any]:
     }
 
 
+def _runs(row: RowResult, study: Study) -> list[RowResult]:
+    """A seeded row's runs in one sitting; a row that failed as a whole (no runs) fails for each seed."""
+    if row.per_seed:
+        return row.per_seed
+    return [RowResult(row.name, status=row.status, seed=seed, note=row.note) for seed in _seeds(study)]
+
+
 def _seedless(name: str, found: list[tuple[RowResult, Path]]) -> RowResult:
-    """A row without training seeds: the first sitting's; a sitting that scored it otherwise is said."""
-    row, first_path = found[0]
-    for other, path in found[1:]:
-        for part in ("constrained", "test"):
+    """A row without training seeds: the first sitting's that finished it; another that scored it otherwise
+    is said in its note."""
+    done = [(row, path) for row, path in found if row.status == "ok"] or found
+    row, first_path = done[0]
+    for other, path in done[1:]:
+        for part in ("constrained", "generate", "test"):
             mine, theirs = getattr(row, part), getattr(other, part)
             if mine != theirs:
                 logger.warning("Row %s: %s scores differ between %s and %s", name, part, first_path, path)
@@ -124,13 +147,16 @@ def combine_studies(paths: list[str | Path]) -> Study:
             file gives its study again, the rows recombined from their runs and the report from this version.
 
     Returns:
-        `Study`: rows in table order; seeded rows combined over every sitting's runs, rows without training
-        seeds from the first sitting that has them; transfer results of every run (the base model's once);
-        ``info["sittings"]`` lists each sitting (file, command, seeds, rows, date, wall time, versions).
+        `Study`: rows in table order; seeded rows combined over every sitting's runs (a row that failed as a
+        whole in a sitting counts as failed for each of its seeds; a row missing some seeds says which it
+        has), rows without training seeds from the first sitting that finished them; transfer results of
+        every run (the base model's once); ``info["sittings"]`` lists each sitting (file, command, seeds,
+        rows, date, CPU, wall time, versions).
 
     Raises:
-        `StudyError`: no file, a file that is not a study's JSON, sittings of different
-        studies, or a training seed in two sittings.
+        `StudyError`: no file, a file that is not a study's JSON of this version, sittings of different
+        studies (settings, recipe file name, model, labels, sample sizes, or a row's parameters or epochs),
+        or a training seed in two sittings.
     """
     paths = [Path(p) for p in paths]
     if not paths:
@@ -149,14 +175,21 @@ def combine_studies(paths: list[str | Path]) -> Study:
                     "come from one sitting only."
                 )
             owner[seed] = path
+    seeds = list(owner)
     rows = []
     for name in ROWS:
         pairs = zip(studies, paths, strict=True)
-        found = [(row, path) for study, path in pairs for row in study.rows if row.name == name]
+        found = [(row, path, study) for study, path in pairs for row in study.rows if row.name == name]
         if not found:
             continue
-        runs = [run for row, _ in found for run in row.per_seed]
-        rows.append(combine_seeds(name, runs) if runs else _seedless(name, found))
+        if name not in SEEDED_ROWS:
+            rows.append(_seedless(name, [(row, path) for row, path, _ in found]))
+            continue
+        row = combine_seeds(name, [run for row, _, study in found for run in _runs(row, study)])
+        have = [run.seed for run in row.per_seed]
+        if len(seeds) > 1 and have != seeds:
+            row.note = (f"{row.note}; " if row.note else "") + f"seeds {', '.join(map(str, have))} only"
+        rows.append(row)
     transfer, seen = [], set()
     for study in studies:
         for result in study.transfer:
@@ -166,7 +199,7 @@ def combine_studies(paths: list[str | Path]) -> Study:
                 transfer.append(result)
     sittings = [_sitting(study, path, command) for (study, command), path in zip(loaded, paths, strict=True)]
     settings = first.settings | {
-        "seeds": [seed for study in studies for seed in _seeds(study)],
+        "seeds": seeds or first.settings["seeds"],
         "rows": [row.name for row in rows],
     }
     info = first.info | {
