@@ -65,6 +65,17 @@ def parse(argv: list[str]):
     return args, extra.preset, extra.sets, recipe_args, extra.combine
 
 
+def _done(study, paths: dict, failure: str) -> int:
+    """Print the report and where it was written; 1 when a row (or a seed's run) failed, else 0."""
+    print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
+    print("Written: " + ", ".join(str(p) for p in paths.values()))
+    failed = [row.name for row in study.rows if row.has_failure]
+    if failed:
+        print(f"trainer-ext compare: row(s) {', '.join(failed)} {failure}.", file=sys.stderr)
+        return 1
+    return 0
+
+
 def combine(files: list[str], output_dir: str, argv: list[str]) -> int:
     """``--combine``: one report from the sittings' JSON files; 0 when done, 1 when a row (or a seed's run)
     failed, 2 on bad input."""
@@ -94,13 +105,7 @@ def combine(files: list[str], output_dir: str, argv: list[str]) -> int:
     except OSError as error:
         print(f"trainer-ext compare: cannot write the report into {output_dir}: {error}", file=sys.stderr)
         return 2
-    print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
-    print("Written: " + ", ".join(str(p) for p in paths.values()))
-    failed = [row.name for row in study.rows if row.has_failure]
-    if failed:
-        print(f"trainer-ext compare: row(s) {', '.join(failed)} failed in a sitting.", file=sys.stderr)
-        return 1
-    return 0
+    return _done(study, paths, "failed in a sitting")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,13 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command = shlex.join(["trainer-ext", "compare", *argv])  # the same as scripts/compare.py and make compare
     paths = write_report(study, settings.output_dir, command)
-    print(f"\n{paths['markdown'].read_text(encoding='utf-8')}")
-    print("Written: " + ", ".join(str(p) for p in paths.values()))
-    failed = [row.name for row in study.rows if row.has_failure]
-    if failed:
-        print(f"trainer-ext compare: row(s) {', '.join(failed)} failed; see their logs.", file=sys.stderr)
-        return 1
-    return 0
+    return _done(study, paths, "failed; see their logs")
 
 
 if __name__ == "__main__":
