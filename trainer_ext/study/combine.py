@@ -123,6 +123,10 @@ def _runs(row: RowResult, study: Study) -> list[RowResult]:
     return [RowResult(row.name, status=row.status, seed=seed, note=row.note) for seed in _seeds(study)]
 
 
+def _add_note(row: RowResult, text: str) -> None:
+    row.note = f"{row.note}; {text}" if row.note else text
+
+
 def _seedless(name: str, found: list[tuple[RowResult, Path]]) -> RowResult:
     """A row without training seeds: the first sitting's that finished it; another that scored it otherwise
     is said in its note."""
@@ -133,9 +137,7 @@ def _seedless(name: str, found: list[tuple[RowResult, Path]]) -> RowResult:
             mine, theirs = getattr(row, part), getattr(other, part)
             if mine != theirs:
                 logger.warning("Row %s: %s scores differ between %s and %s", name, part, first_path, path)
-                row.note = (
-                    f"{row.note}; " if row.note else ""
-                ) + f"{part} scores from {first_path}; {path} has {theirs} (not {mine})"
+                _add_note(row, f"{part} scores from {first_path}; {path} has {theirs} (not {mine})")
     return row
 
 
@@ -188,7 +190,7 @@ def combine_studies(paths: list[str | Path]) -> Study:
         row = combine_seeds(name, [run for row, _, study in found for run in _runs(row, study)])
         have = [run.seed for run in row.per_seed]
         if len(seeds) > 1 and have != seeds:
-            row.note = (f"{row.note}; " if row.note else "") + f"seeds {', '.join(map(str, have))} only"
+            _add_note(row, f"seeds {', '.join(map(str, have))} only")
         rows.append(row)
     transfer, seen = [], set()
     for study in studies:
