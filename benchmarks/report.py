@@ -7,7 +7,7 @@ from typing import Any
 
 from benchmarks.training import MAIN_JOB, MATMUL_SHAPES, PRECISIONS
 
-TRAIN_TARGET = 2.0  # the main job against TRL's faster mode
+TRAIN_TARGET = 3.0  # the main job against TRL's faster mode (issue 17; 2.0 before)
 DECODING_TARGET = 3.0  # constrained scoring against generate-based evaluation
 REFERENCE_SHAPE = next(iter(MATMUL_SHAPES))  # the model-shaped product
 COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "8bit": "bfloat16"}
@@ -51,9 +51,16 @@ def training_pairs(training: dict[str, Any]) -> list[dict[str, Any]]:
                         ours["real_tokens_per_second"], trl["real_tokens_per_second"]
                     ),
                     "memory_ratio": _ratio(ours["peak_memory_mb"], trl["peak_memory_mb"]),
+                    "speedup_whole_run": _whole_run_ratio(ours, trl),
                 }
             )
     return pairs
+
+
+def _whole_run_ratio(ours: dict[str, Any], trl: dict[str, Any]) -> float | None:
+    """Ours over TRL in whole-run samples/s (start-up included); `None` for reports without them."""
+    key = "whole_run_samples_per_second"
+    return _ratio(ours[key], trl[key]) if key in ours and key in trl else None
 
 
 def main_job_vs_trl(training: dict[str, Any]) -> dict[str, Any] | None:
@@ -74,6 +81,7 @@ def main_job_vs_trl(training: dict[str, Any]) -> dict[str, Any] | None:
         "met": speedup is not None and speedup >= TRAIN_TARGET,
         "trl_fastest_any": fastest,
         "speedup_vs_fastest_any": _ratio(main["samples_per_second"], every[fastest]["samples_per_second"]),
+        "speedup_whole_run": _whole_run_ratio(main, modes[faster]),
     }
 
 
@@ -134,20 +142,21 @@ def _training_table(report: dict[str, Any], shares: dict[str, float]) -> list[st
     rows = [
         "| configuration | trainer | precision | sampler | samples/s | real tokens/s "
         "| real / padded tokens per batch | s/step | peak MB | est. GFLOP/s | share of matmul rate "
-        "| others' CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| others' CPU | start-up s | whole-run samples/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["training"].items():
         head = f"| {name} | {r['trainer']} | {r['precision']} | {r['sampling']} |"
         if not _ok(r):
-            rows.append(head + " failed (see speed.json) |" + " |" * 7)
+            rows.append(head + " failed (see speed.json) |" + " |" * 9)
             continue
         rows.append(
             f"{head} {_fmt(r['samples_per_second'])} | {_fmt(r['real_tokens_per_second'], 0)} "
             f"| {_fmt(r['mean_real_tokens_per_batch'], 0)} / {_fmt(r['mean_padded_tokens_per_batch'], 0)} "
             f"| {_fmt(r['seconds_per_step'])} | {_fmt(r['peak_memory_mb'], 0)} "
             f"| {_fmt(r['estimated_gflops_per_second'], 1)} | {_fmt(100 * shares[name], 1)}% "
-            f"| {_percent(r.get('others_cpu_share'))} |"
+            f"| {_percent(r.get('others_cpu_share'))} | {_fmt(r.get('startup_seconds'), 1)} "
+            f"| {_fmt(r.get('whole_run_samples_per_second'))} |"
         )
     return rows
 
@@ -165,13 +174,15 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
             f"- **Training**: the main job (`{main['main_job']}`) runs **{main['speedup']}x** the "
             f"samples/s of TRL's faster mode (`{main['trl_faster_mode']}`); target {main['target']}x: "
             f"**{verdict}**. Against the fastest TRL configuration measured (`{main['trl_fastest_any']}`): "
-            f"{main['speedup_vs_fastest_any']}x."
+            f"{main['speedup_vs_fastest_any']}x. Whole runs (start-up, warm-up and timed steps, what a user "
+            f"waits for): {main['speedup_whole_run']}x."
         )
     for pair in summary["pairs"]:
         lines.append(
             f"- {pair['precision']}: ours {_fmt(pair['ours_samples_per_second'])} samples/s, TRL "
             f"{_fmt(pair['trl_samples_per_second'])}: {pair['speedup_samples']}x (real tokens/s "
-            f"{pair['speedup_real_tokens']}x), peak memory {pair['memory_ratio']}x TRL's."
+            f"{pair['speedup_real_tokens']}x), whole run {pair['speedup_whole_run']}x, peak memory "
+            f"{pair['memory_ratio']}x TRL's."
         )
     decoding = summary["decoding"]
     if decoding:
@@ -260,6 +271,9 @@ How it is measured:
   prompt at
   a time, the tokenizer-encoded prompt, greedy `model.generate` with max_new_tokens = longest label + 1,
   parsed with `LabelTask.label_from_completion`.
+- *start-up s*: from the launch of the measuring process (timed by the parent) to the first step: imports,
+  loading, data and building the trainer. *whole-run samples/s*: the samples of the warm-up and timed
+  steps over the seconds from that launch to the end of the last timed step, start-up included.
 - *others' CPU*: the share of the machine's cores that other processes used while the timed steps ran
   (from `/proc/stat`); above a few percent the figures of that row are not worth much.
 """

@@ -178,10 +178,14 @@ class StepClock(TrainerCallback):
     def __init__(self, warmup_steps: int) -> None:
         self.warmup_steps = warmup_steps
         self.snapshots: list[tuple[float, float | None, float]] = []
+        self.wall_times: list[float] = []  # `time.time()` at the end of every step, for the whole-run figures
+        self.first_step_at: float | None = None
         self.warmup_flops = 0
         self._counter = None
 
     def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         if state.global_step < self.warmup_steps:
             from torch.utils.flop_counter import FlopCounterMode
 
@@ -194,6 +198,7 @@ class StepClock(TrainerCallback):
             self.warmup_flops += self._counter.get_total_flops()
             self._counter = None
         self.snapshots.append(cpu_snapshot())
+        self.wall_times.append(time.time())
 
 
 class StepProfiler(TrainerCallback):
@@ -295,6 +300,21 @@ def _timed_figures(
     }
 
 
+def _whole_run_figures(
+    clock: StepClock, batches: Sequence[dict[str, int]], launched_at: float, steps: int, accumulation: int
+) -> dict[str, Any]:
+    """What a user waits for: from the measuring process's launch (`launched_at`, `time.time()` taken by the
+    parent right before it started the process) to the end of the first `steps` optimizer steps, start-up
+    (imports, loading, data, building the trainer) and the untimed warm-up steps included."""
+    seconds = clock.wall_times[steps - 1] - launched_at
+    rows = sum(b["rows"] for b in batches[: steps * accumulation])
+    return {
+        "startup_seconds": round(clock.first_step_at - launched_at, 2),
+        "whole_run_seconds": round(seconds, 2),
+        "whole_run_samples_per_second": round(rows / seconds, 3),
+    }
+
+
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     """Build a trainer for `spec` (see `train_argv`), run warm-up + timed steps, return the figures.
 
@@ -330,6 +350,9 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     weights = storage_bytes(trainer.model)
     accumulation = trainer.args.gradient_accumulation_steps
     figures = _timed_figures(clock, recorder.batches, spec["warmup_steps"], spec["steps"], accumulation)
+    if "launched_at" in spec:
+        steps = spec["warmup_steps"] + spec["steps"]
+        figures.update(_whole_run_figures(clock, recorder.batches, spec["launched_at"], steps, accumulation))
     return {
         **figures,
         "dtype": str(loaded.dtype).removeprefix("torch."),

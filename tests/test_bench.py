@@ -34,6 +34,8 @@ def test_bench_runs_end_to_end_and_writes_its_json_and_report(tiny_model_dir, da
         assert result["mean_real_tokens_per_batch"] <= result["mean_padded_tokens_per_batch"]
         assert result["peak_memory_mb"] > result["weights_mb"] > 0
         assert result["profile"] and all(0 <= op["share"] <= 1 for op in result["profile"])
+        assert 0 < result["startup_seconds"] < result["whole_run_seconds"]
+        assert 0 < result["whole_run_samples_per_second"] < result["samples_per_second"]
     # The same adapters and the same learned tokens (label + EOS of each of the 8 samples) in both trainers.
     assert trl["trainable_params"] == ours["trainable_params"] > 0
     assert trl["mean_loss_tokens_per_batch"] == ours["mean_loss_tokens_per_batch"] == 16
@@ -81,6 +83,8 @@ def _result(trainer: str, precision: str, samples_per_second: float, gflops: flo
         "peak_memory_mb": 1000.0 if trainer == "trl" else 500.0,
         "estimated_gflops_per_second": gflops,
         "others_cpu_share": 0.01,
+        "startup_seconds": 20.0 if trainer == "trl" else 10.0,
+        "whole_run_samples_per_second": samples_per_second / 2,
         **extra,
     }
 
@@ -160,7 +164,9 @@ def test_summary_pairs_each_precision_and_judges_the_targets_against_trls_faster
     ]
     main_job = summary["main_job_vs_trl"]
     # TRL's faster mode of fp32 / bf16 is bf16 (4.0): 9.0 / 4.0; the 8-bit TRL run is the fastest of any kind.
-    assert (main_job["trl_faster_mode"], main_job["speedup"], main_job["met"]) == ("trl-bf16", 2.25, True)
+    # 2.25x is under the 3x target.
+    assert (main_job["trl_faster_mode"], main_job["speedup"], main_job["met"]) == ("trl-bf16", 2.25, False)
+    assert main_job["speedup_whole_run"] == 2.25  # 4.5 / 2.0 whole-run samples/s
     assert (main_job["trl_fastest_any"], main_job["speedup_vs_fastest_any"]) == ("trl-8bit", 1.8)
     assert summary["matmul_share"]["ours-fp32"] == 0.5  # 50 GFLOP/s of a 100 GFLOP/s fp32 matmul
     assert summary["matmul_share"]["ours-bf16"] == 0.025  # 10 of 400 in bf16
@@ -189,7 +195,8 @@ def test_markdown_report_has_every_table_and_marks_failed_and_busy_runs(tmp_path
     text = write_markdown(tmp_path / "speed.md", report).read_text(encoding="utf-8")
     assert "| ours-8bit | ours | 8bit | group_by_length | 9.00 |" in text
     assert "| ours-bf16-random | ours | bf16 | random | failed (see speed.json) |" in text
-    assert "2.25x** the samples/s of TRL's faster mode (`trl-bf16`); target 2.0x: **met**" in text
+    assert "2.25x** the samples/s of TRL's faster mode (`trl-bf16`); target 3.0x: **not met**" in text
+    assert "| 1% | 10.0 | 4.50 |" in text  # ours-8bit's others' CPU, start-up s and whole-run samples/s
     assert "| 2048x576 @ 576x1536 | 100.0 | 400.0 |" in text
     assert "| constrained | 30.00 |" in text
     assert "the run was forced and its timings are not reliable" in text
@@ -213,6 +220,20 @@ def test_timed_figures_count_every_accumulated_batch_of_a_step():
     assert figures["samples_per_second"] == 8.0  # 2 batches of 4 rows per step
     assert figures["mean_real_tokens_per_batch"] == 60.0  # per optimizer step
     assert figures["batch_real_tokens"] == [60, 60, 60]
+
+
+def test_whole_run_figures_count_start_up_and_every_step_from_the_launch():
+    from types import SimpleNamespace
+
+    from benchmarks.training import _whole_run_figures
+
+    batch = {"rows": 4, "padded_tokens": 40, "real_tokens": 30, "loss_tokens": 8}
+    # Launched at 100 s, first step at 130 s, steps ending 2 s apart; a step after the measured ones.
+    clock = SimpleNamespace(first_step_at=130.0, wall_times=[132.0, 134.0, 136.0, 138.0])
+    figures = _whole_run_figures(clock, [batch] * 8, launched_at=100.0, steps=3, accumulation=2)
+    assert figures["startup_seconds"] == 30.0
+    assert figures["whole_run_seconds"] == 36.0
+    assert figures["whole_run_samples_per_second"] == round(24 / 36, 3)  # 3 steps of 2 batches of 4 rows
 
 
 def test_latency_operator_split_counts_matrix_product_flops_per_text():
