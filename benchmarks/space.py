@@ -3,8 +3,10 @@
     python -m benchmarks.space                                  # launches space/app.py on 127.0.0.1
     python -m benchmarks.space --requests 50 --clients 10 --quantization 8bit
     python -m benchmarks.space --url http://127.0.0.1:7860/     # an app that is already running
+    python -m benchmarks.space --clients 1 --transport http     # Gradio's REST API, not gradio_client
 
-Each request sends a distinct message to `/moderate`; each answer is checked against its own input by
+Each request sends a distinct message to `/moderate` through `gradio_client` (or, with `--transport
+http`, Gradio's REST API: see `asker`); each answer is checked against its own input by
 asking the same message again, one at a time, after the load (`--no_verify` skips that). The script
 prints the latency percentiles (p50, p95) and throughput, and writes them with the settings to a JSON
 file. The first request, which loads the model, is not timed.
@@ -19,6 +21,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,28 +62,70 @@ def make_messages(n: int) -> list[str]:
     return [f"{base[i % len(base)]} (request {i})" for i in range(n)]
 
 
-def run_load(url: str, messages: list[str], clients: int, api_name: str = "/moderate") -> LoadResult:
+TRANSPORTS = ("gradio_client", "http")
+
+
+def asker(url: str, api_name: str = "/moderate", transport: str = "gradio_client") -> Callable[[str], Any]:
+    """One client of the app: a function that sends a message to `api_name` and returns the answer.
+
+    `gradio_client` is `gradio_client.Client.predict`, as the issue's users call the Space. Its
+    answer loop waits 50 ms whenever no message has arrived yet (`stream_sse_v1plus` in
+    `gradio_client/utils.py`, version 2.7), so its latencies move in steps of up to 50 ms. `http` asks
+    Gradio's documented REST API with `httpx` instead: ``POST /gradio_api/call/NAME`` with the inputs,
+    then ``GET /gradio_api/call/NAME/EVENT_ID``, whose server-sent events end with ``event: complete``
+    and the outputs (or ``event: error``), which shows what the server itself takes.
+    """
+    if transport == "gradio_client":
+        from gradio_client import Client
+
+        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        return lambda message: client.predict(message, api_name=api_name)
+    import httpx
+
+    http = httpx.Client(base_url=url.rstrip("/") + "/gradio_api/call", timeout=120)
+
+    def ask(message: str) -> Any:
+        posted = http.post(api_name, json={"data": [message]})
+        posted.raise_for_status()
+        events = http.get(f"{api_name}/{posted.json()['event_id']}")
+        events.raise_for_status()
+        event = None
+        for line in events.text.splitlines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                data = json.loads(line.removeprefix("data:"))
+                if event == "error":
+                    raise RuntimeError(f"the app answered with an error: {data}")
+                return data[0]
+        raise RuntimeError(f"no complete event in the answer: {events.text[:200]!r}")
+
+    return ask
+
+
+def run_load(
+    url: str, messages: list[str], clients: int, api_name: str = "/moderate", transport: str = "gradio_client"
+) -> LoadResult:
     """Send `messages` to `api_name` from `clients` concurrent clients, each sending its share in turn.
 
     Args:
         url (`str`): The app's address.
         messages (`list[str]`): One request per message; request `i` goes to client `i % clients`.
-        clients (`int`): Concurrent clients (one `gradio_client.Client` and one thread each).
+        clients (`int`): Concurrent clients (one client of `transport`, see `asker`, and one thread each).
         api_name (`str`, *optional*, defaults to `"/moderate"`): The endpoint.
+        transport (`str`, *optional*, defaults to `"gradio_client"`): `gradio_client` or `http`.
 
     Returns:
         `LoadResult`: every answer and latency by request index, and the failures.
     """
-    from gradio_client import Client
-
     result = LoadResult()
 
     def worker(first: int) -> None:
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
+        ask = asker(url, api_name, transport)
         for index in range(first, len(messages), clients):
             start = time.perf_counter()
             try:
-                result.answers[index] = client.predict(messages[index], api_name=api_name)
+                result.answers[index] = ask(messages[index])
             except Exception as err:  # a lost or refused request is a result, not a crash
                 result.errors[index] = f"{type(err).__name__}: {err}"
             result.latencies[index] = time.perf_counter() - start
@@ -113,22 +158,19 @@ def launch_app(args: argparse.Namespace) -> tuple[Any, str]:
     from space.app import serve
     from space.model_store import ModelStore, SpaceSettings
 
+    merge = None if args.merge_adapter is None else args.merge_adapter == "true"
     settings = SpaceSettings.from_env(
-        adapter=args.adapter, base_model=args.base_model, quantization=args.quantization
+        adapter=args.adapter, base_model=args.base_model, quantization=args.quantization, merge_adapter=merge
     )
     return serve(ModelStore(settings), concurrency=args.concurrency)
 
 
-def mismatches(url: str, messages: list[str], result: LoadResult) -> list[int]:
+def mismatches(
+    url: str, messages: list[str], result: LoadResult, transport: str = "gradio_client"
+) -> list[int]:
     """Requests whose answer under load differs from the answer to the same message asked alone."""
-    from gradio_client import Client
-
-    client = Client(url, verbose=False, analytics_enabled=False, download_files=False)
-    return [
-        index
-        for index in sorted(result.answers)
-        if client.predict(messages[index], api_name="/moderate") != result.answers[index]
-    ]
+    ask = asker(url, transport=transport)
+    return [index for index in sorted(result.answers) if ask(messages[index]) != result.answers[index]]
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -141,7 +183,16 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_model", help="base model of the launched app")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
     parser.add_argument("--concurrency", type=int, default=2, help="concurrency limit of the launched app")
+    parser.add_argument(
+        "--merge_adapter", choices=["true", "false"], help="the launched app's setting (default true)"
+    )
     parser.add_argument("--no_verify", action="store_true", help="do not re-ask each message alone")
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="gradio_client",
+        help="gradio_client (default) or http: Gradio's REST API through httpx, without the client's polling",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON file for the figures")
     return parser
 
@@ -159,16 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         messages = make_messages(args.requests)
         logger.info("Warm-up request to %s (loads the model) ...", url)
-        warm_up = run_load(url, ["warm-up message"], 1)
+        warm_up = run_load(url, ["warm-up message"], 1, transport=args.transport)
         if warm_up.errors:
             print(f"error: the app failed its first request: {warm_up.errors[0]}", file=sys.stderr)
             return 1
         logger.info("%d requests from %d clients ...", args.requests, args.clients)
-        result = run_load(url, messages, args.clients)
+        result = run_load(url, messages, args.clients, transport=args.transport)
         stats = summarize(result, args.requests)
         served = Client(url, verbose=False, analytics_enabled=False).predict(api_name="/model_info")
         if not args.no_verify:
-            stats["mismatched"] = len(mismatches(url, messages, result))
+            stats["mismatched"] = len(mismatches(url, messages, result, args.transport))
     finally:
         if demo is not None:
             demo.close()
@@ -176,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "space_load",
         "url": args.url or "launched in-process",
         "clients": args.clients,
+        "transport": args.transport,
         "served": served,  # what the app reports through /model_info
         "concurrency": None if args.url else args.concurrency,
         "machine": {

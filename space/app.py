@@ -270,6 +270,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--adapter_base_model",
         help="base model to load the adapter on instead of the one its run.json records",
     )
+    parser.add_argument(
+        "--merge_adapter",
+        choices=["true", "false"],
+        help="fold the adapter into unquantized weights: faster answers, the base model loaded apart "
+        "(default true; $TRAINER_EXT_SPACE_MERGE_ADAPTER)",
+    )
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME)")
     parser.add_argument(
         "--port", type=int, help="port (default: the first free one from 7860; $GRADIO_SERVER_PORT)"
@@ -315,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             adapter_base_model=args.adapter_base_model,
             quantization=args.quantization,
+            merge_adapter=None if args.merge_adapter is None else args.merge_adapter == "true",
         )
     except ModelSetupError as err:
         print(f"error: {err}", file=sys.stderr)

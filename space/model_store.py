@@ -16,6 +16,8 @@ sets them under *Settings -> Variables*):
 - `TRAINER_EXT_SPACE_QUANTIZATION`: `auto` (default), `8bit`, `4bit` or `none`. `auto` is `8bit` on a
   GPU and `none` on a CPU, where bitsandbytes' 8-bit matrix products are several times slower than
   fp32 and a model of this size fits in memory anyway.
+- `TRAINER_EXT_SPACE_MERGE_ADAPTER`: `true` (default) or `false`: fold the adapter into unquantized
+  weights (see `SpaceSettings.merge_adapter`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ ENV_BASE_MODEL = "TRAINER_EXT_SPACE_BASE_MODEL"
 ENV_QUANTIZATION = "TRAINER_EXT_SPACE_QUANTIZATION"
 ENV_DTYPE = "TRAINER_EXT_SPACE_DTYPE"
 ENV_ADAPTER_BASE_MODEL = "TRAINER_EXT_SPACE_ADAPTER_BASE_MODEL"
+ENV_MERGE_ADAPTER = "TRAINER_EXT_SPACE_MERGE_ADAPTER"
+BOOLEANS = {"true": True, "false": False}
 
 T = TypeVar("T")
 
@@ -80,6 +84,13 @@ class SpaceSettings:
         adapter_base_model (`str`, *optional*):
             Base model the adapter is loaded on instead of the one its `run.json` records (e.g. a moved
             local directory).
+        merge_adapter (`bool`, *optional*, defaults to `True`):
+            Fold the LoRA adapter into the base weights when they are unquantized (`quantization` `none`,
+            the default on a CPU): one message is then about 1.4x faster on a 2-core CPU (`bf16` against
+            `bf16-merged` in docs/benchmarks/latency.md). The base model, which the tabs that compare
+            with it use, is then loaded as a second model the first time one asks for it (about 270 MB
+            more for the embedded model in bf16); with `False` it is the trained model with its adapter
+            switched off. Quantized weights always keep the adapter separate.
     """
 
     adapter: str | None = None
@@ -88,6 +99,7 @@ class SpaceSettings:
     quantization: str = "auto"
     dtype: str | None = None
     adapter_base_model: str | None = None
+    merge_adapter: bool = True
     adapter_is_default: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +144,12 @@ class SpaceSettings:
             "dtype": environ.get(ENV_DTYPE) or None,
             "adapter_base_model": environ.get(ENV_ADAPTER_BASE_MODEL) or None,
         }
+        merge = (environ.get(ENV_MERGE_ADAPTER) or "true").strip().lower()
+        if merge not in BOOLEANS:
+            raise ModelSetupError(
+                f"${ENV_MERGE_ADAPTER} is {environ[ENV_MERGE_ADAPTER]!r}; set it to true or false."
+            )
+        values["merge_adapter"] = BOOLEANS[merge]
         if ENV_ADAPTER in environ:
             values["adapter"] = environ[ENV_ADAPTER]
         values.update({key: value for key, value in overrides.items() if value is not None})
@@ -164,9 +182,9 @@ class ModelStore:
     """The demo's models: each loaded once, on first use, kept, and run one request at a time.
 
     Loading is serialised by one lock, so two first requests do not load a model twice. Every forward
-    pass runs under a second lock: the weights are shared by all requests, the base model is the
-    trained model with its adapter switched off (one copy of the weights in memory), and on a CPU one
-    pass at a time is also the fastest order.
+    pass runs under a second lock: the weights are shared by all requests, the base model may be the
+    trained model with its adapter switched off (one copy of the weights in memory; see
+    `SpaceSettings.merge_adapter`), and on a CPU one pass at a time is also the fastest order.
 
     Args:
         settings (`SpaceSettings`): Which models to serve.
@@ -212,14 +230,15 @@ class ModelStore:
                 quantization=settings.quantization,
                 dtype=settings.dtype,
                 base_model=settings.adapter_base_model,
+                merge_adapter=settings.merge_adapter and settings.quantization == "none",
             ),
         )
 
     def base(self) -> Any:
         """The base model as a zero-shot `Classifier` (the trained task's template, or the moderation task).
 
-        With a LoRA adapter this is the trained model itself, run with the adapter switched off; with
-        no adapter, or trained weights that cannot be switched off, the base model is loaded on its own.
+        With a separate LoRA adapter this is the trained model itself, run with the adapter switched off;
+        with no adapter, or an adapter merged into the weights, the base model is loaded on its own.
         """
         from trainer_ext.inference.classifier import Classifier
         from trainer_ext.tasks import moderation_task
@@ -238,7 +257,9 @@ class ModelStore:
         return self._cached(
             "base",
             f"the base model {name} ({quantization})",
-            lambda: Classifier.from_base(name, task, quantization=quantization),
+            lambda: Classifier.from_base(
+                name, task, quantization=quantization, dtype=self.settings.dtype or "auto"
+            ),
         )
 
     def classifier(self, use_trained: bool = True) -> Any:

@@ -174,13 +174,14 @@ def tiny_app(tiny_model_dir):
     demo.close()
 
 
-def test_concurrent_requests_are_all_answered_with_their_own_answer(tiny_app):
+@pytest.mark.parametrize("transport", ["gradio_client", "http"])
+def test_concurrent_requests_are_all_answered_with_their_own_answer(tiny_app, transport):
     messages = make_messages(50)
     expected = {index: tiny_app.handlers.moderate(message) for index, message in enumerate(messages)}
     distinct = {tuple(round(p, 4) for p in probs.values()) for probs in expected.values()}
     assert len(distinct) > 40, "the inputs must get distinguishable answers for a mix-up to show"
 
-    result = run_load(tiny_app.url, messages, clients=10)
+    result = run_load(tiny_app.url, messages, clients=10, transport=transport)
 
     assert result.errors == {}
     assert sorted(result.answers) == list(range(50))
@@ -188,3 +189,8 @@ def test_concurrent_requests_are_all_answered_with_their_own_answer(tiny_app):
         assert confidences(answer) == pytest.approx(expected[index], abs=1e-4), (
             f"request {index} got another answer"
         )
+
+
+def test_the_benchmarks_http_client_reports_an_error_answer_as_a_failed_request(tiny_app):
+    result = run_load(tiny_app.url, ["   "], clients=1, transport="http")  # an empty message is refused
+    assert result.answers == {} and "the app answered with an error" in result.errors[0]

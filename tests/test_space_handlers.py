@@ -261,6 +261,11 @@ def test_settings_from_env(tmp_path, monkeypatch):
         {model_store.ENV_ADAPTER: "user/run"}, adapter=str(tmp_path)
     )
     assert settings.adapter == str(tmp_path), "a command-line value overrides the environment"
+    assert model_store.SpaceSettings.from_env({}).merge_adapter
+    assert not model_store.SpaceSettings.from_env({model_store.ENV_MERGE_ADAPTER: " False"}).merge_adapter
+    assert model_store.SpaceSettings.from_env({model_store.ENV_MERGE_ADAPTER: "false"}, merge_adapter=True)
+    with pytest.raises(model_store.ModelSetupError, match="MERGE_ADAPTER is 'sometimes'; set it to true"):
+        model_store.SpaceSettings.from_env({model_store.ENV_MERGE_ADAPTER: "sometimes"})
 
 
 @pytest.mark.parametrize(
@@ -353,7 +358,8 @@ def untrained(tiny_model_dir):
 
 
 def test_models_load_lazily_once(run_dir):
-    store = model_store.ModelStore(model_store.SpaceSettings(str(run_dir), quantization="none"))
+    settings = model_store.SpaceSettings(str(run_dir), quantization="none", merge_adapter=False)
+    store = model_store.ModelStore(settings)
     trained = handlers.DemoHandlers(store)
     assert not store.is_loaded("trained") and not store.is_loaded("base")
     info = trained.model_info()
@@ -364,6 +370,45 @@ def test_models_load_lazily_once(run_dir):
     assert store.trained() is first
     assert store.base().model is first.model, "the base model is the trained model with its adapter off"
     assert trained.model_info()["loaded"] == ["trained", "base"]
+
+
+def test_merged_adapter_answers_as_the_separate_one_and_the_base_model_loads_apart(run_dir):
+    """`trained` merges the adapter (the default); `separate` switches it off for the base model. Both in
+    float32, where merging changes results by rounding only (bf16, the CPU default, rounds more)."""
+    settings = model_store.SpaceSettings(str(run_dir), quantization="none", dtype="float32")
+    store = model_store.ModelStore(settings)
+    trained = handlers.DemoHandlers(store)
+    assert store.settings.merge_adapter, "merged by default"
+    settings = model_store.SpaceSettings(
+        str(run_dir), quantization="none", dtype="float32", merge_adapter=False
+    )
+    separate = handlers.DemoHandlers(model_store.ModelStore(settings))
+    message, headline = "see you at the match", "Shares slide after profits miss"
+    categories = "business, tech"
+    assert trained.moderate(message) == pytest.approx(separate.moderate(message), abs=1e-4)
+    assert not hasattr(store.trained().model, "disable_adapter"), "the adapter is folded into the weights"
+    with_adapter = separate.classify_topic(headline, categories, "trained")
+    base = separate.classify_topic(headline, categories, "base")
+    assert separate.store.base().model is separate.store.trained().model
+    assert trained.classify_topic(headline, categories, "base") == pytest.approx(base, abs=1e-4)
+    assert store.base().model is not store.trained().model, "the base model is a model of its own"
+    assert trained.classify_topic(headline, categories, "trained") == pytest.approx(with_adapter, abs=1e-4)
+    again = separate.classify_topic(headline, categories, "trained")
+    assert again == pytest.approx(with_adapter, abs=1e-5), "switching the adapter off must not leave it off"
+
+
+def test_quantized_weights_keep_the_adapter_separate(run_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        "trainer_ext.inference.classifier.Classifier.from_pretrained",
+        lambda path, **kwargs: calls.append(kwargs["merge_adapter"]),
+    )
+    for quantization in ("8bit", "none"):
+        model_store.ModelStore(model_store.SpaceSettings(str(run_dir), quantization=quantization)).trained()
+    model_store.ModelStore(
+        model_store.SpaceSettings(str(run_dir), quantization="none", merge_adapter=False)
+    ).trained()
+    assert calls == [False, True, False]
 
 
 def test_moderate_gives_a_probability_per_label(trained):

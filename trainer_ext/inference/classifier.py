@@ -112,10 +112,11 @@ class Classifier:
         """Load a run directory, or a Hub repo a run was pushed to.
 
         By default the run is reloaded as it was evaluated: its quantization and dtype (from `run.json`),
-        so that its predictions reproduce the run's `predictions.csv`. For the fastest single-message
-        predictions on a CPU without native bf16, load it unquantized in float32 with the adapter merged
-        (``quantization="none", dtype="float32", merge_adapter=True``); float32 linear weights are then laid
-        out for few-row products (see `trainer_ext.modeling.cpu_layout`).
+        so that its predictions reproduce the run's `predictions.csv`. For the fastest predictions on a
+        CPU, load it unquantized with the adapter merged in the fastest dtype the CPU computes
+        (``quantization="none", dtype="auto", merge_adapter=True``): bf16 where the CPU has native bf16
+        (AVX-512 BF16 or AMX), else float32, whose linear weights are then laid out for few-row products
+        (see `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures each setting.
 
         Args:
             path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
@@ -181,11 +182,18 @@ class Classifier:
         quantization: str = "8bit",
         device: str | None = None,
         max_length: int = 256,
+        dtype: Any = "auto",
     ) -> Classifier:
-        """A frozen base model with a task: zero-shot, or few-shot when the task has shots."""
+        """A frozen base model with a task: zero-shot, or few-shot when the task has shots.
+
+        `dtype` is that of the unquantized weights and of the compute (see
+        `trainer_ext.modeling.loading.resolve_dtype`; ``"auto"`` picks the fastest this machine runs).
+        """
         from trainer_ext.modeling.loading import load_model
 
-        loaded = load_model(model_name_or_path, quantization=quantization, method="none", device=device)
+        loaded = load_model(
+            model_name_or_path, quantization=quantization, method="none", device=device, dtype=dtype
+        )
         loaded.model.eval()
         use_column_major_weights(loaded.model)
         return cls(loaded.model, loaded.tokenizer, task, model_name_or_path, max_length)
