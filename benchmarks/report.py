@@ -174,15 +174,16 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
             f"- **Training**: the main job (`{main['main_job']}`) runs **{main['speedup']}x** the "
             f"samples/s of TRL's faster mode (`{main['trl_faster_mode']}`); target {main['target']}x: "
             f"**{verdict}**. Against the fastest TRL configuration measured (`{main['trl_fastest_any']}`): "
-            f"{main['speedup_vs_fastest_any']}x. Whole runs (start-up, warm-up and timed steps, what a user "
-            f"waits for): {main['speedup_whole_run']}x."
+            f"{main['speedup_vs_fastest_any']}x. Start-up and all {report['warmup_steps'] + report['steps']} "
+            f"steps from the process's launch (what a user waits for; the warm-up steps also count FLOPs): "
+            f"{_fmt(main['speedup_whole_run'])}x."
         )
     for pair in summary["pairs"]:
         lines.append(
             f"- {pair['precision']}: ours {_fmt(pair['ours_samples_per_second'])} samples/s, TRL "
             f"{_fmt(pair['trl_samples_per_second'])}: {pair['speedup_samples']}x (real tokens/s "
-            f"{pair['speedup_real_tokens']}x), whole run {pair['speedup_whole_run']}x, peak memory "
-            f"{pair['memory_ratio']}x TRL's."
+            f"{pair['speedup_real_tokens']}x), start-up and all steps {_fmt(pair['speedup_whole_run'])}x, "
+            f"peak memory {pair['memory_ratio']}x TRL's."
         )
     decoding = summary["decoding"]
     if decoding:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers.hf_argparser import string_to_bool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "space"
@@ -73,7 +74,8 @@ def asker(url: str, api_name: str = "/moderate", transport: str = "gradio_client
     `gradio_client/utils.py`, version 2.7), so its latencies move in steps of up to 50 ms. `http` asks
     Gradio's documented REST API with `httpx` instead: ``POST /gradio_api/call/NAME`` with the inputs,
     then ``GET /gradio_api/call/NAME/EVENT_ID``, whose server-sent events end with ``event: complete``
-    and the outputs (or ``event: error``), which shows what the server itself takes.
+    and the outputs (or ``event: error``), which shows what the server itself takes. Gradio writes each
+    event's data on one ``data:`` line; other events (``heartbeat``, ``generating``) are skipped.
     """
     if transport == "gradio_client":
         from gradio_client import Client
@@ -82,12 +84,12 @@ def asker(url: str, api_name: str = "/moderate", transport: str = "gradio_client
         return lambda message: client.predict(message, api_name=api_name)
     import httpx
 
-    http = httpx.Client(base_url=url.rstrip("/") + "/gradio_api/call", timeout=120)
+    call = url.rstrip("/") + "/gradio_api/call" + api_name
 
     def ask(message: str) -> Any:
-        posted = http.post(api_name, json={"data": [message]})
+        posted = httpx.post(call, json={"data": [message]}, timeout=120)
         posted.raise_for_status()
-        events = http.get(f"{api_name}/{posted.json()['event_id']}")
+        events = httpx.get(f"{call}/{posted.json()['event_id']}", timeout=120)
         events.raise_for_status()
         event = None
         for line in events.text.splitlines():
@@ -95,8 +97,9 @@ def asker(url: str, api_name: str = "/moderate", transport: str = "gradio_client
                 event = line.removeprefix("event:").strip()
             elif line.startswith("data:") and event in ("complete", "error"):
                 data = json.loads(line.removeprefix("data:"))
-                if event == "error":
-                    raise RuntimeError(f"the app answered with an error: {data}")
+                if event == "error":  # Gradio sends {"error": message}, the message None unless shown
+                    shown = data.get("error") if isinstance(data, dict) else data
+                    raise RuntimeError(f"the app answered with an error: {shown or 'see the app log'}")
                 return data[0]
         raise RuntimeError(f"no complete event in the answer: {events.text[:200]!r}")
 
@@ -158,9 +161,11 @@ def launch_app(args: argparse.Namespace) -> tuple[Any, str]:
     from space.app import serve
     from space.model_store import ModelStore, SpaceSettings
 
-    merge = None if args.merge_adapter is None else args.merge_adapter == "true"
     settings = SpaceSettings.from_env(
-        adapter=args.adapter, base_model=args.base_model, quantization=args.quantization, merge_adapter=merge
+        adapter=args.adapter,
+        base_model=args.base_model,
+        quantization=args.quantization,
+        merge_adapter=args.merge_adapter,
     )
     return serve(ModelStore(settings), concurrency=args.concurrency)
 
@@ -184,7 +189,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
     parser.add_argument("--concurrency", type=int, default=2, help="concurrency limit of the launched app")
     parser.add_argument(
-        "--merge_adapter", choices=["true", "false"], help="the launched app's setting (default true)"
+        "--merge_adapter",
+        type=string_to_bool,
+        nargs="?",
+        const=True,
+        metavar="{true,false}",
+        help="the launched app's setting (see space/README.md; default true)",
     )
     parser.add_argument("--no_verify", action="store_true", help="do not re-ask each message alone")
     parser.add_argument(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from transformers.hf_argparser import string_to_bool
 
 from space.csv_batch import MAX_FILE_BYTES, MAX_ROWS
 from space.errors import InputError
@@ -272,7 +273,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--merge_adapter",
-        choices=["true", "false"],
+        type=string_to_bool,
+        nargs="?",
+        const=True,
+        metavar="{true,false}",
         help="fold the adapter into unquantized weights: faster answers, the base model loaded apart "
         "(default true; $TRAINER_EXT_SPACE_MERGE_ADAPTER)",
     )
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             adapter_base_model=args.adapter_base_model,
             quantization=args.quantization,
-            merge_adapter=None if args.merge_adapter is None else args.merge_adapter == "true",
+            merge_adapter=args.merge_adapter,
         )
     except ModelSetupError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -204,7 +204,8 @@ class DemoHandlers:
         return self.store.generate(check_prompt(prompt), request)
 
     def model_info(self) -> dict[str, Any]:
-        """What the demo serves: adapter, base model, quantization, and which models are loaded."""
+        """What the demo serves: adapter, base model, quantization, dtype, whether the adapter is merged
+        into the weights, and which models are loaded."""
         settings = self.store.settings
         if not self.store.has_adapter:
             base_model = settings.base_model
@@ -217,6 +218,8 @@ class DemoHandlers:
             "revision": settings.revision,
             "base_model": base_model,
             "quantization": settings.quantization,
+            "dtype": settings.dtype or "the run's",
+            "merge_adapter": self.store.merges_adapter,
             "trained": self.store.has_adapter,
             "loaded": [key for key in ("trained", "base") if self.store.is_loaded(key)],
         }

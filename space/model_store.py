@@ -26,10 +26,13 @@ import contextlib
 import logging
 import os
 import threading
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+from transformers.hf_argparser import string_to_bool
 
 from space.generation import DecodingRequest, continue_prompt
 from trainer_ext import vocabulary
@@ -49,7 +52,6 @@ ENV_QUANTIZATION = "TRAINER_EXT_SPACE_QUANTIZATION"
 ENV_DTYPE = "TRAINER_EXT_SPACE_DTYPE"
 ENV_ADAPTER_BASE_MODEL = "TRAINER_EXT_SPACE_ADAPTER_BASE_MODEL"
 ENV_MERGE_ADAPTER = "TRAINER_EXT_SPACE_MERGE_ADAPTER"
-BOOLEANS = {"true": True, "false": False}
 
 T = TypeVar("T")
 
@@ -87,10 +89,12 @@ class SpaceSettings:
         merge_adapter (`bool`, *optional*, defaults to `True`):
             Fold the LoRA adapter into the base weights when they are unquantized (`quantization` `none`,
             the default on a CPU): one message is then about 1.4x faster on a 2-core CPU (`bf16` against
-            `bf16-merged` in docs/benchmarks/latency.md). The base model, which the tabs that compare
-            with it use, is then loaded as a second model the first time one asks for it (about 270 MB
-            more for the embedded model in bf16); with `False` it is the trained model with its adapter
-            switched off. Quantized weights always keep the adapter separate.
+            `bf16-merged` in docs/benchmarks/latency_epyc/latency.md). The base model, which the tabs
+            that compare with it use, is then loaded as a second model the first time one asks for it
+            (about 270 MB more for the embedded model in bf16, plus the untied copy of its output layer
+            that merging an adapter of tied embeddings makes, about 57 MB); with `False` it is the
+            trained model with its adapter switched off. Quantized weights always keep the adapter
+            separate.
     """
 
     adapter: str | None = None
@@ -144,12 +148,13 @@ class SpaceSettings:
             "dtype": environ.get(ENV_DTYPE) or None,
             "adapter_base_model": environ.get(ENV_ADAPTER_BASE_MODEL) or None,
         }
-        merge = (environ.get(ENV_MERGE_ADAPTER) or "true").strip().lower()
-        if merge not in BOOLEANS:
-            raise ModelSetupError(
-                f"${ENV_MERGE_ADAPTER} is {environ[ENV_MERGE_ADAPTER]!r}; set it to true or false."
-            )
-        values["merge_adapter"] = BOOLEANS[merge]
+        if environ.get(ENV_MERGE_ADAPTER, "").strip() and overrides.get("merge_adapter") is None:
+            try:
+                values["merge_adapter"] = string_to_bool(environ[ENV_MERGE_ADAPTER].strip())
+            except ArgumentTypeError:
+                raise ModelSetupError(
+                    f"${ENV_MERGE_ADAPTER} is {environ[ENV_MERGE_ADAPTER]!r}; set it to true or false."
+                ) from None
         if ENV_ADAPTER in environ:
             values["adapter"] = environ[ENV_ADAPTER]
         values.update({key: value for key, value in overrides.items() if value is not None})
@@ -172,7 +177,8 @@ def _load(what: str, load: Callable[[], T]) -> T:
         logger.exception("Loading %s failed", what)
         raise ModelSetupError(
             f"Could not load {what}: {type(err).__name__}: {str(err).rstrip('. ')}. Check the model settings "
-            f"(${ENV_ADAPTER}, ${ENV_BASE_MODEL}, ${ENV_QUANTIZATION}) and the server log."
+            f"(${ENV_ADAPTER}, ${ENV_ADAPTER_BASE_MODEL}, ${ENV_BASE_MODEL}, ${ENV_QUANTIZATION}, "
+            f"${ENV_DTYPE}, ${ENV_MERGE_ADAPTER}) and the server log."
         ) from err
     logger.info("Loaded %s.", what)
     return loaded
@@ -230,9 +236,14 @@ class ModelStore:
                 quantization=settings.quantization,
                 dtype=settings.dtype,
                 base_model=settings.adapter_base_model,
-                merge_adapter=settings.merge_adapter and settings.quantization == "none",
+                merge_adapter=self.merges_adapter,
             ),
         )
+
+    @property
+    def merges_adapter(self) -> bool:
+        """Whether the trained model's adapter is folded into its weights (asked for, and unquantized)."""
+        return self.has_adapter and self.settings.merge_adapter and self.settings.quantization == "none"
 
     def base(self) -> Any:
         """The base model as a zero-shot `Classifier` (the trained task's template, or the moderation task).
@@ -251,14 +262,23 @@ class ModelStore:
                 # A second Classifier over the same weights and task (its own calibration cache).
                 lambda: trained.with_labels(trained.task.labels),
             )
-        name = trained.base_model if trained is not None else self.settings.base_model
-        task = trained.task if trained is not None else moderation_task()
         quantization = self.settings.quantization
+        if trained is None:
+            name, task, like = self.settings.base_model, moderation_task(), {}
+        else:  # the trained run's base model, prompt and text handling, in the trained model's dtype
+            name = self.settings.adapter_base_model or trained.base_model
+            task = trained.task
+            like = {
+                "max_length": trained.max_length,
+                "decode_html": trained.decode_html,
+                "truncation_side": trained.truncation_side,
+                "dtype": self.settings.dtype or trained.model.dtype,
+            }
         return self._cached(
             "base",
             f"the base model {name} ({quantization})",
             lambda: Classifier.from_base(
-                name, task, quantization=quantization, dtype=self.settings.dtype or "auto"
+                name, task, quantization=quantization, **{"dtype": self.settings.dtype or "auto", **like}
             ),
         )
 

@@ -41,9 +41,10 @@ def assert_close_bf16(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the calls of the real kernel."""
+    """Counts the calls of the real kernel, chosen as on a CPU without native bf16."""
     calls = []
     kernel = int8_cpu._INT8_KERNEL
+    monkeypatch.setattr(int8_cpu, "KERNEL_IS_FASTER", True)
 
     def counting(x, weight, scales):
         calls.append((tuple(x.shape), tuple(weight.shape)))
@@ -160,6 +161,19 @@ def test_unavailable_kernel_falls_back_to_dequantize(monkeypatch):
         layer.weight.data, layer.weight.SCB, torch.bfloat16
     )
     assert_close_bf16(x.grad, expected)
+
+
+def test_a_cpu_with_native_bf16_dequantizes_instead(monkeypatch):
+    """There dequantize + bf16 matmul is the faster path (docs/benchmarks/int8_matmul_epyc.md)."""
+    from trainer_ext.modeling.cpu_features import cpu_supports_bf16
+
+    assert int8_cpu.KERNEL_IS_FASTER is not cpu_supports_bf16()
+    layer = int8_layer(64, 24)
+    x = torch.randn(5, 64, dtype=torch.bfloat16)
+    monkeypatch.setattr(int8_cpu, "KERNEL_IS_FASTER", True)
+    assert int8_cpu._int8_kernel_fits(x, layer.weight.data) == (int8_cpu._INT8_KERNEL is not None)
+    monkeypatch.setattr(int8_cpu, "KERNEL_IS_FASTER", False)
+    assert not int8_cpu._int8_kernel_fits(x, layer.weight.data)
 
 
 def test_misaligned_weight_falls_back():

@@ -393,8 +393,27 @@ def test_merged_adapter_answers_as_the_separate_one_and_the_base_model_loads_apa
     assert trained.classify_topic(headline, categories, "base") == pytest.approx(base, abs=1e-4)
     assert store.base().model is not store.trained().model, "the base model is a model of its own"
     assert trained.classify_topic(headline, categories, "trained") == pytest.approx(with_adapter, abs=1e-4)
+    assert trained.model_info()["merge_adapter"] and not separate.model_info()["merge_adapter"]
     again = separate.classify_topic(headline, categories, "trained")
     assert again == pytest.approx(with_adapter, abs=1e-5), "switching the adapter off must not leave it off"
+
+
+def test_the_base_model_loaded_apart_reads_texts_as_the_trained_run_does(run_dir, tmp_path):
+    import json
+    import shutil
+
+    moved = shutil.copytree(run_dir, tmp_path / "run")
+    info = json.loads((moved / "run.json").read_text(encoding="utf-8"))
+    info["data"] = {**info.get("data", {}), "decode_html": True}
+    info["task"] = {**info["task"], "max_length": 96, "truncation_side": "left"}
+    (moved / "run.json").write_text(json.dumps(info), encoding="utf-8")
+    store = model_store.ModelStore(
+        model_store.SpaceSettings(str(moved), quantization="none", dtype="float32")
+    )
+    base, trained = store.base(), store.trained()
+    assert base.model is not trained.model
+    assert (base.decode_html, base.max_length, base.truncation_side) == (True, 96, "left")
+    assert base.model.dtype == trained.model.dtype
 
 
 def test_quantized_weights_keep_the_adapter_separate(run_dir, monkeypatch):

@@ -183,11 +183,27 @@ class Classifier:
         device: str | None = None,
         max_length: int = 256,
         dtype: Any = "auto",
+        decode_html: bool = False,
+        truncation_side: str = "right",
     ) -> Classifier:
         """A frozen base model with a task: zero-shot, or few-shot when the task has shots.
 
-        `dtype` is that of the unquantized weights and of the compute (see
-        `trainer_ext.modeling.loading.resolve_dtype`; ``"auto"`` picks the fastest this machine runs).
+        Args:
+            model_name_or_path (`str`): A local model directory, a Hub id, or the embedded model's name.
+            task (`LabelTask`): The labels and the prompt template.
+            quantization (`str`, *optional*, defaults to `"8bit"`): ``"8bit"``, ``"4bit"`` or ``"none"``.
+            device (`str`, *optional*): Defaults to CUDA when available.
+            max_length (`int`, *optional*, defaults to 256): Tokens of a prompt; longer messages are
+                shortened on `truncation_side`.
+            dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): The dtype of the unquantized
+                weights and of the compute (see `trainer_ext.modeling.loading.resolve_dtype`; ``"auto"``
+                picks the fastest this machine runs).
+            decode_html (`bool`, *optional*, defaults to `False`): Decode HTML entities (``&amp;``) in
+                the texts first, as a run trained with ``decode_html`` does.
+            truncation_side (`str`, *optional*, defaults to `"right"`): Which end of a long message goes.
+
+        Raises:
+            `ModelLoadError`: for a model that cannot be loaded with these settings.
         """
         from trainer_ext.modeling.loading import load_model
 
@@ -196,7 +212,9 @@ class Classifier:
         )
         loaded.model.eval()
         use_column_major_weights(loaded.model)
-        return cls(loaded.model, loaded.tokenizer, task, model_name_or_path, max_length)
+        return cls(
+            loaded.model, loaded.tokenizer, task, model_name_or_path, max_length, decode_html, truncation_side
+        )
 
     def with_labels(self, labels: Sequence[str]) -> Classifier:
         """The same model and template over another label set (zero-shot topics)."""

@@ -10,8 +10,8 @@ and compute each matmul as *weight-only* int8, in one of two ways:
 
 - PyTorch's weight-only int8 kernel (``aten::_weight_int8pack_mm``), which takes the int8 rows and one
   scale per output row, exactly bitsandbytes' layout (scale = ``SCB / 127``), and never materializes a
-  floating-point weight. It is used in the forward pass for bf16 activations on x86 CPUs when the shape
-  suits it (see `_int8_kernel_fits`);
+  floating-point weight. It is used in the forward pass for bf16 activations on x86 CPUs without native
+  bf16 when the shape suits it (see `_int8_kernel_fits`);
 - otherwise the weight is dequantized row-scale by row-scale to the activation dtype right before a
   regular matmul and dropped right after.
 
@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainer_ext.modeling.cpu_features import cpu_supports_bf16
+
 logger = logging.getLogger(__name__)
 
 try:  # one availability guard for the optional backend
@@ -56,9 +58,15 @@ _INT8_KERNEL = (
     else None
 )
 # Measured with `python -m benchmarks.int8_matmul` on the SmolLM2-135M shapes on a 2-core AVX-512 CPU
-# (docs/benchmarks/int8_matmul.md): the kernel's forward pass beat dequantize + a BLAS matmul (and the bf16
-# matmul) from 40 to 2,048 rows. Above that it was not measured, and the dequantize path is kept.
+# without native bf16 (docs/benchmarks/int8_matmul.md): the kernel's forward pass beat dequantize + a BLAS
+# matmul (and the bf16 matmul) from 40 to 2,048 rows. Above that it was not measured, and the dequantize
+# path is kept.
 KERNEL_MAX_ROWS = 2048
+# Where the CPU has native bf16 matmuls (AVX-512 BF16, AMX), dequantize + oneDNN's bf16 matmul is the faster
+# path: on a 2-core AMD EPYC the kernel's forward pass took 2.0-2.7x as long at 512 and 2,048 rows and about
+# as long at 40 (docs/benchmarks/int8_matmul_epyc.md), and a training step of the main job 2.35 s against
+# 1.52 s for bf16 weights (docs/benchmarks/speed_epyc/speed.md). There the kernel is not used.
+KERNEL_IS_FASTER = not cpu_supports_bf16()
 # It reads 16 values of a row at a time with aligned loads (32 bytes of bf16, 16 bytes of int8).
 _KERNEL_K_MULTIPLE = 16
 _KERNEL_ALIGNMENT = 32
@@ -96,12 +104,13 @@ def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
 
     Returns:
         `bool`: True for bf16, contiguous, aligned `x` and `int8_weight` with `in` a multiple of 16 and at
-        most `KERNEL_MAX_ROWS` rows of `x`.
+        most `KERNEL_MAX_ROWS` rows of `x`, on a CPU without native bf16 (`KERNEL_IS_FASTER`).
     """
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
     return (
         _INT8_KERNEL is not None
+        and KERNEL_IS_FASTER
         and x.dtype == torch.bfloat16
         and in_features % _KERNEL_K_MULTIPLE == 0
         and 0 < rows <= KERNEL_MAX_ROWS

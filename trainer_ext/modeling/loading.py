@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from trainer_ext.modeling.cpu_features import cpu_supports_bf16
 from trainer_ext.modeling.embedded import EMBEDDED_MODELS, EmbeddedModelError, resolve_model_path
 from trainer_ext.modeling.methods import apply_method, count_parameters
 from trainer_ext.modeling.settings import LoadedModel, LoraSettings, ModelLoadError
@@ -44,14 +45,6 @@ def default_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX), making bf16 faster than fp32."""
-    import torch
-
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_dtype(

@@ -196,7 +196,8 @@ def load_run(
             model = _merge_adapter(model)
     else:
         if merge_adapter:
-            logger.warning(
+            # Not a fault: its trained weights are the model's own, as merged weights would be.
+            logger.info(
                 "merge_adapter: %s has no LoRA adapter (method %s); nothing to merge.", run_dir, info.method
             )
         if (run_dir / TRAINED_WEIGHTS).is_file():
