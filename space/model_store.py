@@ -88,7 +88,7 @@ class SpaceSettings:
             local directory).
         merge_adapter (`bool`, *optional*, defaults to `True`):
             Fold the LoRA adapter into the base weights when they are unquantized (`quantization` `none`,
-            the default on a CPU): one message is then about 1.4x faster on a 2-core CPU (`bf16` against
+            the default on a CPU): one message is then 1.25-1.45x faster on a 2-core CPU (`bf16` against
             `bf16-merged` in docs/benchmarks/latency_epyc/latency.md). The base model, which the tabs
             that compare with it use, is then loaded as a second model the first time one asks for it
             (about 270 MB more for the embedded model in bf16, plus the untied copy of its output layer
