@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from transformers.hf_argparser import string_to_bool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "space"
@@ -180,6 +179,8 @@ def mismatches(
 
 def make_parser() -> argparse.ArgumentParser:
     """The command line of the benchmark."""
+    from space.app import add_merge_adapter_argument
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an app that is already running (default: launch one here)")
     parser.add_argument("--requests", type=int, default=50, help="number of requests (default 50)")
@@ -188,14 +189,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base_model", help="base model of the launched app")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
     parser.add_argument("--concurrency", type=int, default=2, help="concurrency limit of the launched app")
-    parser.add_argument(
-        "--merge_adapter",
-        type=string_to_bool,
-        nargs="?",
-        const=True,
-        metavar="{true,false}",
-        help="the launched app's setting (see space/README.md; default true)",
-    )
+    add_merge_adapter_argument(parser)  # the launched app's
     parser.add_argument("--no_verify", action="store_true", help="do not re-ask each message alone")
     parser.add_argument(
         "--transport",

@@ -255,6 +255,19 @@ def build_demo(
     return demo.queue(max_size=queue_size, default_concurrency_limit=concurrency)
 
 
+def add_merge_adapter_argument(parser: argparse.ArgumentParser) -> None:
+    """`--merge_adapter [true|false]` (alone: true), for `SpaceSettings.merge_adapter`."""
+    parser.add_argument(
+        "--merge_adapter",
+        type=string_to_bool,
+        nargs="?",
+        const=True,
+        metavar="{true,false}",
+        help="fold the adapter into unquantized weights: faster answers, the base model loaded apart "
+        "(default true; $TRAINER_EXT_SPACE_MERGE_ADAPTER)",
+    )
+
+
 def make_parser() -> argparse.ArgumentParser:
     """The command line of `python -m space.app`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -271,15 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
         "--adapter_base_model",
         help="base model to load the adapter on instead of the one its run.json records",
     )
-    parser.add_argument(
-        "--merge_adapter",
-        type=string_to_bool,
-        nargs="?",
-        const=True,
-        metavar="{true,false}",
-        help="fold the adapter into unquantized weights: faster answers, the base model loaded apart "
-        "(default true; $TRAINER_EXT_SPACE_MERGE_ADAPTER)",
-    )
+    add_merge_adapter_argument(parser)
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1; $GRADIO_SERVER_NAME)")
     parser.add_argument(
         "--port", type=int, help="port (default: the first free one from 7860; $GRADIO_SERVER_PORT)"
