@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.common import count_type
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SPACE_DIR = REPO_ROOT / "space"
 DEFAULT_OUTPUT = REPO_ROOT / "runs" / "bench_space.json"
@@ -183,8 +185,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="an app that is already running (default: launch one here)")
-    parser.add_argument("--requests", type=int, default=50, help="number of requests (default 50)")
-    parser.add_argument("--clients", type=int, default=10, help="concurrent clients (default 10)")
+    parser.add_argument(
+        "--requests", type=count_type(1, "requests"), default=50, help="number of requests (default 50)"
+    )
+    parser.add_argument(
+        "--clients", type=count_type(1, "clients"), default=10, help="concurrent clients (default 10)"
+    )
     parser.add_argument("--adapter", help="adapter of the launched app (see space/README.md)")
     parser.add_argument("--base_model", help="base model of the launched app")
     parser.add_argument("--quantization", choices=["auto", "8bit", "4bit", "none"], help="default auto")
@@ -210,7 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo, url = (None, args.url) if args.url else launch_app(args)
+    from space.model_store import ModelSetupError
+
+    try:
+        demo, url = (None, args.url) if args.url else launch_app(args)
+    except ModelSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         messages = make_messages(args.requests)
         logger.info("Warm-up request to %s (loads the model) ...", url)
@@ -246,9 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     p50, p95 = (f"{stats[key]:.3f} s" if stats[key] is not None else "n/a" for key in ("p50_s", "p95_s"))
+    checked = "answers not checked (--no_verify)"
+    if "mismatched" in stats:
+        checked = f"{stats['mismatched']} mismatched"
     print(
-        f"{stats['answered']}/{args.requests} answered, {stats['failed']} failed, "
-        f"{stats.get('mismatched', 'unchecked')} mismatched; latency p50 {p50}, p95 {p95}; "
+        f"{stats['answered']}/{args.requests} answered, {stats['failed']} failed, {checked}; "
+        f"latency p50 {p50}, p95 {p95}; "
         f"{stats['throughput_rps']:.2f} requests/s -> {args.output}"
     )
     return 1 if stats["failed"] or stats.get("mismatched") else 0

@@ -224,6 +224,12 @@ class ModelStore:
         """The trained `Classifier` (base model + adapter), or `None` when no adapter is configured."""
         if not self.has_adapter:
             return None
+        if self.settings.merge_adapter and not self.merges_adapter and not self.is_loaded("trained"):
+            logger.info(
+                "The adapter stays separate: merging it needs unquantized weights (--quantization none), "
+                "and the weights are %s.",
+                self.settings.quantization,
+            )
         from trainer_ext.inference.classifier import Classifier
 
         settings = self.settings

@@ -161,6 +161,13 @@ def test_predict_refuses_empty_texts(tiny_model):
         clf.predict(["fine", "  \n", "also fine"])
     with pytest.raises(TypeError, match="item 0 is int"):
         clf.predict([3])
+    for texts, shown in [(None, "not NoneType"), (42, "not int"), (b"hi", r"not bytes \(decode bytes")]:
+        with pytest.raises(TypeError, match=f"texts must be a string or a list of strings, {shown}"):
+            clf.predict(texts)
+    assert [p.label for p in clf.predict(("fine", "also fine"))] == [
+        p.label for p in clf.predict(["fine", "also fine"])
+    ]
+    assert [p.label for p in clf.predict(t for t in ["fine"])] == [clf.predict("fine")[0].label]
 
 
 def _head_inputs(model) -> tuple[list[torch.Tensor], object]:

@@ -194,3 +194,27 @@ def test_concurrent_requests_are_all_answered_with_their_own_answer(tiny_app, tr
 def test_the_benchmarks_http_client_reports_an_error_answer_as_a_failed_request(tiny_app):
     result = run_load(tiny_app.url, ["   "], clients=1, transport="http")  # an empty message is refused
     assert result.answers == {} and "the app answered with an error" in result.errors[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--clients", "0"], "expected a number of clients, 1 or more; got '0'"),
+        (["--requests", "-3"], "expected a number of requests, 1 or more; got '-3'"),
+    ],
+)
+def test_the_space_benchmark_refuses_bad_counts(argv, shown, capsys):
+    from benchmarks.space import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2 and shown in capsys.readouterr().err
+
+
+def test_the_space_benchmark_names_a_missing_adapter_in_one_line(tmp_path, capsys):
+    from benchmarks.space import main
+
+    assert main(["--adapter", str(tmp_path / "nope"), "--output", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: The adapter directory") and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()

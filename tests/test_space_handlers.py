@@ -416,7 +416,8 @@ def test_the_base_model_loaded_apart_reads_texts_as_the_trained_run_does(run_dir
     assert base.model.dtype == trained.model.dtype
 
 
-def test_quantized_weights_keep_the_adapter_separate(run_dir, monkeypatch):
+def test_quantized_weights_keep_the_adapter_separate(run_dir, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="space.model_store")
     calls = []
     monkeypatch.setattr(
         "trainer_ext.inference.classifier.Classifier.from_pretrained",
@@ -428,6 +429,11 @@ def test_quantized_weights_keep_the_adapter_separate(run_dir, monkeypatch):
         model_store.SpaceSettings(str(run_dir), quantization="none", merge_adapter=False)
     ).trained()
     assert calls == [False, True, False]
+    said = [r.getMessage() for r in caplog.records if "adapter stays separate" in r.getMessage()]
+    assert said == [
+        "The adapter stays separate: merging it needs unquantized weights (--quantization none), "
+        "and the weights are 8bit."
+    ]
 
 
 def test_moderate_gives_a_probability_per_label(trained):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,10 +310,16 @@ class Classifier:
 
         Raises:
             `ValueError`: for an empty (or whitespace-only) text, or an unknown `decoding`.
-            `TypeError`: for an item that is not a string.
+            `TypeError`: for `texts` that are neither a string nor an iterable of strings (`None`, bytes, a
+                number), or an item that is not a string.
         """
         if isinstance(texts, str):
             texts = [texts]
+        elif texts is None or isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+            hint = " (decode bytes to str first)" if isinstance(texts, (bytes, bytearray)) else ""
+            raise TypeError(f"texts must be a string or a list of strings, not {type(texts).__name__}{hint}.")
+        else:
+            texts = list(texts)
         if decoding not in DECODINGS:
             raise ValueError(f"decoding: unknown value {decoding!r}; choose one of {DECODINGS}.")
         if calibrate and decoding != "constrained":

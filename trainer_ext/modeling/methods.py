@@ -17,8 +17,9 @@ With tied input/output embeddings (SmolLM2, GPT-2), `lora-all` adapts the input 
 layer keeps sharing the frozen base weight with the embedding, so tying holds and nothing is counted or
 updated twice. (PEFT's ``ensure_weight_tying`` would instead give the output layer a second `Parameter`
 over the same storage: counted twice, with two optimizer states updating one tensor.) Merging such an
-adapter into the shared weight would change the output layer too, so keep tied-embedding adapters
-unmerged. An untied output layer (GPT-J, GPT-NeoX) gets its own adapter in `lora-all`.
+adapter into the shared weight would change the output layer too, so `trainer_ext.runs.directory.load_run`
+(``merge_adapter=True``) gives the output layer its own copy of the weight before it merges. An untied
+output layer (GPT-J, GPT-NeoX) gets its own adapter in `lora-all`.
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def _apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     if tied_embedding:
         logger.info(
             "Tied embeddings: the embedding adapter acts on the input side only; the output layer keeps the "
-            "shared frozen weights. Keep the adapter separate (do not merge it into the base weights)."
+            "shared frozen weights. To merge it, load the run with merge_adapter=True, which gives the "
+            "output layer its own copy of the weight first (PEFT's merge_and_unload alone would change it)."
         )
     return peft_model
 
