@@ -224,26 +224,28 @@ class ModelStore:
         """The trained `Classifier` (base model + adapter), or `None` when no adapter is configured."""
         if not self.has_adapter:
             return None
-        if self.settings.merge_adapter and not self.merges_adapter and not self.is_loaded("trained"):
-            logger.info(
-                "The adapter stays separate: merging it needs unquantized weights (--quantization none), "
-                "and the weights are %s.",
-                self.settings.quantization,
-            )
         from trainer_ext.inference.classifier import Classifier
 
         settings = self.settings
-        return self._cached(
-            "trained",
-            f"the trained classifier from {settings.adapter} ({settings.quantization})",
-            lambda: Classifier.from_pretrained(
+
+        def load() -> Any:
+            if settings.merge_adapter and not self.merges_adapter:
+                logger.info(
+                    "The adapter stays separate: merging it needs unquantized weights (--quantization "
+                    "none), and the weights are %s.",
+                    settings.quantization,
+                )
+            return Classifier.from_pretrained(
                 settings.adapter,
                 revision=settings.revision,
                 quantization=settings.quantization,
                 dtype=settings.dtype,
                 base_model=settings.adapter_base_model,
                 merge_adapter=self.merges_adapter,
-            ),
+            )
+
+        return self._cached(
+            "trained", f"the trained classifier from {settings.adapter} ({settings.quantization})", load
         )
 
     @property
@@ -270,7 +272,11 @@ class ModelStore:
             )
         quantization = self.settings.quantization
         if trained is None:
-            name, task, like = self.settings.base_model, moderation_task(), {}
+            name, task, like = (
+                self.settings.base_model,
+                moderation_task(),
+                {"dtype": self.settings.dtype or "auto"},
+            )
         else:  # the trained run's base model, prompt and text handling, in the trained model's dtype
             name = self.settings.adapter_base_model or trained.base_model
             task = trained.task
@@ -283,9 +289,7 @@ class ModelStore:
         return self._cached(
             "base",
             f"the base model {name} ({quantization})",
-            lambda: Classifier.from_base(
-                name, task, quantization=quantization, **{"dtype": self.settings.dtype or "auto", **like}
-            ),
+            lambda: Classifier.from_base(name, task, quantization=quantization, **like),
         )
 
     def classifier(self, use_trained: bool = True) -> Any:

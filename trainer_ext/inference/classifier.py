@@ -315,7 +315,7 @@ class Classifier:
         """
         if isinstance(texts, str):
             texts = [texts]
-        elif texts is None or isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        elif isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):  # None too
             hint = " (decode bytes to str first)" if isinstance(texts, (bytes, bytearray)) else ""
             raise TypeError(f"texts must be a string or a list of strings, not {type(texts).__name__}{hint}.")
         else:
