@@ -34,3 +34,62 @@ def test_relaid_weights_give_the_same_logits(tiny_model, arch):
 def test_other_dtypes_are_left_alone():
     layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
     assert use_column_major_weights(layer) == 0 and layer.weight.is_contiguous()
+
+
+@pytest.fixture
+def native_bf16(monkeypatch):
+    """Prepack as on a CPU with native bf16, whatever this machine has (the results do not depend on it)."""
+    from trainer_ext.modeling import cpu_layout
+
+    if not cpu_layout._PACKING:
+        pytest.skip("this PyTorch build has no oneDNN linear ops")
+    monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: True)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_prepacked_bf16_weights_give_identical_logits(tiny_model, native_bf16, arch):
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
+
+    model, _ = tiny_model(arch)
+    model.to(torch.bfloat16)
+    ids = torch.randint(0, 500, (2, 28))  # (B, S)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    keys = list(model.state_dict())
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert use_prepacked_weights(model) == len(linears) > 0
+    assert all(type(m) is PrepackedLinear for m in linears)
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    assert torch.equal(after, before)  # the same oneDNN product, only packed once
+    assert list(model.state_dict()) == keys  # the packed copies are not part of the model's state
+
+
+def test_prepacked_layer_follows_a_changed_weight_and_trains_as_nn_linear(native_bf16):
+    from trainer_ext.modeling.cpu_layout import use_prepacked_weights
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16).to(torch.bfloat16)
+    plain = torch.nn.Linear(32, 16).to(torch.bfloat16)
+    plain.load_state_dict(layer.state_dict())
+    assert use_prepacked_weights(layer) == 1
+    x = torch.randn(3, 5, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # merged into in place, as PEFT merges an adapter
+        plain.weight.add_(1.0)
+        assert torch.equal(layer(x), plain(x))
+        layer.weight.data = plain.weight.data.clone() * 2  # new data assigned
+        plain.weight.data = plain.weight.data * 2
+        assert torch.equal(layer(x), plain(x))
+    x.requires_grad_(True)
+    layer(x).sum().backward()  # with gradients it is nn.Linear's own product
+    assert layer.weight.grad is not None and x.grad is not None and x.grad.shape == x.shape
+
+
+def test_prepacking_leaves_other_dtypes_and_cpus_without_native_bf16_alone(monkeypatch):
+    from trainer_ext.modeling import cpu_layout
+
+    assert cpu_layout.use_prepacked_weights(torch.nn.Linear(8, 4)) == 0  # float32
+    monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: False)
+    layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
+    assert cpu_layout.use_prepacked_weights(layer) == 0 and type(layer) is torch.nn.Linear

@@ -25,7 +25,7 @@ from trainer_ext.inference.scoring import (
     generate_labels,
     shared_prefix_length,
 )
-from trainer_ext.modeling.cpu_layout import use_column_major_weights
+from trainer_ext.modeling.cpu_layout import use_column_major_weights, use_prepacked_weights
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import PromptEncoder
 from trainer_ext.vocabulary import DECODINGS, is_local_path
@@ -33,6 +33,15 @@ from trainer_ext.vocabulary import DECODINGS, is_local_path
 logger = logging.getLogger(__name__)
 
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+
+
+def _lay_out_for_prediction(loaded) -> None:
+    """Lays out the unquantized linear weights of a `LoadedModel` for few-row CPU products (see
+    `trainer_ext.modeling.cpu_layout`). Quantized models are left as they are: their point is memory, and a
+    prepacked copy of the bf16 layers they keep (the LM head) would add to it."""
+    use_column_major_weights(loaded.model)
+    if loaded.quantization == "none":
+        use_prepacked_weights(loaded.model)
 
 
 @dataclass
@@ -115,8 +124,9 @@ class Classifier:
         so that its predictions reproduce the run's `predictions.csv`. For the fastest predictions on a
         CPU, load it unquantized with the adapter merged in the fastest dtype the CPU computes
         (``quantization="none", dtype="auto", merge_adapter=True``): bf16 where the CPU has native bf16
-        (AVX-512 BF16 or AMX), else float32, whose linear weights are then laid out for few-row products
-        (see `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures each setting.
+        (AVX-512 BF16 or AMX), else float32. Unquantized linear weights are laid out for few-row products
+        on the CPU: float32 ones column-major, bf16 ones prepacked for oneDNN, which costs a second copy of
+        them in memory (see `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures each setting.
 
         Args:
             path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
@@ -157,7 +167,7 @@ class Classifier:
             base_model=base_model,
             merge_adapter=merge_adapter,
         )
-        use_column_major_weights(loaded.model)
+        _lay_out_for_prediction(loaded)
         max_length = int(info.task.get("max_length", 256))
         decode_html = bool(info.data.get("decode_html", False))
         truncation_side = str(info.task.get("truncation_side", "right"))
@@ -211,7 +221,7 @@ class Classifier:
             model_name_or_path, quantization=quantization, method="none", device=device, dtype=dtype
         )
         loaded.model.eval()
-        use_column_major_weights(loaded.model)
+        _lay_out_for_prediction(loaded)
         return cls(
             loaded.model, loaded.tokenizer, task, model_name_or_path, max_length, decode_html, truncation_side
         )
