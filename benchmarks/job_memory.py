@@ -51,10 +51,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def rss_mb(pid: int) -> float | None:
-    """VmRSS of a process in MB, `None` once it is gone."""
+    """VmRSS of a process in MB, `None` once it is gone (or has exited and not been reaped yet: its status
+    then has no VmRSS)."""
     try:
         return status_kib("VmRSS", pid) * 1024 / 1e6
-    except (FileNotFoundError, ProcessLookupError):
+    except (FileNotFoundError, ProcessLookupError, RuntimeError):
         return None
 
 

@@ -92,9 +92,10 @@ class SpaceSettings:
             `bf16-merged` in docs/benchmarks/latency_epyc/latency.md). The base model, which the tabs
             that compare with it use, is then loaded as a second model the first time one asks for it
             (about 270 MB more for the embedded model in bf16, plus the untied copy of its output layer
-            that merging an adapter of tied embeddings makes, about 57 MB); with `False` it is the
-            trained model with its adapter switched off. Quantized weights always keep the adapter
-            separate.
+            that merging an adapter of tied embeddings makes, about 57 MB). On a CPU with native bf16 each
+            of the two models also keeps its linear weights prepacked for oneDNN (about 270 MB more each;
+            see `trainer_ext.modeling.cpu_layout.use_prepacked_weights`). With `False` it is the trained
+            model with its adapter switched off. Quantized weights always keep the adapter separate.
     """
 
     adapter: str | None = None
@@ -107,6 +108,11 @@ class SpaceSettings:
     adapter_is_default: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.merge_adapter, bool):  # "false" would be true
+            raise ModelSetupError(
+                f"merge_adapter must be True or False, got {self.merge_adapter!r}; from the command line or "
+                f"${ENV_MERGE_ADAPTER}, write true or false."
+            )
         if self.quantization not in QUANTIZATIONS:
             raise ModelSetupError(
                 f"Unknown quantization {self.quantization!r} (from --quantization or ${ENV_QUANTIZATION}); "

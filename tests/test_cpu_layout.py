@@ -41,8 +41,8 @@ def native_bf16(monkeypatch):
     """Prepack as on a CPU with native bf16, whatever this machine has (the results do not depend on it)."""
     from trainer_ext.modeling import cpu_layout
 
-    if not cpu_layout._PACKING:
-        pytest.skip("this PyTorch build has no oneDNN linear ops")
+    if not (cpu_layout._PACKING and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("oneDNN's bf16 linear ops need PyTorch with oneDNN and a CPU with AVX-512")
     monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: True)
 
 
@@ -84,6 +84,52 @@ def test_prepacked_layer_follows_a_changed_weight_and_trains_as_nn_linear(native
     x.requires_grad_(True)
     layer(x).sum().backward()  # with gradients it is nn.Linear's own product
     assert layer.weight.grad is not None and x.grad is not None and x.grad.shape == x.shape
+
+
+def test_prepacked_layer_copies_pickles_and_moves(native_bf16):
+    import copy
+    import io
+
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(32, 16).to(torch.bfloat16)
+    use_prepacked_weights(layer)
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = layer(x)
+        twin = copy.deepcopy(layer)
+        assert type(twin) is PrepackedLinear and torch.equal(twin(x), expected)
+        buffer = io.BytesIO()
+        torch.save(layer, buffer)
+        buffer.seek(0)
+        assert torch.equal(torch.load(buffer, weights_only=False)(x), expected)
+        layer.float()  # a cast drops the packed copy; float32 runs nn.Linear's product
+        assert "_packed_weight" not in layer.__dict__
+        torch.testing.assert_close(layer(x.float()), expected.float(), atol=0.05, rtol=0.02)
+
+
+def test_adapter_layers_are_not_packed_and_merging_reaches_the_output(tiny_model, native_bf16):
+    from peft import LoraConfig, get_peft_model
+
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
+
+    model, _ = tiny_model("llama")
+    model = get_peft_model(model.to(torch.bfloat16), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)
+    use_prepacked_weights(model)
+    for module in model.modules():
+        if hasattr(module, "base_layer"):  # PEFT writes merged weights through .data, unseen by a copy
+            assert not any(type(sub) is PrepackedLinear for sub in module.modules())
+    assert any(type(m) is PrepackedLinear for m in model.modules())  # k_proj, the MLP, the LM head
+    ids = torch.randint(0, 500, (2, 12))
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        merged = model.merge_and_unload()(input_ids=ids).logits
+    torch.testing.assert_close(merged, unmerged, atol=0.1, rtol=0.05)  # bf16 rounding of the merge
 
 
 def test_prepacking_leaves_other_dtypes_and_cpus_without_native_bf16_alone(monkeypatch):

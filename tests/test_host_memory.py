@@ -69,7 +69,29 @@ def test_label_trainer_fixes_it_on_the_cpu_when_asked(tiny_model, tmp_path, monk
     monkeypatch.setattr(trainer_module, "fix_mmap_threshold", lambda: calls.append(True) or True)
     model, tokenizer = tiny_model("gpt2")
     task = LabelTask(["yes", "no"])
+    trims = []
     for release in (True, False):
         args = LabelTrainingArguments(output_dir=str(tmp_path), release_host_memory=release, report_to="none")
-        LabelTrainer(model=model, args=args, task=task, processing_class=tokenizer)
+        trainer = LabelTrainer(model=model, args=args, task=task, processing_class=tokenizer)
+        callbacks = trainer.callback_handler.callbacks
+        trims.append(any(isinstance(c, trainer_module._TrimHeapCallback) for c in callbacks))
     assert calls == [True]
+    assert trims == [True, False]  # the heap is trimmed after each step only when asked
+
+
+def test_trim_heap_gives_free_heap_pages_back():
+    probe = """
+import json
+import torch
+from trainer_ext.training.host_memory import fix_mmap_threshold, status_kib, trim_heap
+
+fix_mmap_threshold()
+tensors = [torch.ones(2**16) for _ in range(2000)]  # 256 KiB each: below the threshold, from the heap
+keep = tensors[-1]
+del tensors  # freed, but the heap keeps its pages: the last tensor sits above them
+before = status_kib("VmRSS")
+print(json.dumps({"trimmed": trim_heap(), "released_mib": (before - status_kib("VmRSS")) / 1024}))
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["trimmed"] and result["released_mib"] > 400  # 500 MiB freed

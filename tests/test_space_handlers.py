@@ -266,6 +266,32 @@ def test_settings_from_env(tmp_path, monkeypatch):
     assert model_store.SpaceSettings.from_env({model_store.ENV_MERGE_ADAPTER: "false"}, merge_adapter=True)
     with pytest.raises(model_store.ModelSetupError, match="MERGE_ADAPTER is 'sometimes'; set it to true"):
         model_store.SpaceSettings.from_env({model_store.ENV_MERGE_ADAPTER: "sometimes"})
+    with pytest.raises(model_store.ModelSetupError, match="merge_adapter must be True or False, got 'false'"):
+        model_store.SpaceSettings(merge_adapter="false")  # a string would be true in Python
+
+
+def test_load_run_refuses_a_merge_adapter_that_is_not_a_bool(tmp_path):
+    from trainer_ext.runs.directory import load_run
+
+    with pytest.raises(TypeError, match="merge_adapter must be True or False, got 'yes'"):
+        load_run(tmp_path, merge_adapter="yes")
+
+
+def test_bitsandbytes_4bit_kernel_notice_is_dropped_and_other_records_kept():
+    import logging
+
+    import trainer_ext
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    assert trainer_ext._drop_4bit_kernel_notice in logger.filters
+
+    def record(msg: str, *args) -> logging.LogRecord:
+        return logging.LogRecord(logger.name, logging.WARNING, __file__, 1, msg, args, None)
+
+    notice = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please pip install kernels"
+    assert not logger.filter(record(notice, ModuleNotFoundError("No module named 'kernels'")))
+    assert logger.filter(record(notice, ConnectionError("the Hub could not be reached")))  # installed
+    assert logger.filter(record("some other bitsandbytes warning"))
 
 
 @pytest.mark.parametrize(

@@ -335,3 +335,55 @@ def test_bf16_loss_reads_adapter_inputs_without_fp32_copies(tiny_model_dir, tmp_
     assert our_bytes < ref_bytes, (our_bytes, ref_bytes)
     # The casts are back on afterwards (inference without autocast needs them).
     assert all(m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "cast_input_dtype_enabled"))
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_max_tokens_per_pass_gives_the_whole_batch_loss_and_gradients(tiny_model, tmp_path, share_prefix):
+    """A batch over `max_tokens_per_pass` runs as passes of fewer rows: the same loss and gradients."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import Trainer
+
+    model, tokenizer = tiny_model("llama")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():  # adapters that change the output, so that their gradients depend on the input
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.05)
+    samples = [encode_example(tokenizer, TASK, ex.text, ex.label, 64) for ex in _examples(3)][:5]
+    batch = LabelCollator(tokenizer)(samples)
+    rows, length = batch["input_ids"].shape
+    count = int((batch["labels"][:, 1:] != -100).sum())  # the batch's completion tokens
+
+    def step(budget):
+        args = LabelTrainingArguments(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            disable_tqdm=True,
+            report_to="none",
+            max_tokens_per_pass=budget,
+            share_prompt_prefix=share_prefix,
+        )
+        trainer = LabelTrainer(model=model, args=args, task=TASK, processing_class=tokenizer)
+        passes = []
+        run_pass = Trainer.training_step
+
+        def spy(self, model, inputs, num_items_in_batch=None):  # the passes Trainer.training_step runs
+            passes.append((len(inputs["input_ids"]), len(inputs["labels"]), len(inputs["attention_mask"])))
+            return run_pass(self, model, inputs, num_items_in_batch)
+
+        model.zero_grad()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Trainer, "training_step", spy)
+            loss = trainer.training_step(model, dict(batch), count)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss, grads, passes
+
+    whole_loss, whole_grads, whole_passes = step(None)
+    split_loss, split_grads, split_passes = step(2 * length)  # passes of two rows
+    assert rows == 5 and whole_passes == [(5, 5, 5)]
+    assert split_passes == [(2, 2, 2), (2, 2, 2), (1, 1, 1)]
+    torch.testing.assert_close(split_loss, whole_loss, atol=1e-6, rtol=1e-5)
+    assert whole_grads.keys() == split_grads.keys() and whole_grads
+    for name in whole_grads:
+        torch.testing.assert_close(split_grads[name], whole_grads[name], atol=1e-6, rtol=1e-4)

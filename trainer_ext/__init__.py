@@ -7,9 +7,24 @@ until one of these names is used.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+
+def _drop_4bit_kernel_notice(record: logging.LogRecord) -> bool:
+    """False for bitsandbytes' import-time warning, on CPUs with AVX-512 BF16, that its optional 4-bit CPU
+    kernel could not be loaded because the ``kernels`` package (which fetches it from the Hub) is not
+    installed. It was printed by every command, 8-bit and unquantized ones included; 4-bit layers on the CPU
+    run bitsandbytes' own fallback without it, and `load_model` says so when 4-bit is asked for on such a
+    CPU. Any other failure to load the kernel (``kernels`` installed, the Hub unreachable) is still shown."""
+    missing_package = "No module named 'kernels'" in " ".join(str(arg) for arg in record.args or ())
+    return not (str(record.msg).startswith("Failed to load CPU gemm_4bit_forward") and missing_package)
+
+
+# Here, before anything imports bitsandbytes (transformers and PEFT do), so that the warning meets the filter.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_drop_4bit_kernel_notice)
 
 _EXPORTS: dict[str, str] = {
     "load_model": "modeling.loading",

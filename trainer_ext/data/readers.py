@@ -130,11 +130,13 @@ def _read_csv(path: Path, wanted: Sequence[str]) -> tuple[list[str], Rows]:
     name = DELIMITER_NAMES[delimiter]
 
     def rows() -> Iterator[tuple[str, Any]]:
-        row_number, start_line = 0, reader.line_num + 1
+        row_number, start_line, blank_lines = 0, reader.line_num + 1, 0
         while True:
             try:
                 row = next(reader)
             except StopIteration:
+                if blank_lines:  # said, so that no line goes unaccounted for
+                    logger.info("%s: %d blank line(s) skipped; they are not records.", path, blank_lines)
                 return
             except csv.Error as err:
                 raise DataError(
@@ -143,7 +145,8 @@ def _read_csv(path: Path, wanted: Sequence[str]) -> tuple[list[str], Rows]:
             location = f"row {row_number + 1} (line {start_line})"
             start_line = reader.line_num + 1
             if not row:
-                continue  # a blank line is not a record
+                blank_lines += 1  # a blank line is not a record
+                continue
             row_number += 1
             if len(row) != len(header):
                 yield (

@@ -126,7 +126,8 @@ class Classifier:
         (``quantization="none", dtype="auto", merge_adapter=True``): bf16 where the CPU has native bf16
         (AVX-512 BF16 or AMX), else float32. Unquantized linear weights are laid out for few-row products
         on the CPU: float32 ones column-major, bf16 ones prepacked for oneDNN, which costs a second copy of
-        them in memory (see `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures each setting.
+        them in memory (see `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures
+        each setting.
 
         Args:
             path_or_repo_id (`str` or `Path`): A local run directory or a Hub repo id (``user/name``).
@@ -145,7 +146,8 @@ class Classifier:
         Raises:
             `FileNotFoundError`: for a name that is neither a directory nor a Hub id;
             `RunDirError`: for a directory that is not a run, a recorded base model directory that is gone,
-                or `merge_adapter` with quantized weights.
+                or `merge_adapter` with quantized weights;
+            `TypeError`: for a `merge_adapter` that is not a `bool`.
         """
         from trainer_ext.runs.directory import load_run
 

@@ -25,7 +25,7 @@ keeps the blocked copy beside the weight (``torch.ops.mkldnn._reorder_linear_wei
 that PyTorch's Inductor compiler does for CPU linear layers when it freezes a model). The results are
 bit-identical to `nn.Linear`'s; SmolLM2-135M's 210 decoder products over the 28 rows of one message took
 23.0 instead of 35.8 ms, weights read from memory, on a 2-core AMD EPYC with native bf16. The price is a
-second copy of those weights (about 210 MB for SmolLM2-135M).
+second copy of those weights (about 270 MB for SmolLM2-135M, its tied LM head included).
 
 >>> import torch
 >>> layer = torch.nn.Linear(4, 3)
@@ -91,14 +91,33 @@ class PrepackedLinear(nn.Linear):
     """An `nn.Linear` that, for bf16 inference on the CPU, multiplies by a copy of its weight prepacked in
     oneDNN's blocked layout; everything else (gradients, other dtypes and devices) runs `nn.Linear`.
 
-    The packed copy is made again when the weight has changed since it was packed (an adapter merged into
-    it in place, new data assigned), so it never goes stale.
+    The packed copy is made again when the weight tensor is replaced or changed in place by an operation
+    autograd sees (its version counter). A change made through ``weight.data`` is not seen: call
+    `use_prepacked_weights` again after one. Moving or casting the layer (``.to()``, ``.float()``) drops the
+    copy, and copying or pickling the layer leaves it out; it is made again at the next bf16 CPU call.
     """
+
+    _PACKED_ATTRIBUTES = ("_packed_weight", "_packed_from")
 
     def _pack(self) -> None:
         weight = self.weight.detach()
         self._packed_weight = _MKLDNN._reorder_linear_weight(weight)  # (out, in), oneDNN's layout
         self._packed_from = (weight.data_ptr(), self.weight._version)
+
+    def _drop_packed(self) -> None:
+        for name in self._PACKED_ATTRIBUTES:
+            self.__dict__.pop(name, None)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._drop_packed()
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        # oneDNN's packed tensors have no storage to copy or pickle.
+        state = self.__dict__.copy()
+        for name in self._PACKED_ATTRIBUTES:
+            state.pop(name, None)
+        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -108,7 +127,10 @@ class PrepackedLinear(nn.Linear):
             or weight.dtype != torch.bfloat16
             or weight.device.type != "cpu"
             or (bias is not None and bias.dtype != torch.bfloat16)
-            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            or (
+                torch.is_grad_enabled()
+                and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+            )
         ):
             return super().forward(x)
         if getattr(self, "_packed_from", None) != (weight.data_ptr(), weight._version):
@@ -116,29 +138,45 @@ class PrepackedLinear(nn.Linear):
         return _MKLDNN._linear_pointwise(x, self._packed_weight, bias, "none", [], "")  # (..., out)
 
 
+def _inside_adapters(model: nn.Module) -> set[int]:
+    """ids of the modules inside PEFT's adapter layers (their base layer, their adapters): PEFT merges and
+    unmerges adapters by writing ``base_layer.weight.data``, which a packed copy would not see."""
+    inside: set[int] = set()
+    for module in model.modules():
+        if id(module) not in inside and hasattr(module, "base_layer") and hasattr(module, "merged"):
+            inside.update(id(sub) for sub in module.modules())
+    return inside
+
+
 def use_prepacked_weights(model: nn.Module) -> int:
-    """Switches every bf16 `nn.Linear` of `model` on the CPU to `PrepackedLinear`, in place, where the CPU
-    computes bf16 natively (AVX-512 BF16 or AMX) and PyTorch has oneDNN.
+    """Switches every bf16 `nn.Linear` of `model` on the CPU to `PrepackedLinear` and packs its weight, in
+    place, where the CPU computes bf16 natively (AVX-512 BF16 or AMX) and PyTorch has oneDNN. Layers that
+    are already `PrepackedLinear` are packed again (after a change through ``weight.data``).
 
     Only the class changes (the modules stay `nn.Linear` instances with the same parameters, so PEFT and
-    `state_dict` see them as before); each packed copy adds the weight's size in memory. Where the CPU
-    lacks native bf16 the products were not measured faster this way, and nothing changes.
+    `state_dict` see them as before); each packed copy adds the weight's size in memory (about 270 MB for
+    SmolLM2-135M, its LM head included). Layers inside PEFT adapter layers are left alone: merge an adapter
+    first (``merge_adapter=True``). Where the CPU lacks native bf16 the products were not measured faster
+    this way, and nothing changes.
 
     Args:
         model (`torch.nn.Module`): A model (or a layer) on the CPU, used for prediction.
 
     Returns:
-        `int`: the number of layers switched.
+        `int`: the number of layers packed.
     """
     if not (_PACKING and cpu_supports_bf16()):
         return 0
-    switched = 0
+    inside = _inside_adapters(model)
+    packed = 0
     for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if type(module) is not nn.Linear or weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        if type(module) not in (nn.Linear, PrepackedLinear) or id(module) in inside:
+            continue
+        weight = module.weight
+        if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
             continue
         module.__class__ = PrepackedLinear
         with torch.no_grad():
             module._pack()
-        switched += 1
-    return switched
+        packed += 1
+    return packed

@@ -228,6 +228,11 @@ def quantization_config(quantization: str, dtype, device: str):
 
     if quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
+    if device_type == "cpu" and cpu_supports_bf16() and importlib.util.find_spec("kernels") is None:
+        logger.info(  # bitsandbytes' own notice of this is filtered out in trainer_ext/__init__.py
+            "4-bit on the CPU: bitsandbytes' fused 4-bit CPU kernel comes from the Hub through the `kernels` "
+            "package (pip install 'kernels>=0.11.1'); without it the 4-bit layers use its slower fallback."
+        )
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",

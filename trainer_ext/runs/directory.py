@@ -169,8 +169,11 @@ def load_run(
 
     Raises:
         `RunDirError`: for a directory that is not a run, pickled weights without `allow_pickle`, a
-            recorded base model directory that no longer exists, or `merge_adapter` with quantized weights.
+            recorded base model directory that no longer exists, or `merge_adapter` with quantized weights;
+        `TypeError`: for a `merge_adapter` that is not a `bool` (a string such as ``"no"`` would be true).
     """
+    if not isinstance(merge_adapter, bool):
+        raise TypeError(f"merge_adapter must be True or False, got {merge_adapter!r}.")
     run_dir = Path(run_dir)
     info = RunInfo.load(run_dir)
     _check_weights_format(run_dir, allow_pickle)

@@ -91,12 +91,23 @@ class LabelArguments:
             "every new length."
         },
     )
+    max_tokens_per_pass: int | None = field(
+        default=None,
+        metadata={
+            "help": "Run a training batch whose padded tokens (rows x length) exceed this as several passes "
+            "of fewer rows, gradients accumulated within the step: the same loss and update, less activation "
+            "memory for the longest batches (one process on one device, not DeepSpeed or LOMO; elsewhere "
+            "batches run whole). Measured on the main job: 256 cut its peak RSS from 1,569 to 1,431 MB and "
+            "lengthened its training from 534 to 616 s."
+        },
+    )
     release_host_memory: bool = field(
         default=False,
         metadata={
             "help": "Training on the CPU under glibc: fix malloc's mmap threshold at 1 MiB, so that freed "
             "large tensors go back to the system instead of piling up in the heap (for the whole process; "
-            "MALLOC_MMAP_THRESHOLD_ in the environment wins). Measured on the main job: alone, 59 MB less "
+            "MALLOC_MMAP_THRESHOLD_ in the environment wins), and hand the heap's free pages back after "
+            "every optimizer step (malloc_trim). Measured on the main job: alone, 59 MB less "
             "peak over 10 steps and no less over a whole run; with pad_to_multiple_of 16, a whole-run peak "
             "of 1,454 instead of 1,759-1,779 MB. The main recipe sets both."
         },
@@ -130,6 +141,8 @@ class LabelArguments:
             value = getattr(self, key, 1)
             if value < 1:
                 raise ValueError(f"{key} must be at least 1, got {value}.")
+        if self.max_tokens_per_pass is not None and self.max_tokens_per_pass < 1:
+            raise ValueError(f"max_tokens_per_pass must be at least 1, got {self.max_tokens_per_pass}.")
         if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be at least 1, got {self.pad_to_multiple_of}.")
         smoothing = getattr(self, "label_smoothing_factor", 0.0)

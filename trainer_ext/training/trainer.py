@@ -22,19 +22,27 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from trainer_ext.inference.decision import apply_decision_bias
 from trainer_ext.inference.scoring import LabelScores, generate_labels, score_labels
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.arguments import LabelArguments
 from trainer_ext.training.collator import LabelCollator
-from trainer_ext.training.host_memory import fix_mmap_threshold
+from trainer_ext.training.host_memory import fix_mmap_threshold, trim_heap
 from trainer_ext.training.loss import completion_loss
 from trainer_ext.training.tokenization import encode_dataset, encode_prompts
 from trainer_ext.vocabulary import DECODINGS
 
 logger = logging.getLogger(__name__)
+
+
+class _TrimHeapCallback(TrainerCallback):
+    """Hands the heap's free pages back to the system after every optimizer step (`trim_heap`), so that a
+    long batch's activations do not stay resident as free heap after it (``release_host_memory``)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trim_heap()
 
 
 @dataclass
@@ -147,6 +155,7 @@ class LabelTrainer(Trainer):
         self.task = task
         if getattr(self.args, "release_host_memory", False) and self.args.device.type == "cpu":
             fix_mmap_threshold()
+            self.add_callback(_TrimHeapCallback())
         # Our loss divides by the completion-token count the Trainer gathers across accumulation steps and
         # devices (`num_items_in_batch`); this flag makes the Trainer compute that count and not rescale.
         self.model_accepts_loss_kwargs = True
@@ -163,6 +172,51 @@ class LabelTrainer(Trainer):
         weights = sampler_weights(dataset.examples)  # every class drawn equally often per epoch
         generator = torch.Generator().manual_seed(self.args.seed)
         return WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """`Trainer.training_step`, run as several passes of fewer rows when the batch holds more padded
+        tokens than ``max_tokens_per_pass``; their losses are summed, as their gradients are."""
+        chunks = self._row_chunks(inputs, num_items_in_batch)
+        if chunks is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # Each pass divides its summed loss by the whole batch's completion-token count (num_items_in_batch),
+        # so the passes' gradients add up to the whole batch's.
+        step = super().training_step
+        return sum(step(model, chunk, num_items_in_batch) for chunk in chunks)
+
+    def _row_chunks(self, inputs, num_items_in_batch) -> list[dict[str, Any]] | None:
+        """`inputs` split by rows into passes of at most ``max_tokens_per_pass`` padded tokens (at least one
+        row each), or None to run the batch whole: no limit, a batch within it, no batch-wide token count to
+        divide by, or a set-up where a backward pass does more than add gradients (more than one process
+        or GPU: each backward synchronises or averages them; DeepSpeed steps its optimizer in the last
+        micro-batch's backward; LOMO optimizers update in it)."""
+        budget = getattr(self.args, "max_tokens_per_pass", None)
+        ids = inputs.get("input_ids")
+        if (
+            budget is None
+            or ids is None
+            or num_items_in_batch is None
+            or self.args.world_size > 1
+            or self.args.n_gpu > 1
+            or self.is_deepspeed_enabled
+            or "lomo" in str(self.args.optim).lower()
+        ):
+            return None
+        rows, length = ids.shape
+        if rows < 2 or rows * length <= budget:
+            return None
+        passes = -(-rows // max(1, budget // length))  # ceil: the fewest passes within the budget
+        per_pass = -(-rows // passes)  # rows spread evenly over them (2 + 2, not 3 + 1)
+        starts = range(0, rows, per_pass)
+        return [
+            {
+                key: value[start : start + per_pass]
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == rows
+                else value
+                for key, value in inputs.items()
+            }
+            for start in starts
+        ]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # A checkpointed forward recomputes layers and may drop a passed cache (GPT-2 does): run whole.
