@@ -107,8 +107,9 @@ def test_the_demo_names_the_delimiter_when_a_row_does_not_fit(tmp_path):
 
 
 def test_blank_lines_are_not_records_and_are_counted_in_the_log(tmp_path, caplog):
-    path = _write(tmp_path / "messages.csv", "text,label\nhave a nice day,neutral\n\n\nshut up,offensive\n")
+    text = "text,label\nhave a nice day,neutral\n\n  \t\nshut up,offensive\n\n"
+    path = _write(tmp_path / "messages.csv", text)
     with caplog.at_level("INFO", logger="trainer_ext.data.readers"):
         examples = load_examples(path, labels=LABELS)
     assert [e.text for e in examples] == ["have a nice day", "shut up"]
-    assert "2 blank line(s) skipped" in caplog.text and "messages.csv" in caplog.text
+    assert "3 blank line(s) skipped" in caplog.text and "messages.csv" in caplog.text

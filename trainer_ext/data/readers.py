@@ -144,8 +144,8 @@ def _read_csv(path: Path, wanted: Sequence[str]) -> tuple[list[str], Rows]:
                 ) from None
             location = f"row {row_number + 1} (line {start_line})"
             start_line = reader.line_num + 1
-            if not row:
-                blank_lines += 1  # a blank line is not a record
+            if not row or (len(row) == 1 and not row[0].strip() and len(header) > 1):
+                blank_lines += 1  # a blank line (or one of spaces only) is not a record
                 continue
             row_number += 1
             if len(row) != len(header):
