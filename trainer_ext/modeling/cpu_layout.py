@@ -176,7 +176,6 @@ def use_prepacked_weights(model: nn.Module) -> int:
         if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
             continue
         module.__class__ = PrepackedLinear
-        with torch.no_grad():
-            module._pack()
+        module._pack()  # packs the detached weight: nothing for autograd to record
         packed += 1
     return packed

@@ -19,8 +19,8 @@ every mapping is zero-filled page by page by the kernel when first touched. Over
 
 Blocks under the threshold still come from the heap, whose freed pages stay resident after a long batch.
 `release_host_memory` therefore also trims the heap after every optimizer step (`trim_heap`): over the
-whole job on a 2-core AMD EPYC the peak went from 1,628 to 1,569 MB, in 567 s against 577 s
-(`docs/benchmarks/job_memory_epyc/`, `job_memory_epyc_trim/`).
+whole job on a 2-core AMD EPYC the peak went from 1,628 to 1,569 MB, and the training time from 545 to
+534 s (`docs/benchmarks/job_memory_epyc/`, `job_memory_epyc_trim/`).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.training_args import OptimizerNames
 
 from trainer_ext.inference.decision import apply_decision_bias
 from trainer_ext.inference.scoring import LabelScores, generate_labels, score_labels
@@ -199,7 +200,7 @@ class LabelTrainer(Trainer):
             or self.args.world_size > 1
             or self.args.n_gpu > 1
             or self.is_deepspeed_enabled
-            or "lomo" in str(self.args.optim).lower()
+            or self.args.optim in (OptimizerNames.LOMO, OptimizerNames.ADALOMO)
         ):
             return None
         rows, length = ids.shape
