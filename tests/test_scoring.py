@@ -54,6 +54,31 @@ def test_constrained_scores_match_full_forward(tiny_model, arch, label_pass, mon
     assert bool(calls) == (label_pass == "packed")
 
 
+def test_a_batch_over_the_logits_budget_is_packed_in_several_passes(tiny_model, monkeypatch):
+    """A label set whose packed logits exceed the budget for the whole batch, but not for two rows, is
+    scored in packed passes of fewer rows (fewer passes than a second label pass), with the same scores."""
+    from trainer_ext.inference import scoring
+
+    model, tokenizer = tiny_model("llama")
+    task = LabelTask(["hate", "offensive", "neutral", "very long label name"])
+    prompts = [encode_prompt(tokenizer, task, text, max_length=128) for text in TEXTS[:3]]
+    completions = label_token_ids(tokenizer, task)
+    appended = sum(len(completions[label]) - 1 for label in task.labels)
+    passes = []
+    monkeypatch.setattr(
+        scoring,
+        "packed_scores",
+        lambda model, ids, *a: passes.append(len(ids)) or packed_scores(model, ids, *a),
+    )
+    monkeypatch.setattr(scoring, "_LOGITS_PER_CHUNK", 2 * (1 + appended) * model.config.vocab_size)
+    result = score_labels(model, tokenizer, task, prompts, batch_size=3)
+    assert sorted(passes) == [1, 2], "three prompts, two rows per packed pass at most"
+    expected = torch.stack(
+        [naive_logprobs(model, p, [completions[lb] for lb in task.labels]) for p in prompts]
+    )
+    torch.testing.assert_close(result.probs, expected.softmax(-1), atol=1e-4, rtol=1e-3)
+
+
 SHOTS = [("lovely morning", "neutral"), ("shut up, idiot", "offensive"), ("go home, vermin", "hate")]
 
 

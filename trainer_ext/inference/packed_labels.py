@@ -10,9 +10,10 @@ would compute in the second pass, up to float rounding. This is the tree attenti
 decoding (Miao et al. 2024, "SpecInfer"), with the labels as the tree's branches.
 
 The second pass reads every weight of the model once more for a handful of rows; on a 2-core CPU that
-was a large share of the time of one message (``python -m benchmarks.latency``). Packing is used while
-the logits of the pass, `(B, 1 + T, V)` for `T` appended tokens, stay under the scoring module's chunk
-size; longer label sets keep the second pass.
+was a large share of the time of one message (``python -m benchmarks.latency``). The logits of a packed
+pass are `(B, 1 + T, V)` for `T` appended tokens; `packed_passes` splits a batch into as many packed passes
+as keep them under the scoring module's chunk size, and keeps the second pass where that would take fewer
+passes, or where one prompt's packed logits alone exceed the chunk.
 
 >>> import torch
 >>> packed_label_tokens(torch.tensor([[5, 0], [7, 9]]), torch.tensor([[1, 0], [1, 1]]))
@@ -119,3 +120,63 @@ def packed_scores(model, ids, mask, positions, cache, grid, grid_mask, log_probs
     following = grid[label_of, step + 1]  # (T,): the token each appended one predicts
     token_logp = log_probs(logits[:, 1:], following.expand(batch, -1).unsqueeze(-1)).squeeze(-1)  # (B, T)
     return scores.index_add(1, label_of, token_logp)
+
+
+def label_chunks(widths: list[int], vocab_size: int, logits_per_chunk: int) -> list[slice]:
+    """How a second label pass chunks its (prompt, label) rows: slices of consecutive rows whose logits,
+    rows x (width - 1) x `vocab_size` for the chunk's first (widest) row, stay under `logits_per_chunk`.
+
+    Args:
+        widths (`list[int]`): Label tokens of each row, widest first; every width is 2 or more.
+        vocab_size (`int`): Width of the logits.
+        logits_per_chunk (`int`): The budget; a row over it gets a chunk of its own.
+
+    Returns:
+        `list[slice]`: The chunks, in order, covering every row once.
+
+    >>> label_chunks([3, 3, 2, 2], vocab_size=10, logits_per_chunk=40)
+    [slice(0, 2, None), slice(2, 4, None)]
+    """
+    chunks, first = [], 0
+    while first < len(widths):
+        rows = max(1, logits_per_chunk // ((widths[first] - 1) * vocab_size))
+        chunks.append(slice(first, min(first + rows, len(widths))))
+        first += rows
+    return chunks
+
+
+def packed_passes(n_prompts: int, grid_mask: torch.Tensor, vocab_size: int, logits_per_chunk: int) -> int:
+    """Forward passes that scoring `n_prompts` prompts with their label tokens packed takes, or 0 when
+    packing does not pay.
+
+    Packed, a pass of `R` prompts has `R x (1 + T) x vocab_size` logits for `T` appended tokens; the
+    prompts are split into as many passes as keep that under `logits_per_chunk`. The other way is one
+    prompt pass and then the chunks of `label_chunks`. Each pass reads every weight once, which on a CPU
+    (more so with 8-bit weights, dequantised in every pass) is what a batch of short prompts costs, so
+    packing is chosen when it takes no more passes. It is never chosen when one prompt's packed logits
+    alone exceed the budget, or when no label has more than one token.
+
+    Args:
+        n_prompts (`int`): Prompts in the batch.
+        grid_mask (`torch.Tensor`): `(L, C)` 1 on real label tokens.
+        vocab_size (`int`): Width of the logits.
+        logits_per_chunk (`int`): The logits budget of one pass.
+
+    Returns:
+        `int`: the number of packed passes, 0 for the prompt pass followed by a second pass.
+
+    >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # labels of 3 and 2 tokens: 3 appended tokens
+    >>> packed_passes(4, mask, vocab_size=10, logits_per_chunk=80), packed_passes(4, mask, 10, 20)
+    (2, 0)
+    """
+    lengths = grid_mask.sum(-1).tolist()  # (L,)
+    appended = sum(lengths) - len(lengths)
+    rows_per_pass = logits_per_chunk // ((1 + appended) * vocab_size)
+    if not appended or rows_per_pass < 1:
+        return 0
+    packed = -(-n_prompts // rows_per_pass)
+    widths = sorted((n for n in lengths if n > 1), reverse=True)
+    second = 1 + len(
+        label_chunks([w for w in widths for _ in range(n_prompts)], vocab_size, logits_per_chunk)
+    )
+    return packed if packed <= second else 0

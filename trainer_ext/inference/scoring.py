@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainer_ext.inference.packed_labels import packed_scores
+from trainer_ext.inference.packed_labels import label_chunks, packed_passes, packed_scores
 from trainer_ext.modeling.positions import last_position
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import label_token_ids
@@ -178,25 +178,31 @@ def _label_pass(model, cache, mask, start, grid, grid_mask, vocab_size: int) -> 
     prompt_ids = torch.arange(n_prompts, device=grid.device)
     label_of, prompt_of = (t.reshape(-1) for t in torch.meshgrid(order, prompt_ids, indexing="ij"))  # (R,)
     scores = torch.zeros((n_prompts, grid.shape[0]), dtype=torch.float32, device=grid.device)  # (B, L)
-    first = 0
-    while first < len(label_of):
-        width = int(lengths[label_of[first]])  # the chunk's longest label, its first row's
-        rows = slice(first, first + max(1, _LOGITS_PER_CHUNK // ((width - 1) * vocab_size)))
+    for rows in label_chunks(lengths[label_of].tolist(), vocab_size, _LOGITS_PER_CHUNK):
         labels, prompts = label_of[rows], prompt_of[rows]  # (R,)
+        width = int(lengths[labels[0]])  # the chunk's longest label, its first row's
         scores[prompts, labels] = _score_rows(
             model, cache, mask, start, prompts, grid[labels, :width], grid_mask[labels, :width]
         )
-        first += len(labels)
     return scores
 
 
 @torch.no_grad()
 def _score_batch(model, prompts, grid, grid_mask, pad_id, prefix=None) -> torch.Tensor:
-    """Sequence log-probabilities `(B, L)` of every label completion after every prompt."""
-    ids, mask, positions, cache = _batch_inputs(prompts, pad_id, grid.device, prefix)
-    appended = int(grid_mask.sum()) - grid.shape[0]  # label tokens fed after the prompt
+    """Sequence log-probabilities `(B, L)` of every label completion after every prompt.
+
+    Label tokens after the first are packed into the prompts' own pass when that takes no more passes
+    than a second pass over them (`packed_passes`); a batch whose packed logits exceed
+    `_LOGITS_PER_CHUNK` is then split into packed passes of near-equal numbers of rows.
+    """
     vocab_size = getattr(getattr(model, "config", None), "vocab_size", None)
-    if appended and vocab_size and len(prompts) * (1 + appended) * vocab_size <= _LOGITS_PER_CHUNK:
+    passes = packed_passes(len(prompts), grid_mask, vocab_size, _LOGITS_PER_CHUNK) if vocab_size else 0
+    if passes > 1:
+        parts = torch.arange(len(prompts)).tensor_split(passes)  # neighbours: prompts come sorted by length
+        parts = [[prompts[i] for i in part] for part in parts]
+        return torch.cat([_score_batch(model, part, grid, grid_mask, pad_id, prefix) for part in parts])
+    ids, mask, positions, cache = _batch_inputs(prompts, pad_id, grid.device, prefix)
+    if passes:
         return packed_scores(model, ids, mask, positions, cache, grid, grid_mask, _log_probs)
     out = model(
         input_ids=ids,
