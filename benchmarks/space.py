@@ -9,7 +9,10 @@ Each request sends a distinct message to `/moderate` through `gradio_client` (or
 http`, Gradio's REST API: see `asker`); each answer is checked against its own input by
 asking the same message again, one at a time, after the load (`--no_verify` skips that). The script
 prints the latency percentiles (p50, p95) and throughput, and writes them with the settings to a JSON
-file. The first request, which loads the model, is not timed.
+file. The first request, which loads the model, is not timed. An app launched here also reports the
+model's own share of a request (`predict_in_app_p50_s`: the p50 of `ModelStore.predict` inside the app)
+and the CPU seconds the whole process, app and clients, spent per request (`process_cpu_s_per_request`;
+above the model's share, it is the web framework's and the clients' work, on the same cores).
 """
 
 from __future__ import annotations
@@ -157,8 +160,36 @@ def summarize(result: LoadResult, n_requests: int) -> dict[str, Any]:
     return stats
 
 
-def launch_app(args: argparse.Namespace) -> tuple[Any, str]:
-    """Launch the demo with the settings of the command line (and the environment)."""
+def time_predictions(store: Any) -> list[float]:
+    """Record the seconds of every `store.predict` call from now on (the model's share of a request).
+
+    Args:
+        store (`ModelStore`): The app's models; its `predict` is wrapped in place.
+
+    Returns:
+        `list[float]`: The list the wrapper appends each call's seconds to (clear it to start again).
+    """
+    seconds: list[float] = []
+    predict = store.predict
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return predict(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    store.predict = timed
+    return seconds
+
+
+def launch_app(args: argparse.Namespace) -> tuple[Any, str, list[float]]:
+    """Launch the demo with the settings of the command line (and the environment).
+
+    Returns:
+        `tuple`: the running app, its URL, and the list `time_predictions` fills with the seconds of each
+        prediction inside the app.
+    """
     from space.app import serve
     from space.model_store import ModelStore, SpaceSettings
 
@@ -168,7 +199,9 @@ def launch_app(args: argparse.Namespace) -> tuple[Any, str]:
         quantization=args.quantization,
         merge_adapter=args.merge_adapter,
     )
-    return serve(ModelStore(settings), concurrency=args.concurrency)
+    store = ModelStore(settings)
+    seconds = time_predictions(store)
+    return (*serve(store, concurrency=args.concurrency), seconds)
 
 
 def mismatches(
@@ -219,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from space.model_store import ModelSetupError
 
     try:
-        demo, url = (None, args.url) if args.url else launch_app(args)
+        demo, url, in_app = (None, args.url, []) if args.url else launch_app(args)
     except ModelSetupError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -231,8 +264,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the app failed its first request: {warm_up.errors[0]}", file=sys.stderr)
             return 1
         logger.info("%d requests from %d clients ...", args.requests, args.clients)
+        in_app.clear()
+        cpu_start = time.process_time()
         result = run_load(url, messages, args.clients, transport=args.transport)
+        cpu_s = time.process_time() - cpu_start
         stats = summarize(result, args.requests)
+        if in_app:  # launched here: the model's share of each request, and the CPU each request costs
+            stats["predict_in_app_p50_s"] = float(np.percentile(in_app, 50))
+            stats["process_cpu_s_per_request"] = cpu_s / args.requests
         served = Client(url, verbose=False, analytics_enabled=False).predict(api_name="/model_info")
         if not args.no_verify:
             stats["mismatched"] = len(mismatches(url, messages, result, args.transport))
@@ -258,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     p50, p95 = (f"{stats[key]:.3f} s" if stats[key] is not None else "n/a" for key in ("p50_s", "p95_s"))
+    if "predict_in_app_p50_s" in stats:
+        p50 += f" (the model inside the app: {stats['predict_in_app_p50_s']:.3f} s)"
     checked = "answers not checked (--no_verify)"
     if "mismatched" in stats:
         checked = f"{stats['mismatched']} mismatched"

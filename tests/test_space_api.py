@@ -9,6 +9,7 @@ here: `benchmarks/space.py` measures it.
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -218,3 +219,21 @@ def test_the_space_benchmark_names_a_missing_adapter_in_one_line(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith("error: The adapter directory") and "Traceback" not in err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_the_space_benchmark_times_each_prediction_inside_the_app():
+    from benchmarks.space import time_predictions
+
+    class Store:
+        def predict(self, texts):
+            if not texts:
+                raise ValueError("no texts")
+            time.sleep(0.01)
+            return [text.upper() for text in texts]
+
+    store = Store()
+    seconds = time_predictions(store)
+    assert store.predict(["a", "b"]) == ["A", "B"]
+    with pytest.raises(ValueError, match="no texts"):
+        store.predict([])
+    assert len(seconds) == 2 and seconds[0] >= 0.01
