@@ -253,3 +253,19 @@ def test_latency_operator_split_counts_matrix_product_flops_per_text():
                   "cached_equals_uncached": True, "label_agreement": 1.0,
                   "profile": {"predict": split, "batch": split}}]}  # fmt: skip
     assert "| fp32 | batch of 16 |" in markdown(report)
+
+
+def test_threads_benchmark_times_a_worker_thread_and_refuses_a_missing_run(tiny_model_dir, tmp_path, capsys):
+    from benchmarks.threads import main, measure_way
+    from trainer_ext.modeling.loading import load_model
+    from trainer_ext.runs.directory import save_run
+    from trainer_ext.runs.info import RunInfo
+    from trainer_ext.tasks import moderation_task
+
+    assert main(["--run", str(tmp_path / "nope"), "--out_dir", str(tmp_path / "out")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    base = str(tiny_model_dir("llama"))
+    loaded = load_model(base, quantization="none", method="lora-all", dtype="float32")
+    info = RunInfo(base_model=base, quantization="none", method="lora-all", dtype="float32")
+    run = save_run(tmp_path / "run", loaded.model, loaded.tokenizer, moderation_task(), info)
+    assert measure_way("worker", str(run), 5) > 0
