@@ -102,6 +102,21 @@ def test_a_merged_adapter_predicts_what_the_unmerged_one_does(trained):
         Classifier.from_pretrained(run, quantization="8bit", merge_adapter=True)
 
 
+def test_loading_a_run_shows_no_warning_of_what_is_handled(trained):
+    """PEFT's tied-embedding warning (the merge unties first) and transformers' deprecation that PEFT
+    triggers are not shown on loading; other warnings still are."""
+    import warnings
+
+    _, run = trained
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Classifier.from_pretrained(run, quantization="none", dtype="float32", merge_adapter=True)
+        warnings.warn("a warning of the user's own", UserWarning, stacklevel=1)
+    shown = [str(w.message) for w in caught]
+    assert not [m for m in shown if "tie_word_embeddings" in m or "is_gradient_checkpointing" in m], shown
+    assert "a warning of the user's own" in shown
+
+
 def test_a_moved_base_model_is_named_and_can_be_pointed_to(trained, tmp_path):
     work, run = trained
     moved_run = tmp_path / "run"

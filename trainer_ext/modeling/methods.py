@@ -24,8 +24,10 @@ output layer (GPT-J, GPT-NeoX) gets its own adapter in `lora-all`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -180,12 +182,7 @@ def _apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     tied_embedding = (
         _embedding_is_tied(model) and _qualified_name(model, model.get_input_embeddings()) in targets
     )
-    with warnings.catch_warnings():
-        # GPT-2 mixes Conv1D blocks with an nn.Linear output layer: PEFT resets fan_in_fan_out for the
-        # latter and says so.
-        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to True")
-        # PEFT warns that an adapter on a tied embedding complicates merging: see the module docstring.
-        warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`")
+    with handled_peft_warnings():
         peft_model = get_peft_model(model, config)
     if tied_embedding:
         logger.info(
@@ -194,6 +191,28 @@ def _apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
             "output layer its own copy of the weight first (PEFT's merge_and_unload alone would change it)."
         )
     return peft_model
+
+
+@contextlib.contextmanager
+def handled_peft_warnings() -> Iterator[None]:
+    """Silence, while PEFT adds or loads adapters, the warnings of what this module already handles.
+
+    - GPT-2 mixes Conv1D blocks with an `nn.Linear` output layer: PEFT resets ``fan_in_fan_out`` for the
+      latter and says so.
+    - PEFT warns that an adapter on a tied embedding complicates merging: see the module docstring
+      (`load_run` unties before it merges).
+    - transformers deprecates ``is_gradient_checkpointing``, which PEFT reads when it wraps a model: a
+      matter between the two libraries that no setting of a user changes.
+
+    Other warnings pass. Not thread-safe (`warnings.catch_warnings` changes the process's filters).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to True")
+        warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`")
+        warnings.filterwarnings(
+            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+        )
+        yield
 
 
 def _prepare_quantized(model: nn.Module, method: str, gradient_checkpointing: bool) -> None:

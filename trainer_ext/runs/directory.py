@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from trainer_ext.modeling.embedded import EMBEDDED_MODELS
 from trainer_ext.modeling.loading import LoadedModel, default_device, load_model
+from trainer_ext.modeling.methods import handled_peft_warnings
 from trainer_ext.runs.info import ADAPTER_CONFIG, RunDirError, RunInfo
 from trainer_ext.tasks import LabelTask
 from trainer_ext.vocabulary import is_local_path
@@ -194,7 +195,8 @@ def load_run(
     if (run_dir / ADAPTER_CONFIG).is_file():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
+        with handled_peft_warnings():
+            model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
         if merge_adapter:
             model = _merge_adapter(model)
     else:
