@@ -387,3 +387,32 @@ def test_max_tokens_per_pass_gives_the_whole_batch_loss_and_gradients(tiny_model
     assert whole_grads.keys() == split_grads.keys() and whole_grads
     for name in whole_grads:
         torch.testing.assert_close(split_grads[name], whole_grads[name], atol=1e-6, rtol=1e-4)
+
+
+def test_training_logs_how_many_batches_ran_as_passes(tiny_model, tmp_path, caplog):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny_model("llama")
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    caplog.set_level("INFO", logger="trainer_ext.training.trainer")
+
+    def train(budget):
+        args = LabelTrainingArguments(
+            output_dir=str(tmp_path),
+            max_steps=2,
+            per_device_train_batch_size=4,
+            optim="adamw_torch",
+            use_cpu=True,
+            disable_tqdm=True,
+            report_to="none",
+            save_strategy="no",
+            max_tokens_per_pass=budget,
+        )
+        train_set = LabelDataset(_examples(3), tokenizer, TASK, 64)
+        LabelTrainer(
+            model=model, args=args, task=TASK, processing_class=tokenizer, train_dataset=train_set
+        ).train()
+        return [r.getMessage() for r in caplog.records if "max_tokens_per_pass" in r.getMessage()]
+
+    assert train(100_000) == []
+    assert train(8) == ["2 batch(es) over max_tokens_per_pass=8 padded tokens ran as passes of fewer rows."]

@@ -180,10 +180,23 @@ class LabelTrainer(Trainer):
         chunks = self._row_chunks(inputs, num_items_in_batch)
         if chunks is None:
             return super().training_step(model, inputs, num_items_in_batch)
+        self._split_batches = getattr(self, "_split_batches", 0) + 1
         # Each pass divides its summed loss by the whole batch's completion-token count (num_items_in_batch),
         # so the passes' gradients add up to the whole batch's.
         step = super().training_step
         return sum(step(model, chunk, num_items_in_batch) for chunk in chunks)
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, then a log of how many batches ran as passes of fewer rows."""
+        self._split_batches = 0
+        output = super().train(*args, **kwargs)
+        if self._split_batches:
+            logger.info(
+                "%d batch(es) over max_tokens_per_pass=%d padded tokens ran as passes of fewer rows.",
+                self._split_batches,
+                self.args.max_tokens_per_pass,
+            )
+        return output
 
     def _row_chunks(self, inputs, num_items_in_batch) -> list[dict[str, Any]] | None:
         """`inputs` split by rows into passes of at most ``max_tokens_per_pass`` padded tokens (at least one
