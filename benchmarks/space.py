@@ -10,9 +10,11 @@ http`, Gradio's REST API: see `asker`); each answer is checked against its own i
 asking the same message again, one at a time, after the load (`--no_verify` skips that). The script
 prints the latency percentiles (p50, p95) and throughput, and writes them with the settings to a JSON
 file. The first request, which loads the model, is not timed. An app launched here also reports the
-model's own share of a request (`predict_in_app_p50_s`: the p50 of `ModelStore.predict` inside the app)
-and the CPU seconds the whole process, app and clients, spent per request (`process_cpu_s_per_request`;
-above the model's share, it is the web framework's and the clients' work, on the same cores).
+model's own share of a request (`predict_in_app_p50_s`: the p50 of `ModelStore.predict` inside the app,
+which with more than one client also counts waits for the store's inference lock), how many threads made
+those calls and the warm-up call that loaded the model (`predict_threads`), and the CPU seconds the whole
+process spent per request (`process_cpu_s_per_request`: the model's threads, the web framework's and the
+clients', which run in this process too, all on the same cores).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import logging
 import os
 import platform
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -160,16 +163,18 @@ def summarize(result: LoadResult, n_requests: int) -> dict[str, Any]:
     return stats
 
 
-def time_predictions(store: Any) -> list[float]:
-    """Record the seconds of every `store.predict` call from now on (the model's share of a request).
+def time_predictions(store: Any) -> list[tuple[float, int]]:
+    """Record every `store.predict` call from now on: its seconds (the model's share of a request, plus
+    any wait for the store's inference lock when requests overlap) and the thread that made it.
 
     Args:
         store (`ModelStore`): The app's models; its `predict` is wrapped in place.
 
     Returns:
-        `list[float]`: The list the wrapper appends each call's seconds to (clear it to start again).
+        `list[tuple[float, int]]`: The list the wrapper appends `(seconds, thread id)` to (clear it to
+        start again).
     """
-    seconds: list[float] = []
+    calls: list[tuple[float, int]] = []
     predict = store.predict
 
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -177,18 +182,18 @@ def time_predictions(store: Any) -> list[float]:
         try:
             return predict(*args, **kwargs)
         finally:
-            seconds.append(time.perf_counter() - start)
+            calls.append((time.perf_counter() - start, threading.get_ident()))
 
     store.predict = timed
-    return seconds
+    return calls
 
 
-def launch_app(args: argparse.Namespace) -> tuple[Any, str, list[float]]:
+def launch_app(args: argparse.Namespace) -> tuple[Any, str, list[tuple[float, int]]]:
     """Launch the demo with the settings of the command line (and the environment).
 
     Returns:
-        `tuple`: the running app, its URL, and the list `time_predictions` fills with the seconds of each
-        prediction inside the app.
+        `tuple`: the running app, its URL, and the list `time_predictions` fills with each prediction
+        inside the app.
     """
     from space.app import serve
     from space.model_store import ModelStore, SpaceSettings
@@ -200,8 +205,8 @@ def launch_app(args: argparse.Namespace) -> tuple[Any, str, list[float]]:
         merge_adapter=args.merge_adapter,
     )
     store = ModelStore(settings)
-    seconds = time_predictions(store)
-    return (*serve(store, concurrency=args.concurrency), seconds)
+    calls = time_predictions(store)
+    return (*serve(store, concurrency=args.concurrency), calls)
 
 
 def mismatches(
@@ -264,13 +269,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: the app failed its first request: {warm_up.errors[0]}", file=sys.stderr)
             return 1
         logger.info("%d requests from %d clients ...", args.requests, args.clients)
+        loading_threads = {thread for _, thread in in_app}  # the warm-up request loaded the model
         in_app.clear()
         cpu_start = time.process_time()
         result = run_load(url, messages, args.clients, transport=args.transport)
         cpu_s = time.process_time() - cpu_start
         stats = summarize(result, args.requests)
         if in_app:  # launched here: the model's share of each request, and the CPU each request costs
-            stats["predict_in_app_p50_s"] = float(np.percentile(in_app, 50))
+            stats["predict_in_app_p50_s"] = float(np.percentile([s for s, _ in in_app], 50))
+            stats["predict_threads"] = len(loading_threads | {thread for _, thread in in_app})
             stats["process_cpu_s_per_request"] = cpu_s / args.requests
         served = Client(url, verbose=False, analytics_enabled=False).predict(api_name="/model_info")
         if not args.no_verify:

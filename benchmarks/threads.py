@@ -60,14 +60,15 @@ def measure_way(way: str, run: str, n_messages: int) -> float:
     def load() -> Any:
         return Classifier.from_pretrained(run, quantization="none", dtype="auto", merge_adapter=True)
 
-    worker = ThreadPoolExecutor(max_workers=1)
     if way == "worker":
-        classifier = worker.submit(load).result()
-        return worker.submit(_p50_ms, classifier, messages).result()
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            classifier = worker.submit(load).result()
+            return worker.submit(_p50_ms, classifier, messages).result()
     classifier = load()
     if way == "worker after main":
         _p50_ms(classifier, messages)
-        return worker.submit(_p50_ms, classifier, messages).result()
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            return worker.submit(_p50_ms, classifier, messages).result()
     if way == "main beside an idle app":
         from space.app import serve
         from space.model_store import ModelStore, SpaceSettings

@@ -1,12 +1,17 @@
 """Logging of the command lines: one format, and the known, harmless warnings of the libraries silenced.
 
-Only the entry points call `setup_logging`; the library itself never changes global logging or warnings.
+Only the entry points call `setup_logging`. The library itself changes global logging and warnings only
+narrowly: a filter on one bitsandbytes record (`trainer_ext/__init__.py`), and PEFT's warnings about what
+it handles while adapters are added or loaded (`trainer_ext.modeling.methods.handled_peft_warnings`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+
+from trainer_ext.modeling.methods import HANDLED_PEFT_WARNINGS
 
 #: Warnings every command met on a CPU machine that say nothing a user can act on, with the reason.
 KNOWN_HARMLESS_WARNINGS = (
@@ -14,10 +19,8 @@ KNOWN_HARMLESS_WARNINGS = (
     r".*Failed to load CPU gemm_4bit_forward.*",
     # DataLoader asks for pinned memory, which has no meaning without an accelerator.
     r".*'pin_memory' argument is set as true but no accelerator is found.*",
-    # transformers renamed a method that PEFT still calls; nothing a user can change.
-    r".*`is_gradient_checkpointing` is deprecated.*",
-    # PEFT on tied embeddings; the project logs what it means for the run (see modeling.methods).
-    r".*Model has `tie_word_embeddings=True` and a tied layer is part of the adapter.*",
+    # PEFT's warnings about what modeling.methods handles (also silenced there, while adapters load).
+    *(re.escape(start) for start in HANDLED_PEFT_WARNINGS),
 )
 KNOWN_HARMLESS_LOGGERS = {
     # bitsandbytes logs the same missing-kernel note at import.

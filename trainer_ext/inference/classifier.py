@@ -70,9 +70,8 @@ class Classifier:
     Build it with `from_pretrained` (a training run) or `from_base` (a frozen model, zero- or few-shot).
 
     On a CPU, load and call it from one thread. Each thread that runs torch gets its own OpenMP thread
-    team, and two teams on a small CPU slow every call: on 2 cores one message took 54 ms on a lone worker
-    thread and 74 ms on a worker thread after the main thread had run the model
-    (``python -m benchmarks.threads``).
+    team: on 2 cores one message took 54 ms on a lone worker thread and 74 ms on a worker thread after the
+    main thread had run the model (``python -m benchmarks.threads``).
 
     Args:
         model (`PreTrainedModel` or `PeftModel`): The model, in eval mode.

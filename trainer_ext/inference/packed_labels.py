@@ -168,6 +168,9 @@ def packed_passes(n_prompts: int, grid_mask: torch.Tensor, vocab_size: int, logi
     >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # labels of 3 and 2 tokens: 3 appended tokens
     >>> packed_passes(4, mask, vocab_size=10, logits_per_chunk=80), packed_passes(4, mask, 10, 20)
     (2, 0)
+    >>> pairs = torch.ones(3, 2, dtype=torch.long)  # three labels of 2 tokens: 3 appended, 1 row per pass
+    >>> packed_passes(4, pairs, 10, 50), packed_passes(10, pairs, 10, 50)  # 4 <= 1 + 3; 10 > 1 + 6
+    (4, 0)
     """
     lengths = grid_mask.sum(-1).tolist()  # (L,)
     appended = sum(lengths) - len(lengths)

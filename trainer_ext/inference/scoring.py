@@ -3,9 +3,10 @@
 Two decoding modes:
 
 - ``constrained``: the log-probability of each label's whole completion (its tokens and the EOS) given
-  the prompt; argmax over labels. The prompt goes through the model once; for a short label set the label
-  tokens are packed into that same pass (`packed_labels`), else they are fed after copies of its KV cache
-  in one more short pass (in chunks, see below). Never invalid, and it
+  the prompt; argmax over labels. The prompt goes through the model once and the label tokens are packed
+  into that same pass (`packed_labels`; a batch too wide for one packed pass is split into several), unless
+  a second pass over them, fed after copies of the prompts' KV cache in chunks (see below), takes fewer
+  forward passes. Never invalid, and it
   returns a probability per label (a softmax over the labels' sequence log-probabilities). The tokens
   every prompt starts with (the instruction of a template, the examples of a few-shot prompt) go through
   the model once per call, not once per prompt: their KV cache is copied into every batch.
@@ -15,7 +16,7 @@ Two decoding modes:
 Prompts are left-padded, with position ids counted from each row's first real token, so a row's
 result does not depend on the batch it is in (models with absolute position embeddings, like GPT-2,
 would otherwise see shifted positions), up to float rounding: batch shapes differ, and a label set long
-enough to leave the packed pass for a full batch may still be packed for a smaller last one.
+enough to leave the packed passes for a full batch may still be packed for a smaller last one.
 
 Constrained scoring needs one log-probability per label token, not the whole distribution. The label pass
 therefore runs over chunks of (prompt, label) rows whose logits stay under `_LOGITS_PER_CHUNK`, and the
@@ -36,8 +37,9 @@ from trainer_ext.modeling.positions import last_position
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import label_token_ids
 
-# At most this many logits (rows x label positions x vocabulary) exist at once in the label pass: 32 MiB
-# in float32, whatever the batch size, the number of labels and their lengths (a row over it runs whole).
+# At most this many logits (rows x label positions x vocabulary) exist at once in a packed pass or a chunk
+# of the label pass: 32 MiB in float32, whatever the batch size, the number of labels and their lengths (a
+# row of the label pass over it runs whole; packing is not used for a prompt over it).
 # Smaller chunks would mean more, smaller forward passes, each with its own copy of the batch's KV cache.
 _LOGITS_PER_CHUNK = 1 << 23
 

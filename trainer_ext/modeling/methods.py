@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -193,25 +195,30 @@ def _apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return peft_model
 
 
+#: The starts of PEFT's warnings about what this module already handles (`warnings.filterwarnings` patterns).
+HANDLED_PEFT_WARNINGS = (
+    # GPT-2 mixes Conv1D blocks with an nn.Linear output layer: PEFT resets fan_in_fan_out for the latter.
+    "fan_in_fan_out is set to True",
+    # An adapter on a tied embedding: see the module docstring (load_run unties before it merges).
+    "Model has `tie_word_embeddings=True`",
+    # transformers renamed a method that PEFT reads when it wraps a model; no setting of a user changes it.
+    "`is_gradient_checkpointing` is deprecated",
+)
+_WARNING_FILTERS_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def handled_peft_warnings() -> Iterator[None]:
-    """Silence, while PEFT adds or loads adapters, the warnings of what this module already handles.
+    """Silence `HANDLED_PEFT_WARNINGS` while PEFT adds or loads adapters; other warnings pass.
 
-    - GPT-2 mixes Conv1D blocks with an `nn.Linear` output layer: PEFT resets ``fan_in_fan_out`` for the
-      latter and says so.
-    - PEFT warns that an adapter on a tied embedding complicates merging: see the module docstring
-      (`load_run` unties before it merges).
-    - transformers deprecates ``is_gradient_checkpointing``, which PEFT reads when it wraps a model: a
-      matter between the two libraries that no setting of a user changes.
-
-    Other warnings pass. Not thread-safe (`warnings.catch_warnings` changes the process's filters).
+    `warnings.catch_warnings` swaps the process's filters for the duration: two of these blocks never
+    overlap (a lock), but a warning of another thread that matches one of the patterns is also silenced
+    while an adapter loads, and another thread's own `catch_warnings` around the same moment can restore
+    the wrong filters. Load models from one thread (see `Classifier`).
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="fan_in_fan_out is set to True")
-        warnings.filterwarnings("ignore", message="Model has `tie_word_embeddings=True`")
-        warnings.filterwarnings(
-            "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-        )
+    with _WARNING_FILTERS_LOCK, warnings.catch_warnings():
+        for start in HANDLED_PEFT_WARNINGS:
+            warnings.filterwarnings("ignore", message=re.escape(start))
         yield
 
 

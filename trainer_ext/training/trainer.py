@@ -154,6 +154,7 @@ class LabelTrainer(Trainer):
         with _allow_trained_norms(model):
             super().__init__(model=model, args=args or LabelTrainingArguments(), **kwargs)
         self.task = task
+        self._split_batches = 0  # batches run as passes of fewer rows (max_tokens_per_pass), per train()
         if getattr(self.args, "release_host_memory", False) and self.args.device.type == "cpu":
             fix_mmap_threshold()
             self.add_callback(_TrimHeapCallback())
@@ -180,7 +181,7 @@ class LabelTrainer(Trainer):
         chunks = self._row_chunks(inputs, num_items_in_batch)
         if chunks is None:
             return super().training_step(model, inputs, num_items_in_batch)
-        self._split_batches = getattr(self, "_split_batches", 0) + 1
+        self._split_batches += 1
         # Each pass divides its summed loss by the whole batch's completion-token count (num_items_in_batch),
         # so the passes' gradients add up to the whole batch's.
         step = super().training_step
