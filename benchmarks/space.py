@@ -131,7 +131,12 @@ def run_load(
     result = LoadResult()
 
     def worker(first: int) -> None:
-        ask = asker(url, api_name, transport)
+        try:
+            ask = asker(url, api_name, transport)
+        except Exception as err:  # gradio_client connects when made: an app that is not there
+            for index in range(first, len(messages), clients):
+                result.errors[index] = f"{type(err).__name__}: {err}"
+            return
         for index in range(first, len(messages), clients):
             start = time.perf_counter()
             try:
@@ -305,7 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     p50, p95 = (f"{stats[key]:.3f} s" if stats[key] is not None else "n/a" for key in ("p50_s", "p95_s"))
     if "predict_in_app_p50_s" in stats:
-        p50 += f" (the model inside the app: {stats['predict_in_app_p50_s']:.3f} s)"
+        p50 += (
+            f" (the model inside the app: {stats['predict_in_app_p50_s']:.3f} s on "
+            f"{stats['predict_threads']} thread(s); "
+            f"{stats['process_cpu_s_per_request']:.3f} CPU-s per request)"
+        )
     checked = "answers not checked (--no_verify)"
     if "mismatched" in stats:
         checked = f"{stats['mismatched']} mismatched"

@@ -86,11 +86,17 @@ def make_parser() -> argparse.ArgumentParser:
     """The command line of the benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="runs/moderation-lora-all", help="a trained run directory")
-    parser.add_argument("--messages", type=count_type(5, "messages"), default=40, help="tweets per way")
+    parser.add_argument(
+        "--messages",
+        type=count_type(5, "messages"),
+        default=40,
+        help="tweets per way, 5 or more (default 40)",
+    )
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS), help="default: all")
     parser.add_argument("--way", choices=WAYS, help=argparse.SUPPRESS)  # one way, in the child process
     parser.add_argument("--max_load", type=float, default=1.5, help="refuse above this 1-minute load")
     parser.add_argument("--force", action="store_true", help="run on a busy machine anyway")
+    parser.add_argument("--debug", action="store_true", help="show a failed way's whole traceback")
     parser.add_argument("--out_dir", default="runs/bench_threads", help="where threads.json/.md go")
     return parser
 
@@ -102,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"p50_ms": measure_way(args.way, args.run, args.messages)}))
         return 0
     if not (Path(args.run) / "task.json").is_file():
-        print(f"error: {args.run} is not a run directory (no task.json); train one with `make train` "
-              "or pass --run.", file=sys.stderr)  # fmt: skip
+        print(f"error: {args.run} is not a run directory (no task.json); train one with `make train`, "
+              "or point --run at one.", file=sys.stderr)  # fmt: skip
         return 2
     if refuse_busy_machine(args.max_load, args.force):
         return 2
@@ -112,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     for way in args.ways:
         child = [sys.executable, "-m", "benchmarks.threads", "--way", way, "--run", args.run]
         done = subprocess.run([*child, "--messages", str(args.messages)], capture_output=True, text=True)
-        if done.returncode:
-            print(f"error: the way {way!r} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+        if done.returncode:  # the child's last line says why (its whole traceback with --debug)
+            why = done.stderr if args.debug else (done.stderr.strip().splitlines() or ["no output"])[-1]
+            print(f"error: the way {way!r} failed: {why}", file=sys.stderr)
             return 1
         p50 = json.loads(done.stdout.strip().splitlines()[-1])["p50_ms"]
         report["results"].append({"way": way, "p50_ms": p50})

@@ -136,3 +136,15 @@ def test_long_texts_are_marked_and_the_side_kept_is_chosen(base, tmp_path, caplo
     ((left, cut_left),) = clf.encode([long_text])
     assert cut_right and cut_left and len(right) == len(left) <= 48 and right != left
     assert cut_message(list(range(10)), 4, "both") == [0, 1, 8, 9]
+
+
+def test_labels_too_long_for_max_length_fail_before_anything_is_written(base, tmp_path, capsys):
+    out = tmp_path / "t.csv"
+    out.write_text("kept\n", encoding="utf-8")
+    labels = ", ".join(f"topic number {i} about markets and politics and the weather" for i in range(6))
+    argv = ["--model", base, "--labels", labels, "--quantization", "none", "--max_length", "48"]
+    assert predict.main([*argv, "--output", str(out), "--overwrite", "shares fall"]) == 2
+    assert "an instruction prompt names every label" in capsys.readouterr().err
+    assert out.read_text(encoding="utf-8") == "kept\n", "the file it would have replaced is untouched"
+    assert predict.main([*argv, "shares fall"]) == 2
+    assert capsys.readouterr().out == "", "no CSV header on standard output either"

@@ -79,6 +79,26 @@ def test_a_batch_over_the_logits_budget_is_packed_in_several_passes(tiny_model, 
     torch.testing.assert_close(result.probs, expected.softmax(-1), atol=1e-4, rtol=1e-3)
 
 
+def test_with_labels_takes_a_longer_budget_and_predict_refuses_a_bad_batch_size(tiny_model):
+    """An instruction prompt names every label: many long labels need a larger max_length, which
+    `with_labels` takes; the error without it says that the labels count."""
+    from trainer_ext.training.tokenization import EncodingError
+
+    model, tokenizer = tiny_model("llama")
+    clf = Classifier(model, tokenizer, LabelTask(["hate", "offensive", "neutral"]), "llama", max_length=64)
+    topics = [f"topic number {i} about markets and politics and the weather" for i in range(6)]
+    with pytest.raises(EncodingError, match=r"the labels \(an instruction prompt names every label\)"):
+        clf.with_labels(topics).predict(["shares fall"])
+    wide = clf.with_labels(topics, max_length=512)
+    assert wide.max_length == 512 and clf.max_length == 64
+    assert sum(wide.predict(["shares fall"])[0].probs.values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="max_length must be a whole number of tokens, at least 8; got 4"):
+        clf.with_labels(topics, max_length=4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a whole number of texts, at least 1"):
+            clf.predict(["shares fall"], batch_size=bad)
+
+
 SHOTS = [("lovely morning", "neutral"), ("shut up, idiot", "offensive"), ("go home, vermin", "hate")]
 
 

@@ -238,3 +238,18 @@ def test_the_space_benchmark_times_each_prediction_inside_the_app():
     with pytest.raises(ValueError, match="no texts"):
         store.predict([])
     assert len(calls) == 2 and calls[0][0] >= 0.01 and calls[0][1] == threading.get_ident()
+
+
+def test_the_space_benchmark_says_in_one_line_when_no_app_answers(tmp_path, capsys):
+    """gradio_client connects when it is made: an address where nothing listens is a failed request."""
+    import socket
+
+    from benchmarks.space import main
+
+    with socket.socket() as sock:  # a free port, closed again: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert main(["--url", f"http://127.0.0.1:{port}/", "--output", str(tmp_path / "out.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the app failed its first request:") and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists()

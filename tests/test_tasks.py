@@ -129,6 +129,14 @@ def test_with_labels_keeps_template_and_drops_foreign_shots():
     assert topic_task(["tech"]).prompt("x").startswith("Classify")
 
 
+def test_a_single_string_is_not_taken_for_a_label_set():
+    """``list("sport, politics")`` would be its characters: refused, with the list to write instead."""
+    with pytest.raises(TaskError, match=r"not the string 'sport, politics'; write \['sport', 'politics'\]"):
+        moderation_task().with_labels("sport, politics")
+    with pytest.raises(TaskError, match="labels must be a list of label names"):
+        LabelTask("hate")
+
+
 def test_json_round_trip(tmp_path):
     task = LabelTask(["a", "b"], {"b": " beta"}, "Q: {text}\nA:", shots=[("x", "a")])
     assert LabelTask.from_dict(json.loads(json.dumps(task.to_dict()))) == task

@@ -308,6 +308,8 @@ class PredictionWriter:
         from tqdm.auto import tqdm
 
         labels = list(clf.task.labels)
+        if rows:  # a template, labels or k-shot examples too long for max_length fail every row: say so
+            clf.encode([rows[0].text])  # before the output file is opened or a header written
         header = [*FIXED_COLUMNS, *[f"prob_{label}" for label in labels]]
         handle, new = self._open(header)
         writer = csv.writer(handle)

@@ -232,14 +232,26 @@ class Classifier:
             loaded.model, loaded.tokenizer, task, model_name_or_path, max_length, decode_html, truncation_side
         )
 
-    def with_labels(self, labels: Sequence[str]) -> Classifier:
-        """The same model and template over another label set (zero-shot topics)."""
+    def with_labels(self, labels: Sequence[str], max_length: int | None = None) -> Classifier:
+        """The same model and template over another label set (zero-shot topics).
+
+        Args:
+            labels (`Sequence[str]`): The label names, e.g. ``["business", "sport"]``.
+            max_length (`int`, *optional*): Prompt + completion budget in tokens; default this classifier's.
+                An instruction template names every label in the prompt, so many or long labels need more.
+
+        Raises:
+            `TaskError`: for labels that are not a list of distinct, non-empty names (a single string too).
+            `ValueError`: for a `max_length` below 8.
+        """
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+            raise ValueError(f"max_length must be a whole number of tokens, at least 8; got {max_length!r}.")
         return Classifier(
             self.model,
             self.tokenizer,
             self.task.with_labels(labels),
             self.base_model,
-            self.max_length,
+            self.max_length if max_length is None else max_length,
             self.decode_html,
             self.truncation_side,
             self.autocast,
@@ -325,7 +337,8 @@ class Classifier:
             `list[Prediction]`, in input order.
 
         Raises:
-            `ValueError`: for an empty (or whitespace-only) text, or an unknown `decoding`.
+            `ValueError`: for an empty (or whitespace-only) text, an unknown `decoding`, or a `batch_size`
+                below 1.
             `TypeError`: for `texts` that are neither a string nor an iterable of strings (`None`, bytes, a
                 number), or an item that is not a string.
         """
@@ -338,6 +351,8 @@ class Classifier:
             texts = list(texts)
         if decoding not in DECODINGS:
             raise ValueError(f"decoding: unknown value {decoding!r}; choose one of {DECODINGS}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number of texts, at least 1; got {batch_size!r}.")
         if calibrate and decoding != "constrained":
             raise ValueError(
                 "calibrate needs constrained decoding: generated answers have no label probabilities."

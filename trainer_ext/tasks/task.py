@@ -38,6 +38,13 @@ TRAILING_PUNCTUATION = ".!,;:"
 END_MARKERS = ("<|endoftext|>", "</s>", "<|im_end|>", "<|eot_id|>", "<eos>")
 
 
+def _check_not_a_string(labels: Any) -> None:
+    """A single string is not a label set: ``list("sport, politics")`` would be its characters."""
+    if isinstance(labels, str):
+        names = [name.strip() for name in labels.split(",") if name.strip()]
+        raise TaskError(f"labels must be a list of label names, not the string {labels!r}; write {names}.")
+
+
 @dataclass
 class LabelTask:
     """A classification task whose labels are generated as text after a prompt.
@@ -86,6 +93,7 @@ class LabelTask:
     training_variation: PromptVariation = field(default_factory=PromptVariation)
 
     def __post_init__(self) -> None:
+        _check_not_a_string(self.labels)
         self.labels = list(self.labels)
         if isinstance(self.training_variation, dict):
             self.training_variation = PromptVariation.from_dict(self.training_variation)
@@ -201,6 +209,7 @@ class LabelTask:
         Verbalizers of labels kept from this task are kept; new labels get `" " + label`. Shots are kept
         only when all their labels are in the new set; otherwise they are dropped (logged).
         """
+        _check_not_a_string(labels)
         verbalizers = {label: self.verbalizers[label] for label in labels if label in self.verbalizers}
         shots = self.shots
         if any(label not in labels for _, label in shots):

@@ -110,7 +110,8 @@ class PieceEncoder:
             raise EncodingError(
                 f"Sample {describe_sample(source, text)}: the prompt without the message plus the completion "
                 f"take {fixed} tokens, leaving no room for the message within max_length={max_length}; raise "
-                "max_length or shorten the template, verbalizers or k-shot examples."
+                "max_length or shorten the template, the labels (an instruction prompt names every label), "
+                "their verbalizers or the k-shot examples."
             )
         truncated = len(message_ids) > budget
         return self.bos_ids + head + cut_message(message_ids, budget, truncation_side) + tail, truncated
