@@ -289,6 +289,8 @@ def apply_method(model: nn.Module, settings: LoraSettings, gradient_checkpointin
         model.requires_grad_(True)
     else:
         model.requires_grad_(False)
+    if settings.method == "none":  # a frozen model, e.g. the base of a run loaded for prediction
+        return model
     trainable, total = count_parameters(model)
     logger.info(
         "Method %s: %s trainable parameters of %s (%.3f%%).",

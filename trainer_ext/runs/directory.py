@@ -199,6 +199,8 @@ def load_run(
             model = PeftModel.from_pretrained(model, str(run_dir), is_trainable=False)
         if merge_adapter:
             model = _merge_adapter(model)
+        how = "merged into the base weights" if merge_adapter else "kept separate from the base weights"
+        logger.info("Loaded the trained adapter of %s (%s), %s.", run_dir, info.method, how)
     else:
         if merge_adapter:
             # Not a fault: its trained weights are the model's own, as merged weights would be.
