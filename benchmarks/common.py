@@ -14,6 +14,14 @@ DATA_DIR = Path(os.environ.get("TRAINER_EXT_DATA_DIR") or REPO_ROOT.parent / "sh
 TOKENIZERS_DIR = DATA_DIR.parent / "tokenizers"
 
 
+def eval_split_examples() -> list:
+    """The examples of the study's eval split (``seed_split/val.csv``), HTML entities decoded as the main
+    job reads them: the tweets the latency benchmarks time."""
+    from trainer_ext.data import load_examples
+
+    return load_examples(DATA_DIR / "seed_split" / "val.csv", decode_html=True)
+
+
 def reset_peak_rss() -> None:
     """Reset ``VmHWM`` (the peak resident set size) to the current resident set size."""
     Path("/proc/self/clear_refs").write_text("5", encoding="utf-8")

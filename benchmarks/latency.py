@@ -42,9 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    DATA_DIR,
     REPO_ROOT,
     count_type,
+    eval_split_examples,
     refuse_busy_machine,
     report_header,
     write_report,
@@ -274,8 +274,6 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from trainer_ext.data import load_examples
-
     args = make_parser().parse_args(argv)
     if refuse_busy_machine(args.max_load, args.force):
         return 2
@@ -285,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    examples = load_examples(DATA_DIR / "seed_split" / "val.csv", decode_html=True)
+    examples = eval_split_examples()
     texts = [example.text for example in examples]
     if args.messages > len(texts):
         print(f"error: --messages {args.messages}: the eval split has only {len(texts)} tweets.",

@@ -28,16 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA_DIR, count_type, refuse_busy_machine, report_header, write_report
+from benchmarks.common import (
+    count_type,
+    eval_split_examples,
+    refuse_busy_machine,
+    report_header,
+    write_report,
+)
 
 WAYS = ("main", "worker", "worker after main", "main beside an idle app")
-
-
-def _messages(n: int) -> list[str]:
-    from trainer_ext.data import load_examples
-
-    examples = load_examples(DATA_DIR / "seed_split" / "val.csv", decode_html=True)
-    return [example.text for example in examples][:n]
 
 
 def _p50_ms(classifier: Any, messages: list[str]) -> float:
@@ -55,7 +54,7 @@ def measure_way(way: str, run: str, n_messages: int) -> float:
     """The p50 in ms of one message's `predict` in this process, the model run as `way` says."""
     from trainer_ext import Classifier
 
-    messages = _messages(n_messages)
+    messages = [example.text for example in eval_split_examples()][:n_messages]
 
     def load() -> Any:
         return Classifier.from_pretrained(run, quantization="none", dtype="auto", merge_adapter=True)
@@ -110,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.run) / "task.json").is_file():
         print(f"error: {args.run} is not a run directory (no task.json); train one with `make train`, "
               "or point --run at one.", file=sys.stderr)  # fmt: skip
+        return 2
+    available = len(eval_split_examples())
+    if args.messages > available:
+        print(f"error: --messages {args.messages}: the eval split has only {available} tweets.",
+              file=sys.stderr)  # fmt: skip
         return 2
     if refuse_busy_machine(args.max_load, args.force):
         return 2

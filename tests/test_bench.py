@@ -269,3 +269,6 @@ def test_threads_benchmark_times_a_worker_thread_and_refuses_a_missing_run(tiny_
     info = RunInfo(base_model=base, quantization="none", method="lora-all", dtype="float32")
     run = save_run(tmp_path / "run", loaded.model, loaded.tokenizer, moderation_task(), info)
     assert measure_way("worker", str(run), 5) > 0
+    assert main(["--run", str(run), "--messages", "100000", "--out_dir", str(tmp_path / "out")]) == 2
+    assert "--messages 100000: the eval split has only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
