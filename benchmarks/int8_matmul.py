@@ -1,4 +1,4 @@
-"""Time the CPU 8-bit layers' matmul: bf16 weights, int8 dequantize-then-matmul, and the int8 kernel.
+"""Time the CPU 8-bit layers' matmul: bf16 weights, int8 dequantize-then-matmul, scaled product, kernel.
 
     python -m benchmarks.int8_matmul                  # under a minute on 2 cores; writes int8_matmul.md
     python -m benchmarks.int8_matmul --rounds 3 --no_write
@@ -11,8 +11,13 @@ number of tokens per batch, the median milliseconds of one forward and of one fo
 - ``dequantize``: `dequantize_then_matmul_reference`, the int8 method the CPU 8-bit layers used before the
   kernel (dequantize every int8 weight to bf16 before each matmul, forward and backward), kept here as
   the reference;
+- ``scaled``: `trainer_ext.modeling.int8_cpu`'s path without the kernel: the int8 rows converted to bf16
+  as they are, the row scales applied to the product (forward) and to the output gradient (backward);
 - ``kernel``: `trainer_ext.modeling.int8_cpu` with ``aten::_weight_int8pack_mm`` in the forward pass, forced
-  on whatever the number of rows (the backward pass dequantizes).
+  on whatever the number of rows (the backward pass runs as in ``scaled``).
+
+A second table adds the layers up to SmolLM2-135M's 210 decoder products (30 blocks of q, k, v, o, gate,
+up and down projections), the part of one model pass that the 8-bit layers change.
 
 The three are timed in interleaved rounds after a warm-up, so that a varying machine load hits them alike.
 "kernel speed-up" is dequantize ms / kernel ms (above 1: the kernel is faster); "module uses" is the path
@@ -38,16 +43,18 @@ from benchmarks.training import load_average
 from trainer_ext.modeling import int8_cpu
 from trainer_ext.runs.info import cpu_model
 
-# SmolLM2-135M's linear layers as (name, in_features, out_features).
+# SmolLM2-135M's linear layers as (name, in_features, out_features, layers of that shape per block).
 LAYER_SHAPES = [
-    ("q_proj / o_proj", 576, 576),
-    ("k_proj / v_proj", 576, 192),
-    ("gate_proj / up_proj", 576, 1536),
-    ("down_proj", 1536, 576),
+    ("q_proj / o_proj", 576, 576, 2),
+    ("k_proj / v_proj", 576, 192, 2),
+    ("gate_proj / up_proj", 576, 1536, 2),
+    ("down_proj", 1536, 576, 1),
 ]
-# Tokens per batch as (batch, sequence length): a training batch and a short single prompt.
-TOKENS = [(16, 128), (8, 64), (1, 40)]
-METHODS = ("bf16", "dequantize", "kernel")
+BLOCKS = 30
+# Tokens per batch as (batch, sequence length): training batches, a short prompt, one tweet (28 tokens),
+# a message after a cached prefix, one step of generation.
+TOKENS = [(16, 128), (8, 64), (1, 40), (1, 28), (1, 16), (1, 1)]
+METHODS = ("bf16", "dequantize", "scaled", "kernel")
 RERUN = "python -m benchmarks.int8_matmul"
 
 
@@ -81,6 +88,7 @@ def make_calls(in_features: int, out_features: int) -> tuple[dict[str, Callable]
     calls = {
         "bf16": lambda x: F.linear(x, bf16_weight),
         "dequantize": lambda x: dequantize_then_matmul_reference(x, int8_weight, row_scale),
+        "scaled": lambda x: int8_cpu._WeightOnlyInt8Matmul.apply(x, int8_weight, row_scale, None, False),
         "kernel": lambda x: int8_cpu._WeightOnlyInt8Matmul.apply(x, int8_weight, row_scale, None, True),
     }
     return calls, int8_weight
@@ -121,7 +129,7 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
     """One row per layer shape, tokens per batch and pass."""
     torch.manual_seed(0)
     rows_out = []
-    for layer, in_features, out_features in LAYER_SHAPES:
+    for layer, in_features, out_features, per_block in LAYER_SHAPES:
         for batch, seq_len in TOKENS:
             calls, int8_weight = make_calls(in_features, out_features)
             x = torch.randn(batch, seq_len, in_features, dtype=torch.bfloat16)  # (B, T, in)
@@ -134,7 +142,8 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
                         "layer": f"{layer} ({in_features} → {out_features})",
                         "tokens": f"{batch}x{seq_len}",
                         "pass": "forward+backward" if backward else "forward",
-                        "module_uses": "kernel" if chosen else "dequantize",
+                        "module_uses": "kernel" if chosen else "scaled",
+                        "per_block": per_block,
                         **ms,
                     }
                 )
@@ -143,17 +152,42 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
 
 def table(rows: list[dict]) -> list[str]:
     lines = [
-        "| layer (in → out) | tokens | pass | bf16 ms | dequantize ms | kernel ms | kernel speed-up "
-        "| kernel vs. bf16 | module uses |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| layer (in → out) | tokens | pass | bf16 ms | dequantize ms | scaled ms | kernel ms "
+        "| scaled vs. bf16 | kernel vs. bf16 | module uses |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['layer']} | {r['tokens']} | {r['pass']} | {r['bf16']:.3f} | {r['dequantize']:.3f} | "
-            f"{r['kernel']:.3f} | {r['dequantize'] / r['kernel']:.2f}x | {r['kernel'] / r['bf16']:.2f} | "
-            f"{r['module_uses']} |"
+            f"{r['scaled']:.3f} | {r['kernel']:.3f} | {r['scaled'] / r['bf16']:.2f} | "
+            f"{r['kernel'] / r['bf16']:.2f} | {r['module_uses']} |"
         )
     return lines
+
+
+def model_totals(rows: list[dict]) -> list[str]:
+    """The per-layer medians added up to one pass of SmolLM2-135M's decoder products."""
+    totals: dict[tuple[str, str], dict[str, float]] = {}
+    for r in rows:
+        total = totals.setdefault((r["tokens"], r["pass"]), dict.fromkeys([*METHODS, "module"], 0.0))
+        for method in [*METHODS, "module"]:
+            total[method] += r[r["module_uses"] if method == "module" else method] * r["per_block"] * BLOCKS
+    products = BLOCKS * sum(shape[3] for shape in LAYER_SHAPES)
+    lines = [
+        f"| tokens | pass | {' | '.join(f'{m} ms' for m in METHODS)} | module ms | module vs. dequantize "
+        "| module vs. bf16 |",
+        "|---|---|" + "---:|" * (len(METHODS) + 3),
+    ]
+    for (tokens, pass_), total in totals.items():
+        lines.append(
+            f"| {tokens} | {pass_} | {' | '.join(f'{total[m]:.1f}' for m in [*METHODS, 'module'])} | "
+            f"{total['module'] / total['dequantize']:.2f} | {total['module'] / total['bf16']:.2f} |"
+        )
+    intro = (
+        f"All {products} decoder products of SmolLM2-135M, added up from the table above; *module*: the "
+        "path `WeightOnlyInt8Linear` picks for each layer on this CPU:"
+    )
+    return [intro, "", *lines]
 
 
 def write_markdown(
@@ -170,11 +204,12 @@ def write_markdown(
         f"1-minute load average before the run: {load_before}, after: {load_after}.",
         "",
         "Median milliseconds per call; bf16 activations. *dequantize*: int8 weights dequantized to bf16 "
-        "before each matmul, forward and backward (the previous method); *kernel*: "
-        "`aten::_weight_int8pack_mm` in the forward pass, the backward pass dequantizes. "
-        "*kernel speed-up* = dequantize ms / kernel ms; "
-        "*kernel vs. bf16* = kernel ms / bf16 ms; *module uses*: the path `WeightOnlyInt8Linear` picks "
-        f"(the kernel up to {int8_cpu.KERNEL_MAX_ROWS} rows).",
+        "before each matmul, forward and backward (an earlier method); *scaled*: the int8 rows converted "
+        "to bf16 unscaled, the row scales applied to the product and to the output gradient; *kernel*: "
+        "`aten::_weight_int8pack_mm` in the forward pass, the backward pass as in *scaled*. "
+        "*x vs. bf16* = x ms / bf16 ms (below 1: faster than bf16 weights); *module uses*: the path "
+        f"`WeightOnlyInt8Linear` picks on this CPU (the kernel only without native bf16, up to "
+        f"{int8_cpu.KERNEL_MAX_ROWS} rows).",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
-    lines = table(measure(args.rounds, args.min_seconds))
+    rows = measure(args.rounds, args.min_seconds)
+    lines = [*table(rows), "", *model_totals(rows)]
     load_after = load_average()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {load_before} -> {load_after}")
     print("\n".join(lines))

@@ -1,4 +1,5 @@
-"""The CPU 8-bit layers' int8 kernel path against the dequantize path: forward, gradients, fallbacks."""
+"""The CPU 8-bit layers' int8 paths (kernel, scaled product) against dequantize-then-matmul: forward,
+gradients, fallbacks."""
 
 from __future__ import annotations
 
@@ -41,10 +42,10 @@ def assert_close_bf16(actual: torch.Tensor, expected: torch.Tensor) -> None:
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts the calls of the real kernel, chosen as on a CPU without native bf16."""
+    """Counts the calls of the real kernel, chosen as on a CPU without native bf16 (up to 2,048 rows)."""
     calls = []
     kernel = int8_cpu._INT8_KERNEL
-    monkeypatch.setattr(int8_cpu, "KERNEL_IS_FASTER", True)
+    monkeypatch.setattr(int8_cpu, "KERNEL_MAX_ROWS", int8_cpu.KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16)
 
     def counting(x, weight, scales):
         calls.append((tuple(x.shape), tuple(weight.shape)))
@@ -73,7 +74,7 @@ KERNEL_SHAPES = [
     (48, 37, (2, 3, 48)),
     (576, 1, (1, 576)),
     (32, 5, (1, 1, 1, 32)),
-    (160, 96, (int8_cpu.KERNEL_MAX_ROWS, 160)),
+    (160, 96, (int8_cpu.KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16, 160)),
     (96, 31, (3, 7, 96)),
 ]
 
@@ -104,7 +105,7 @@ def test_kernel_forward_and_gradients_match_dequantize(
 @needs_kernel
 def test_kernel_is_correct_beyond_the_rows_it_is_chosen_for(monkeypatch, kernel_calls):
     layer = int8_layer(64, 40)
-    x = torch.randn(3, int8_cpu.KERNEL_MAX_ROWS, 64, dtype=torch.bfloat16)
+    x = torch.randn(3, int8_cpu.KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16, 64, dtype=torch.bfloat16)
     assert not int8_cpu._int8_kernel_fits(x, layer.weight.data)
     monkeypatch.setattr(int8_cpu, "_int8_kernel_fits", lambda x, weight: True)
     assert_close_bf16(layer(x), dequantized_reference(layer, x))
@@ -163,17 +164,54 @@ def test_unavailable_kernel_falls_back_to_dequantize(monkeypatch):
     assert_close_bf16(x.grad, expected)
 
 
-def test_a_cpu_with_native_bf16_dequantizes_instead(monkeypatch):
-    """There dequantize + bf16 matmul is the faster path (docs/benchmarks/int8_matmul_epyc.md)."""
+def test_a_cpu_with_native_bf16_uses_the_kernel_for_few_rows_only(monkeypatch):
+    """There oneDNN's bf16 matmul beats the kernel above about 32 rows (int8_matmul_epyc.md)."""
     from trainer_ext.modeling.cpu_features import cpu_supports_bf16
 
-    assert int8_cpu.KERNEL_IS_FASTER is not cpu_supports_bf16()
+    expected = 32 if cpu_supports_bf16() else 2048
+    assert expected == int8_cpu.KERNEL_MAX_ROWS
     layer = int8_layer(64, 24)
-    x = torch.randn(5, 64, dtype=torch.bfloat16)
-    monkeypatch.setattr(int8_cpu, "KERNEL_IS_FASTER", True)
-    assert int8_cpu._int8_kernel_fits(x, layer.weight.data) == (int8_cpu._INT8_KERNEL is not None)
-    monkeypatch.setattr(int8_cpu, "KERNEL_IS_FASTER", False)
-    assert not int8_cpu._int8_kernel_fits(x, layer.weight.data)
+    monkeypatch.setattr(int8_cpu, "KERNEL_MAX_ROWS", int8_cpu.KERNEL_MAX_ROWS_WITH_NATIVE_BF16)
+    available = int8_cpu._INT8_KERNEL is not None
+    for rows, fits in ((1, available), (32, available), (33, False), (512, False)):
+        x = torch.randn(1, rows, 64, dtype=torch.bfloat16)
+        assert int8_cpu._int8_kernel_fits(x, layer.weight.data) == fits, rows
+
+
+def _reference_forward_backward(layer, x: torch.Tensor, lora: tuple[torch.Tensor, torch.Tensor]):
+    """`forward_backward` through plain autograd on the dequantized weight: what every path must equal."""
+    weight = dequantize_rows(layer.weight.data, layer.weight.SCB, x.dtype)  # (out, in), no gradient
+    bias = None if layer.bias is None else layer.bias.detach().to(x.dtype)
+    return forward_backward(lambda inputs: F.linear(inputs, weight, bias), x, lora)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_scaled_product_forward_and_gradients_match_dequantize(monkeypatch, dtype, bias):
+    """The path without the kernel applies the row scales to the product (bf16, float32) or dequantizes
+    first (float16); either way output, input gradient and LoRA gradients equal the dequantized weight's."""
+    force_dequantize(monkeypatch)
+    layer = int8_layer(96, 40, bias=bias, seed=3)
+    torch.manual_seed(4)
+    x = (torch.randn(2, 9, 96) * 3).to(dtype)
+    lora = (torch.randn(4, 96) * 0.1, torch.randn(40, 4) * 0.1)
+    got = forward_backward(layer, x, lora)
+    expected = _reference_forward_backward(layer, x, lora)
+    for actual, reference in zip(got, expected, strict=True):
+        assert actual.dtype == reference.dtype
+        assert_close_bf16(actual, reference)
+    assert got[1].dtype == dtype and got[0].shape == (2, 9, 40)
+
+
+def test_float16_products_do_not_overflow_without_the_row_scales():
+    """An unscaled int8 product of large float16 activations would pass 65,504; float16 dequantizes first."""
+    layer = int8_layer(1536, 8, bias=False)
+    x = torch.full((1, 1536), 30.0, dtype=torch.float16, requires_grad=True)
+    out = layer(x)
+    assert torch.isfinite(out).all()
+    assert_close_bf16(out, dequantized_reference(layer, x))
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
 
 
 def test_misaligned_weight_falls_back():

@@ -10,14 +10,27 @@ and compute each matmul as *weight-only* int8, in one of two ways:
 
 - PyTorch's weight-only int8 kernel (``aten::_weight_int8pack_mm``), which takes the int8 rows and one
   scale per output row, exactly bitsandbytes' layout (scale = ``SCB / 127``), and never materializes a
-  floating-point weight. It is used in the forward pass for bf16 activations on x86 CPUs without native
-  bf16 when the shape suits it (see `_int8_kernel_fits`);
-- otherwise the weight is dequantized row-scale by row-scale to the activation dtype right before a
-  regular matmul and dropped right after.
+  floating-point weight. It is used in the forward pass for bf16 activations on x86 CPUs when the shape
+  suits it and it is the faster path: up to 2,048 rows without native bf16, up to 32 rows with it (see
+  `KERNEL_MAX_ROWS` and `_int8_kernel_fits`);
+- otherwise the int8 rows are converted to the activation dtype as they are (int8 values are exact in
+  bf16), multiplied, and the row scales applied to the product's columns instead of to the weight:
+  ``x @ (diag(s) Q).T = (x @ Q.T) diag(s)``. That saves the weight-sized multiplication and buffer of a
+  dequantization. float16 activations, whose range an unscaled int8 product can overflow, are dequantized
+  first instead.
 
-The backward pass (``grad_input = grad_output @ W``; the int8 weight itself gets no gradient) always
-dequantizes the weight again instead of keeping it: the kernel has no transposed form. The activations
-are never quantized, so the result is at least as accurate as LLM.int8(). CUDA layers are left untouched.
+Over SmolLM2-135M's 210 decoder products on a 2-core AMD EPYC with native bf16, forward pass
+(``python -m benchmarks.int8_matmul``, docs/benchmarks/int8_matmul_epyc.md), the paths picked as above
+took 63.3 ms for one 28-token message against 73.8 ms dequantizing first and 36.8 ms with bf16 weights;
+13.1 ms for one step of generation (one row) against 60.1 and 19.0; 1,476 ms for a 16x128 training batch
+against 1,387 and 1,361. Parity with bf16 weights beyond a few rows would need oneDNN's blocked bf16
+matmul to read int8 weights; PyTorch 2.13's CPU build exposes no such operator, and its int8 kernel,
+which does convert inside, is the slower one there above about 32 rows.
+
+The backward pass (``grad_input = grad_output @ W``; the int8 weight itself gets no gradient) converts the
+int8 rows again instead of keeping a floating-point copy, with the scales applied to ``grad_output``:
+the kernel has no transposed form. The activations are never quantized, so the result is at least as
+accurate as LLM.int8(). CUDA layers are left untouched.
 
 >>> import torch, bitsandbytes as bnb
 >>> layer = bnb.nn.Linear8bitLt(4, 3, bias=False, has_fp16_weights=False)
@@ -57,16 +70,18 @@ _INT8_KERNEL = (
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     else None
 )
-# Measured with `python -m benchmarks.int8_matmul` on the SmolLM2-135M shapes on a 2-core AVX-512 CPU
-# without native bf16 (docs/benchmarks/int8_matmul.md): the kernel's forward pass beat dequantize + a BLAS
-# matmul (and the bf16 matmul) from 40 to 2,048 rows. Above that it was not measured, and the dequantize
-# path is kept.
-KERNEL_MAX_ROWS = 2048
-# Where the CPU has native bf16 matmuls (AVX-512 BF16, AMX), dequantize + oneDNN's bf16 matmul is the faster
-# path: on a 2-core AMD EPYC the kernel's forward pass took 2.0-2.7x as long at 512 and 2,048 rows and about
-# as long at 40 (docs/benchmarks/int8_matmul_epyc.md), and a training step of the main job 2.35 s against
-# 1.52 s for bf16 weights (docs/benchmarks/speed_epyc/speed.md). There the kernel is not used.
-KERNEL_IS_FASTER = not cpu_supports_bf16()
+# Up to how many rows of activations the kernel's forward pass is the faster one, measured with
+# `python -m benchmarks.int8_matmul` on SmolLM2-135M's shapes. On a 2-core AVX-512 CPU without native bf16
+# (docs/benchmarks/int8_matmul.md) it beat dequantize + a BLAS matmul from 40 to 2,048 rows (more were not
+# measured). Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), oneDNN's bf16 matmul on the
+# converted rows wins on batches: on a 2-core AMD EPYC (docs/benchmarks/int8_matmul_epyc.md) the kernel took
+# about 2.5x as long at 512 and 2,048 rows, but less time up to about 32 rows: the rows of one message's
+# own tokens after a cached prefix, and every step of generation.
+KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16 = 2048
+KERNEL_MAX_ROWS_WITH_NATIVE_BF16 = 32
+KERNEL_MAX_ROWS = (
+    KERNEL_MAX_ROWS_WITH_NATIVE_BF16 if cpu_supports_bf16() else KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16
+)
 # It reads 16 values of a row at a time with aligned loads (32 bytes of bf16, 16 bytes of int8).
 _KERNEL_K_MULTIPLE = 16
 _KERNEL_ALIGNMENT = 32
@@ -92,6 +107,12 @@ def dequantize_rows(int8_weight: torch.Tensor, row_scale: torch.Tensor, dtype: t
     return int8_weight.to(dtype) * _row_scales(row_scale, dtype).unsqueeze(1)
 
 
+def _scales_the_product(dtype: torch.dtype) -> bool:
+    """Whether a product in `dtype` takes the row scales after the matmul: bf16 and float32 hold
+    ``x @ Q.T`` (int8 values up to 127) without overflow; float16 (largest value 65,504) may not."""
+    return dtype in (torch.bfloat16, torch.float32)
+
+
 def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
     """Whether the forward matmul of `x` with `int8_weight` runs on `aten::_weight_int8pack_mm`.
 
@@ -104,13 +125,12 @@ def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
 
     Returns:
         `bool`: True for bf16, contiguous, aligned `x` and `int8_weight` with `in` a multiple of 16 and at
-        most `KERNEL_MAX_ROWS` rows of `x`, on a CPU without native bf16 (`KERNEL_IS_FASTER`).
+        most `KERNEL_MAX_ROWS` rows of `x` (which depends on whether the CPU multiplies bf16 natively).
     """
     in_features = x.shape[-1]
     rows = x.numel() // in_features if in_features else 0
     return (
         _INT8_KERNEL is not None
-        and KERNEL_IS_FASTER
         and x.dtype == torch.bfloat16
         and in_features % _KERNEL_K_MULTIPLE == 0
         and 0 < rows <= KERNEL_MAX_ROWS
@@ -122,9 +142,10 @@ def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
 
 
 class _WeightOnlyInt8Matmul(torch.autograd.Function):
-    """``x @ dequant(W).T + b`` that recomputes ``dequant(W)`` in the backward pass instead of saving it.
+    """``x @ dequant(W).T + b`` that keeps only the int8 weight for the backward pass, no float copy.
 
-    With ``use_kernel`` (only where `_int8_kernel_fits`), the forward pass runs on ``_weight_int8pack_mm``.
+    With ``use_kernel`` (only where `_int8_kernel_fits`), the forward pass runs on ``_weight_int8pack_mm``;
+    otherwise the row scales multiply the product, not the weight (see the module doc).
     """
 
     @staticmethod
@@ -135,15 +156,23 @@ class _WeightOnlyInt8Matmul(torch.autograd.Function):
             out = _INT8_KERNEL(x.reshape(-1, x.shape[-1]), int8_weight, scales)  # (rows, out)
             out = out.reshape(*x.shape[:-1], int8_weight.shape[0])  # (..., out)
             return out if bias is None else out + bias.to(x.dtype)
-        weight = dequantize_rows(int8_weight, row_scale, x.dtype)  # (out, in)
-        return F.linear(x, weight, None if bias is None else bias.to(x.dtype))
+        bias = None if bias is None else bias.to(x.dtype)
+        if not _scales_the_product(x.dtype):
+            return F.linear(x, dequantize_rows(int8_weight, row_scale, x.dtype), bias)
+        out = F.linear(x, int8_weight.to(x.dtype))  # (..., out), before the row scales
+        out = out.mul_(_row_scales(row_scale, x.dtype))
+        return out if bias is None else out.add_(bias)
 
     @staticmethod
     def backward(ctx, grad_out):
         int8_weight, row_scale = ctx.saved_tensors
         grad_x = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, grad_out.dtype)  # (..., in)
+            dtype = grad_out.dtype
+            if _scales_the_product(dtype):  # (grad_out diag(s)) @ Q
+                grad_x = (grad_out * _row_scales(row_scale, dtype)) @ int8_weight.to(dtype)  # (..., in)
+            else:
+                grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, dtype)  # (..., in)
         # The int8 weight, its scale and the bias are frozen in 8-bit training.
         return grad_x, None, None, None, None
 
