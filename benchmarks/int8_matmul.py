@@ -11,18 +11,19 @@ number of tokens per batch, the median milliseconds of one forward and of one fo
 - ``dequantize``: `dequantize_then_matmul_reference`, the int8 method the CPU 8-bit layers used before the
   kernel (dequantize every int8 weight to bf16 before each matmul, forward and backward), kept here as
   the reference;
-- ``scaled``: `trainer_ext.modeling.int8_cpu`'s path without the kernel: the int8 rows converted to bf16
+- ``scaled``: `trainer_ext.modeling.int8_cpu`'s scaled product, forced: the int8 rows converted to bf16
   as they are, the row scales applied to the product (forward) and to the output gradient (backward);
-- ``kernel``: `trainer_ext.modeling.int8_cpu` with ``aten::_weight_int8pack_mm`` in the forward pass, forced
-  on whatever the number of rows (the backward pass runs as in ``scaled``).
+- ``kernel``: ``aten::_weight_int8pack_mm`` in the forward pass, forced on whatever the number of rows (the
+  backward pass as the layer picks it);
+- ``module``: what `WeightOnlyInt8Linear` runs, the paths it picks on this CPU (`int8_cpu.matmul_paths`:
+  the kernel up to `KERNEL_MAX_ROWS` rows, the scaled product while there are fewer rows than input
+  features, dequantize otherwise), named in the last column.
 
 A second table adds the layers up to SmolLM2-135M's 210 decoder products (30 blocks of q, k, v, o, gate,
 up and down projections), the part of one model pass that the 8-bit layers change.
 
-The three are timed in interleaved rounds after a warm-up, so that a varying machine load hits them alike.
-"kernel speed-up" is dequantize ms / kernel ms (above 1: the kernel is faster); "module uses" is the path
-`WeightOnlyInt8Linear` picks for that input (`KERNEL_MAX_ROWS`). The run is refused when the 1-minute
-load average exceeds ``--max_load``, unless ``--force``.
+All are timed in interleaved rounds after a warm-up, so that a varying machine load hits them alike. The
+run is refused when the 1-minute load average exceeds ``--max_load``, unless ``--force``.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ BLOCKS = 30
 # Tokens per batch as (batch, sequence length): training batches, a short prompt, one tweet (28 tokens),
 # a message after a cached prefix, one step of generation.
 TOKENS = [(16, 128), (8, 64), (1, 40), (1, 28), (1, 16), (1, 1)]
-METHODS = ("bf16", "dequantize", "scaled", "kernel")
+METHODS = ("bf16", "dequantize", "scaled", "kernel", "module")
 RERUN = "python -m benchmarks.int8_matmul"
 
 
@@ -80,16 +81,26 @@ def dequantize_then_matmul_reference(x: torch.Tensor, int8_weight: torch.Tensor,
 
 
 def make_calls(in_features: int, out_features: int) -> tuple[dict[str, Callable], torch.Tensor]:
-    """The three matmuls of a random layer, each a function of the input `(..., in)`, and its int8 weight."""
+    """The matmuls of a random layer, each a function of the input `(..., in)`, and its int8 weight."""
     weight = torch.randn(out_features, in_features) * in_features**-0.5  # (out, in)
     row_scale = weight.abs().amax(dim=1)  # (out,): bitsandbytes' SCB
     int8_weight = torch.round(weight * (127.0 / row_scale.unsqueeze(1))).to(torch.int8).contiguous()
     bf16_weight = weight.to(torch.bfloat16)
+
+    def int8_matmul(x, forward_path=None, scaled_backward=None):
+        """`WeightOnlyInt8Linear`'s matmul; its own choice of paths unless they are given."""
+        chosen = int8_cpu.matmul_paths(x, int8_weight)
+        paths = (forward_path or chosen[0], chosen[1] if scaled_backward is None else scaled_backward)
+        rows = x.reshape(-1, in_features)  # (rows, in)
+        out = int8_cpu._WeightOnlyInt8Matmul.apply(rows, int8_weight, row_scale, None, *paths)
+        return out.reshape(*x.shape[:-1], out_features)  # (..., out)
+
     calls = {
         "bf16": lambda x: F.linear(x, bf16_weight),
         "dequantize": lambda x: dequantize_then_matmul_reference(x, int8_weight, row_scale),
-        "scaled": lambda x: int8_cpu._WeightOnlyInt8Matmul.apply(x, int8_weight, row_scale, None, False),
-        "kernel": lambda x: int8_cpu._WeightOnlyInt8Matmul.apply(x, int8_weight, row_scale, None, True),
+        "scaled": lambda x: int8_matmul(x, "scaled", True),
+        "kernel": lambda x: int8_matmul(x, "kernel"),
+        "module": int8_matmul,
     }
     return calls, int8_weight
 
@@ -133,7 +144,7 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
         for batch, seq_len in TOKENS:
             calls, int8_weight = make_calls(in_features, out_features)
             x = torch.randn(batch, seq_len, in_features, dtype=torch.bfloat16)  # (B, T, in)
-            chosen = int8_cpu._int8_kernel_fits(x, int8_weight)
+            forward_path, scaled_backward = int8_cpu.matmul_paths(x, int8_weight)
             for backward in (False, True):
                 x.requires_grad_(backward)
                 ms = median_ms(calls, x, backward, rounds, min_seconds)
@@ -142,7 +153,8 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
                         "layer": f"{layer} ({in_features} → {out_features})",
                         "tokens": f"{batch}x{seq_len}",
                         "pass": "forward+backward" if backward else "forward",
-                        "module_uses": "kernel" if chosen else "scaled",
+                        "module_uses": forward_path
+                        + (", scaled" if scaled_backward else ", dequantize") * backward,
                         "per_block": per_block,
                         **ms,
                     }
@@ -152,15 +164,14 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
 
 def table(rows: list[dict]) -> list[str]:
     lines = [
-        "| layer (in → out) | tokens | pass | bf16 ms | dequantize ms | scaled ms | kernel ms "
-        "| scaled vs. bf16 | kernel vs. bf16 | module uses |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| layer (in → out) | tokens | pass | {' | '.join(f'{m} ms' for m in METHODS)} "
+        "| module vs. dequantize | module vs. bf16 | module uses |",
+        "|---|---|---|" + "---:|" * (len(METHODS) + 2) + "---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['layer']} | {r['tokens']} | {r['pass']} | {r['bf16']:.3f} | {r['dequantize']:.3f} | "
-            f"{r['scaled']:.3f} | {r['kernel']:.3f} | {r['scaled'] / r['bf16']:.2f} | "
-            f"{r['kernel'] / r['bf16']:.2f} | {r['module_uses']} |"
+            f"| {r['layer']} | {r['tokens']} | {r['pass']} | {' | '.join(f'{r[m]:.3f}' for m in METHODS)} | "
+            f"{r['module'] / r['dequantize']:.2f} | {r['module'] / r['bf16']:.2f} | {r['module_uses']} |"
         )
     return lines
 
@@ -169,24 +180,21 @@ def model_totals(rows: list[dict]) -> list[str]:
     """The per-layer medians added up to one pass of SmolLM2-135M's decoder products."""
     totals: dict[tuple[str, str], dict[str, float]] = {}
     for r in rows:
-        total = totals.setdefault((r["tokens"], r["pass"]), dict.fromkeys([*METHODS, "module"], 0.0))
-        for method in [*METHODS, "module"]:
-            total[method] += r[r["module_uses"] if method == "module" else method] * r["per_block"] * BLOCKS
+        total = totals.setdefault((r["tokens"], r["pass"]), dict.fromkeys(METHODS, 0.0))
+        for method in METHODS:
+            total[method] += r[method] * r["per_block"] * BLOCKS
     products = BLOCKS * sum(shape[3] for shape in LAYER_SHAPES)
     lines = [
-        f"| tokens | pass | {' | '.join(f'{m} ms' for m in METHODS)} | module ms | module vs. dequantize "
+        f"| tokens | pass | {' | '.join(f'{m} ms' for m in METHODS)} | module vs. dequantize "
         "| module vs. bf16 |",
-        "|---|---|" + "---:|" * (len(METHODS) + 3),
+        "|---|---|" + "---:|" * (len(METHODS) + 2),
     ]
     for (tokens, pass_), total in totals.items():
         lines.append(
-            f"| {tokens} | {pass_} | {' | '.join(f'{total[m]:.1f}' for m in [*METHODS, 'module'])} | "
+            f"| {tokens} | {pass_} | {' | '.join(f'{total[m]:.1f}' for m in METHODS)} | "
             f"{total['module'] / total['dequantize']:.2f} | {total['module'] / total['bf16']:.2f} |"
         )
-    intro = (
-        f"All {products} decoder products of SmolLM2-135M, added up from the table above; *module*: the "
-        "path `WeightOnlyInt8Linear` picks for each layer on this CPU:"
-    )
+    intro = f"All {products} decoder products of SmolLM2-135M, added up from the table above:"
     return [intro, "", *lines]
 
 
@@ -206,10 +214,10 @@ def write_markdown(
         "Median milliseconds per call; bf16 activations. *dequantize*: int8 weights dequantized to bf16 "
         "before each matmul, forward and backward (an earlier method); *scaled*: the int8 rows converted "
         "to bf16 unscaled, the row scales applied to the product and to the output gradient; *kernel*: "
-        "`aten::_weight_int8pack_mm` in the forward pass, the backward pass as in *scaled*. "
-        "*x vs. bf16* = x ms / bf16 ms (below 1: faster than bf16 weights); *module uses*: the path "
-        f"`WeightOnlyInt8Linear` picks on this CPU (the kernel only without native bf16, up to "
-        f"{int8_cpu.KERNEL_MAX_ROWS} rows).",
+        "`aten::_weight_int8pack_mm` in the forward pass; *module*: what `WeightOnlyInt8Linear` runs on "
+        f"this CPU (the kernel up to {int8_cpu.KERNEL_MAX_ROWS} rows, the scaled product while there are "
+        "fewer rows than input features, dequantize otherwise), the paths it took in *module uses* "
+        "(forward, then backward). *module vs. x* = module ms / x ms (below 1: faster).",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,24 +13,28 @@ and compute each matmul as *weight-only* int8, in one of two ways:
   floating-point weight. It is used in the forward pass for bf16 activations on x86 CPUs when the shape
   suits it and it is the faster path: up to 2,048 rows without native bf16, up to 32 rows with it (see
   `KERNEL_MAX_ROWS` and `_int8_kernel_fits`);
-- otherwise the int8 rows are converted to the activation dtype as they are (int8 values are exact in
-  bf16), multiplied, and the row scales applied to the product's columns instead of to the weight:
-  ``x @ (diag(s) Q).T = (x @ Q.T) diag(s)``. That saves the weight-sized multiplication and buffer of a
-  dequantization. float16 activations, whose range an unscaled int8 product can overflow, are dequantized
-  first instead.
+- otherwise, while the activations have fewer rows than the weight has columns (one message, a
+  training batch of a few hundred tokens), the int8 rows are converted to the activation dtype as they are
+  (int8 values are exact in bf16), multiplied, and the row scales applied to the product's columns instead
+  of to the weight: ``x @ (diag(s) Q).T = (x @ Q.T) diag(s)``. That multiplies ``rows x out`` values
+  instead of ``out x in`` and skips a weight-sized buffer;
+- with more rows, or for float16 activations (whose range an unscaled int8 product can overflow), the
+  weight is dequantized row-scale by row-scale right before a regular matmul and dropped right after.
 
 Over SmolLM2-135M's 210 decoder products on a 2-core AMD EPYC with native bf16, forward pass
-(``python -m benchmarks.int8_matmul``, docs/benchmarks/int8_matmul_epyc.md), the paths picked as above
-took 63.3 ms for one 28-token message against 73.8 ms dequantizing first and 36.8 ms with bf16 weights;
-13.1 ms for one step of generation (one row) against 60.1 and 19.0; 1,476 ms for a 16x128 training batch
-against 1,387 and 1,361. Parity with bf16 weights beyond a few rows would need oneDNN's blocked bf16
-matmul to read int8 weights; PyTorch 2.13's CPU build exposes no such operator, and its int8 kernel,
-which does convert inside, is the slower one there above about 32 rows.
+(``python -m benchmarks.int8_matmul``, docs/benchmarks/int8_matmul_epyc.md), these paths took
+64.1 ms for one 28-token message against 73.5 ms dequantizing first and 33.2 ms with bf16
+weights; 12.8 ms for one step of generation (one row) against 61.4 and 18.1. On training batches
+(512 and 2,048 rows) the int8 ways were within the run's noise of each other (about 7%), and took
+1.06-1.23x the time of bf16 weights. Parity with bf16
+weights beyond a few rows would need oneDNN's blocked bf16 matmul to read int8 weights; PyTorch 2.13's CPU
+build exposes no such operator, and its int8 kernel, which does convert inside, is the slower one there
+above about 32 rows.
 
 The backward pass (``grad_input = grad_output @ W``; the int8 weight itself gets no gradient) converts the
-int8 rows again instead of keeping a floating-point copy, with the scales applied to ``grad_output``:
-the kernel has no transposed form. The activations are never quantized, so the result is at least as
-accurate as LLM.int8(). CUDA layers are left untouched.
+int8 rows again instead of keeping a floating-point copy, with the row scales on ``grad_output`` or on the
+weight by the same rule (the kernel has no transposed form). The activations are never quantized, so the
+result is at least as accurate as LLM.int8(). CUDA layers are left untouched.
 
 >>> import torch, bitsandbytes as bnb
 >>> layer = bnb.nn.Linear8bitLt(4, 3, bias=False, has_fp16_weights=False)
@@ -75,7 +79,7 @@ _INT8_KERNEL = (
 # (docs/benchmarks/int8_matmul.md) it beat dequantize + a BLAS matmul from 40 to 2,048 rows (more were not
 # measured). Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), oneDNN's bf16 matmul on the
 # converted rows wins on batches: on a 2-core AMD EPYC (docs/benchmarks/int8_matmul_epyc.md) the kernel took
-# about 2.5x as long at 512 and 2,048 rows, but less time up to about 32 rows: the rows of one message's
+# 2.0-2.8x as long at 512 and 2,048 rows, but less time up to about 32 rows: the rows of one message's
 # own tokens after a cached prefix, and every step of generation.
 KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16 = 2048
 KERNEL_MAX_ROWS_WITH_NATIVE_BF16 = 32
@@ -107,10 +111,14 @@ def dequantize_rows(int8_weight: torch.Tensor, row_scale: torch.Tensor, dtype: t
     return int8_weight.to(dtype) * _row_scales(row_scale, dtype).unsqueeze(1)
 
 
-def _scales_the_product(dtype: torch.dtype) -> bool:
-    """Whether a product in `dtype` takes the row scales after the matmul: bf16 and float32 hold
-    ``x @ Q.T`` (int8 values up to 127) without overflow; float16 (largest value 65,504) may not."""
-    return dtype in (torch.bfloat16, torch.float32)
+def _scales_the_product(dtype: torch.dtype, rows: int, in_features: int) -> bool:
+    """Whether a product of `rows` rows in `dtype` takes the row scales after the matmul, not before.
+
+    Scaling the product multiplies ``rows x out`` values, scaling the weight ``out x in``: the product is
+    scaled while it has fewer rows than the weight has columns. Only bf16 and float32 hold ``x @ Q.T``
+    (int8 values up to 127) without overflow; float16 (largest value 65,504) may not.
+    """
+    return dtype in (torch.bfloat16, torch.float32) and rows < in_features
 
 
 def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
@@ -142,25 +150,27 @@ def _int8_kernel_fits(x: torch.Tensor, int8_weight: torch.Tensor) -> bool:
 
 
 class _WeightOnlyInt8Matmul(torch.autograd.Function):
-    """``x @ dequant(W).T + b`` that keeps only the int8 weight for the backward pass, no float copy.
+    """``x @ dequant(W).T + b`` for 2-D `x` `(rows, in)`, keeping only the int8 weight for the backward
+    pass, no float copy.
 
-    With ``use_kernel`` (only where `_int8_kernel_fits`), the forward pass runs on ``_weight_int8pack_mm``;
-    otherwise the row scales multiply the product, not the weight (see the module doc).
+    `forward_path` is ``"kernel"`` (``_weight_int8pack_mm``, only where `_int8_kernel_fits`), ``"scaled"``
+    (the row scales multiply the product) or ``"dequantize"`` (they multiply the weight); `scaled_backward`
+    whether the backward pass scales the output gradient rather than the weight. `matmul_paths` picks both.
     """
 
     @staticmethod
-    def forward(ctx, x, int8_weight, row_scale, bias, use_kernel):
+    def forward(ctx, x, int8_weight, row_scale, bias, forward_path, scaled_backward):
+        # x is 2-D so that the result is a fresh tensor, never a view made inside this Function.
         ctx.save_for_backward(int8_weight, row_scale)
-        if use_kernel:
-            scales = _row_scales(row_scale, x.dtype)  # (out,)
-            out = _INT8_KERNEL(x.reshape(-1, x.shape[-1]), int8_weight, scales)  # (rows, out)
-            out = out.reshape(*x.shape[:-1], int8_weight.shape[0])  # (..., out)
-            return out if bias is None else out + bias.to(x.dtype)
+        ctx.scaled_backward = scaled_backward
         bias = None if bias is None else bias.to(x.dtype)
-        if not _scales_the_product(x.dtype):
-            return F.linear(x, dequantize_rows(int8_weight, row_scale, x.dtype), bias)
-        out = F.linear(x, int8_weight.to(x.dtype))  # (..., out), before the row scales
-        out = out.mul_(_row_scales(row_scale, x.dtype))
+        if forward_path == "kernel":
+            out = _INT8_KERNEL(x, int8_weight, _row_scales(row_scale, x.dtype))  # (rows, out)
+        elif forward_path == "scaled":
+            out = F.linear(x, int8_weight.to(x.dtype))  # (rows, out), before the row scales
+            out = out.mul_(_row_scales(row_scale, x.dtype))
+        else:
+            return F.linear(x, dequantize_rows(int8_weight, row_scale, x.dtype), bias)  # (rows, out)
         return out if bias is None else out.add_(bias)
 
     @staticmethod
@@ -169,12 +179,30 @@ class _WeightOnlyInt8Matmul(torch.autograd.Function):
         grad_x = None
         if ctx.needs_input_grad[0]:
             dtype = grad_out.dtype
-            if _scales_the_product(dtype):  # (grad_out diag(s)) @ Q
-                grad_x = (grad_out * _row_scales(row_scale, dtype)) @ int8_weight.to(dtype)  # (..., in)
+            if ctx.scaled_backward:  # (grad_out diag(s)) @ Q
+                grad_x = (grad_out * _row_scales(row_scale, dtype)) @ int8_weight.to(dtype)  # (rows, in)
             else:
-                grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, dtype)  # (..., in)
+                grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, dtype)  # (rows, in)
         # The int8 weight, its scale and the bias are frozen in 8-bit training.
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
+
+
+def matmul_paths(x: torch.Tensor, int8_weight: torch.Tensor) -> tuple[str, bool]:
+    """How the weight-only int8 matmul of `x` runs: the forward path and whether the backward is scaled.
+
+    Args:
+        x (`torch.Tensor`, shape `(..., in)`): the activations.
+        int8_weight (`torch.Tensor` of dtype int8, shape `(out, in)`): the quantized weight.
+
+    Returns:
+        `tuple[str, bool]`: ``"kernel"``, ``"scaled"`` or ``"dequantize"`` for the forward pass (see
+        `_WeightOnlyInt8Matmul`), and whether the backward pass applies the row scales to the gradient.
+    """
+    in_features = x.shape[-1]
+    scaled = _scales_the_product(x.dtype, x.numel() // in_features if in_features else 0, in_features)
+    if _int8_kernel_fits(x, int8_weight):
+        return "kernel", scaled
+    return ("scaled" if scaled else "dequantize"), scaled
 
 
 if _Linear8bitLt is not None:
@@ -186,8 +214,12 @@ if _Linear8bitLt is not None:
             if x.device.type != "cpu":
                 return super().forward(x)
             row_scale = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
-            use_kernel = _int8_kernel_fits(x, self.weight.data)
-            return _WeightOnlyInt8Matmul.apply(x, self.weight.data, row_scale, self.bias, use_kernel)
+            forward_path, scaled_backward = matmul_paths(x, self.weight.data)
+            rows = x.reshape(-1, x.shape[-1])  # (rows, in)
+            out = _WeightOnlyInt8Matmul.apply(
+                rows, self.weight.data, row_scale, self.bias, forward_path, scaled_backward
+            )
+            return out.reshape(*x.shape[:-1], out.shape[-1])  # (..., out)
 
 
 def release_checkpoint_pages(model: nn.Module) -> int:
