@@ -1,6 +1,6 @@
 """Time the CPU 8-bit layers' matmul: bf16 weights, int8 dequantize-then-matmul, scaled product, kernel.
 
-    python -m benchmarks.int8_matmul                  # under a minute on 2 cores; writes int8_matmul.md
+    python -m benchmarks.int8_matmul                  # a few minutes on 2 cores; writes int8_matmul.md
     python -m benchmarks.int8_matmul --rounds 3 --no_write
 
 For each linear shape of SmolLM2-135M (hidden 576, intermediate 1536, 3 key/value heads of 64) and each
@@ -8,9 +8,9 @@ number of tokens per batch, the median milliseconds of one forward and of one fo
 (input gradient only: the weight is frozen, as under LoRA) of:
 
 - ``bf16``: a regular matmul with bf16 weights (what an unquantized model runs);
-- ``dequantize``: `dequantize_then_matmul_reference`, the int8 method the CPU 8-bit layers used before the
-  kernel (dequantize every int8 weight to bf16 before each matmul, forward and backward), kept here as
-  the reference;
+- ``dequantize``: `dequantize_then_matmul_reference`: every int8 weight dequantized to bf16 before each
+  matmul, forward and backward (the CPU 8-bit layers' first method, and still their path from as many rows
+  as input features), the reference;
 - ``scaled``: `trainer_ext.modeling.int8_cpu`'s scaled product, forced: the int8 rows converted to bf16
   as they are, the row scales applied to the product (forward) and to the output gradient (backward);
 - ``kernel``: ``aten::_weight_int8pack_mm`` in the forward pass, forced on whatever the number of rows (the
@@ -60,7 +60,7 @@ RERUN = "python -m benchmarks.int8_matmul"
 
 
 class _DequantizeThenMatmulReference(torch.autograd.Function):
-    """The previous CPU 8-bit matmul: ``x @ dequant(W).T``, dequantizing again in the backward pass."""
+    """Dequantize-then-matmul: ``x @ dequant(W).T``, dequantizing again in the backward pass."""
 
     @staticmethod
     def forward(ctx, x, int8_weight, row_scale):
@@ -76,7 +76,7 @@ class _DequantizeThenMatmulReference(torch.autograd.Function):
 
 
 def dequantize_then_matmul_reference(x: torch.Tensor, int8_weight: torch.Tensor, row_scale: torch.Tensor):
-    """The int8 method before the kernel, kept as the baseline of this benchmark."""
+    """Dequantize-then-matmul as a function of the input `(..., in)`, the baseline of this benchmark."""
     return _DequantizeThenMatmulReference.apply(x, int8_weight, row_scale)
 
 
@@ -87,18 +87,17 @@ def make_calls(in_features: int, out_features: int) -> tuple[dict[str, Callable]
     int8_weight = torch.round(weight * (127.0 / row_scale.unsqueeze(1))).to(torch.int8).contiguous()
     bf16_weight = weight.to(torch.bfloat16)
 
-    def int8_matmul(x, forward_path=None, scaled_backward=None):
-        """`WeightOnlyInt8Linear`'s matmul; its own choice of paths unless they are given."""
-        chosen = int8_cpu.matmul_paths(x, int8_weight)
-        paths = (forward_path or chosen[0], chosen[1] if scaled_backward is None else scaled_backward)
-        rows = x.reshape(-1, in_features)  # (rows, in)
-        out = int8_cpu._WeightOnlyInt8Matmul.apply(rows, int8_weight, row_scale, None, *paths)
-        return out.reshape(*x.shape[:-1], out_features)  # (..., out)
+    def int8_matmul(x, forward_path=None):
+        """`WeightOnlyInt8Linear`'s matmul; its own choice of paths, or `forward_path` forced."""
+        paths = int8_cpu.matmul_paths(x, int8_weight)
+        if forward_path is not None:
+            paths = (forward_path, True if forward_path == "scaled" else paths[1])
+        return int8_cpu.weight_only_int8_linear(x, int8_weight, row_scale, None, paths)
 
     calls = {
         "bf16": lambda x: F.linear(x, bf16_weight),
         "dequantize": lambda x: dequantize_then_matmul_reference(x, int8_weight, row_scale),
-        "scaled": lambda x: int8_matmul(x, "scaled", True),
+        "scaled": lambda x: int8_matmul(x, "scaled"),
         "kernel": lambda x: int8_matmul(x, "kernel"),
         "module": int8_matmul,
     }
@@ -153,8 +152,11 @@ def measure(rounds: int, min_seconds: float) -> list[dict]:
                         "layer": f"{layer} ({in_features} → {out_features})",
                         "tokens": f"{batch}x{seq_len}",
                         "pass": "forward+backward" if backward else "forward",
-                        "module_uses": forward_path
-                        + (", scaled" if scaled_backward else ", dequantize") * backward,
+                        "module_uses": (
+                            f"{forward_path}, {'scaled' if scaled_backward else 'dequantize'}"
+                            if backward
+                            else forward_path
+                        ),
                         "per_block": per_block,
                         **ms,
                     }
@@ -212,12 +214,13 @@ def write_markdown(
         f"1-minute load average before the run: {load_before}, after: {load_after}.",
         "",
         "Median milliseconds per call; bf16 activations. *dequantize*: int8 weights dequantized to bf16 "
-        "before each matmul, forward and backward (an earlier method); *scaled*: the int8 rows converted "
-        "to bf16 unscaled, the row scales applied to the product and to the output gradient; *kernel*: "
-        "`aten::_weight_int8pack_mm` in the forward pass; *module*: what `WeightOnlyInt8Linear` runs on "
-        f"this CPU (the kernel up to {int8_cpu.KERNEL_MAX_ROWS} rows, the scaled product while there are "
-        "fewer rows than input features, dequantize otherwise), the paths it took in *module uses* "
-        "(forward, then backward). *module vs. x* = module ms / x ms (below 1: faster).",
+        "before each matmul, forward and backward (the layers' path from as many rows as input "
+        "features); *scaled*: the int8 rows converted to bf16 unscaled, the row scales applied to the "
+        "product and to the output gradient; *kernel*: `aten::_weight_int8pack_mm` in the forward pass, "
+        "forced (the backward as the layer picks it); *module*: what `WeightOnlyInt8Linear` runs on this "
+        f"CPU (the kernel up to {int8_cpu.KERNEL_MAX_ROWS} rows, the scaled product while there are fewer "
+        "rows than input features, dequantize otherwise), the paths it took in *module uses* (forward, "
+        "then backward). *module vs. x* = module ms / x ms (below 1: faster).",
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

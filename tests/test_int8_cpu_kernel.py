@@ -316,3 +316,17 @@ def test_released_checkpoint_pages_keep_the_model_as_it_was(tiny_model_dir):
     assert int8 == {name: t.data_ptr() for name, t in model.state_dict().items() if t.dtype == torch.int8}
     assert model.get_input_embeddings().weight is model.get_output_embeddings().weight
     assert torch.equal(model(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize("rows", [3, 64])  # the scaled product, the dequantized weight
+def test_a_trainable_bias_gets_its_gradient(monkeypatch, rows):
+    """PEFT's ``bias="all"`` trains the 8-bit layers' biases: their gradient is the output gradient summed
+    over the rows, on every path."""
+    force_no_kernel(monkeypatch)
+    layer = int8_layer(64, 24)
+    layer.bias.requires_grad_(True)
+    x = torch.randn(rows, 64, dtype=torch.bfloat16)
+    grad_out = torch.randn(rows, 24, dtype=torch.bfloat16)
+    layer(x).backward(grad_out)
+    assert layer.bias.grad is not None and layer.bias.grad.dtype == layer.bias.dtype
+    assert_close_bf16(layer.bias.grad, grad_out.float().sum(0))

@@ -25,8 +25,9 @@ Over SmolLM2-135M's 210 decoder products on a 2-core AMD EPYC with native bf16, 
 (``python -m benchmarks.int8_matmul``, docs/benchmarks/int8_matmul_epyc.md), these paths took
 64.1 ms for one 28-token message against 73.5 ms dequantizing first and 33.2 ms with bf16
 weights; 12.8 ms for one step of generation (one row) against 61.4 and 18.1. On training batches
-(512 and 2,048 rows) the int8 ways were within the run's noise of each other (about 7%), and took
-1.06-1.23x the time of bf16 weights. Parity with bf16
+(512 and 2,048 rows) the int8 ways were about even: the layer's own choice and the same dequantize
+path timed as the reference differed by up to 7% at 2,048 rows, and the layer took 1.14-1.23x the time
+of bf16 weights. Parity with bf16
 weights beyond a few rows would need oneDNN's blocked bf16 matmul to read int8 weights; PyTorch 2.13's CPU
 build exposes no such operator, and its int8 kernel, which does convert inside, is the slower one there
 above about 32 rows.
@@ -49,6 +50,7 @@ result is at least as accurate as LLM.int8(). CUDA layers are left untouched.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -74,12 +76,14 @@ _INT8_KERNEL = (
     if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
     else None
 )
-# Up to how many rows of activations the kernel's forward pass is the faster one, measured with
-# `python -m benchmarks.int8_matmul` on SmolLM2-135M's shapes. On a 2-core AVX-512 CPU without native bf16
-# (docs/benchmarks/int8_matmul.md) it beat dequantize + a BLAS matmul from 40 to 2,048 rows (more were not
-# measured). Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), oneDNN's bf16 matmul on the
-# converted rows wins on batches: on a 2-core AMD EPYC (docs/benchmarks/int8_matmul_epyc.md) the kernel took
-# 2.0-2.8x as long at 512 and 2,048 rows, but less time up to about 32 rows: the rows of one message's
+# Up to how many rows the kernel's forward pass is used, from `python -m benchmarks.int8_matmul`
+# on SmolLM2-135M's shapes. On a 2-core AVX-512 CPU without native bf16 (docs/benchmarks/int8_matmul.md) it
+# beat dequantize + a BLAS matmul from 40 to 2,048 rows (more rows and the scaled product were not measured
+# there). Where the CPU multiplies bf16 natively (AVX-512 BF16, AMX), oneDNN's bf16 matmul on the converted
+# rows wins on batches: on a 2-core AMD EPYC (docs/benchmarks/int8_matmul_epyc.md) the kernel's forward pass
+# took 1.8-2.7x as long as dequantize + matmul per layer at 512 and 2,048 rows (2.2x and 2.5x summed over the
+# model), less time than the other paths summed over the model at 1, 16 and 28 rows and more at 40 (per
+# layer the crossover varies). 32 rows, between the two, was not measured. Those few rows are one message's
 # own tokens after a cached prefix, and every step of generation.
 KERNEL_MAX_ROWS_WITHOUT_NATIVE_BF16 = 2048
 KERNEL_MAX_ROWS_WITH_NATIVE_BF16 = 32
@@ -176,15 +180,17 @@ class _WeightOnlyInt8Matmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         int8_weight, row_scale = ctx.saved_tensors
-        grad_x = None
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[3]:  # a trainable bias (PEFT's bias="all"), grad_out is (rows, out)
+            grad_bias = grad_out.sum(0)
         if ctx.needs_input_grad[0]:
             dtype = grad_out.dtype
             if ctx.scaled_backward:  # (grad_out diag(s)) @ Q
                 grad_x = (grad_out * _row_scales(row_scale, dtype)) @ int8_weight.to(dtype)  # (rows, in)
             else:
                 grad_x = grad_out @ dequantize_rows(int8_weight, row_scale, dtype)  # (rows, in)
-        # The int8 weight, its scale and the bias are frozen in 8-bit training.
-        return grad_x, None, None, None, None, None
+        # The int8 weight and its scale are frozen in 8-bit training.
+        return grad_x, None, None, grad_bias, None, None
 
 
 def matmul_paths(x: torch.Tensor, int8_weight: torch.Tensor) -> tuple[str, bool]:
@@ -195,14 +201,42 @@ def matmul_paths(x: torch.Tensor, int8_weight: torch.Tensor) -> tuple[str, bool]
         int8_weight (`torch.Tensor` of dtype int8, shape `(out, in)`): the quantized weight.
 
     Returns:
-        `tuple[str, bool]`: ``"kernel"``, ``"scaled"`` or ``"dequantize"`` for the forward pass (see
-        `_WeightOnlyInt8Matmul`), and whether the backward pass applies the row scales to the gradient.
+        `tuple[str, bool]`: ``"kernel"`` where `_int8_kernel_fits`, else ``"scaled"`` for bf16 or float32
+        activations with fewer rows than `in`, else ``"dequantize"``, for the forward pass (see
+        `_WeightOnlyInt8Matmul`); and whether the backward pass applies the row scales to the output
+        gradient (the same rule without the kernel).
     """
     in_features = x.shape[-1]
     scaled = _scales_the_product(x.dtype, x.numel() // in_features if in_features else 0, in_features)
     if _int8_kernel_fits(x, int8_weight):
         return "kernel", scaled
     return ("scaled" if scaled else "dequantize"), scaled
+
+
+def weight_only_int8_linear(
+    x: torch.Tensor,
+    int8_weight: torch.Tensor,
+    row_scale: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    paths: tuple[str, bool] | None = None,
+) -> torch.Tensor:
+    """``x @ dequant(W).T + bias`` computed as weight-only int8, what `WeightOnlyInt8Linear` runs.
+
+    Args:
+        x (`torch.Tensor`, shape `(..., in)`): the activations.
+        int8_weight (`torch.Tensor` of dtype int8, shape `(out, in)`): the quantized weight (``CB``).
+        row_scale (`torch.Tensor`, shape `(out,)`): the absmax of each row (``SCB``).
+        bias (`torch.Tensor`, shape `(out,)`, *optional*): added to the output.
+        paths (`tuple[str, bool]`, *optional*): forces the paths (see `matmul_paths`, which picks them
+            by default); the kernel path must fit (`_int8_kernel_fits`).
+
+    Returns:
+        `torch.Tensor` of shape `(..., out)` in the dtype of `x`.
+    """
+    forward_path, scaled_backward = matmul_paths(x, int8_weight) if paths is None else paths
+    rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # (rows, in); a view when x is contiguous
+    out = _WeightOnlyInt8Matmul.apply(rows, int8_weight, row_scale, bias, forward_path, scaled_backward)
+    return out.reshape(*x.shape[:-1], int8_weight.shape[0])  # (..., out)
 
 
 if _Linear8bitLt is not None:
@@ -214,12 +248,7 @@ if _Linear8bitLt is not None:
             if x.device.type != "cpu":
                 return super().forward(x)
             row_scale = self.weight.SCB if self.weight.SCB is not None else self.state.SCB
-            forward_path, scaled_backward = matmul_paths(x, self.weight.data)
-            rows = x.reshape(-1, x.shape[-1])  # (rows, in)
-            out = _WeightOnlyInt8Matmul.apply(
-                rows, self.weight.data, row_scale, self.bias, forward_path, scaled_backward
-            )
-            return out.reshape(*x.shape[:-1], out.shape[-1])  # (..., out)
+            return weight_only_int8_linear(x, self.weight.data, row_scale, self.bias)
 
 
 def release_checkpoint_pages(model: nn.Module) -> int:
