@@ -27,10 +27,9 @@ Over SmolLM2-135M's 210 decoder products on a 2-core AMD EPYC with native bf16, 
 weights; 12.8 ms for one step of generation (one row) against 61.4 and 18.1. On training batches
 (512 and 2,048 rows) the int8 ways were about even: the layer's own choice and the same dequantize
 path timed as the reference differed by up to 7% at 2,048 rows, and the layer took 1.14-1.23x the time
-of bf16 weights. Parity with bf16
-weights beyond a few rows would need oneDNN's blocked bf16 matmul to read int8 weights; PyTorch 2.13's CPU
-build exposes no such operator, and its int8 kernel, which does convert inside, is the slower one there
-above about 32 rows.
+of bf16 weights. Parity with bf16 weights beyond a few rows would need oneDNN's blocked bf16 matmul to
+read int8 weights; PyTorch 2.13's CPU build exposes no such operator, and its int8 kernel, which does
+convert inside, is the slower one there above about 32 rows.
 
 The backward pass (``grad_input = grad_output @ W``; the int8 weight itself gets no gradient) converts the
 int8 rows again instead of keeping a floating-point copy, with the row scales on ``grad_output`` or on the
