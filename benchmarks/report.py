@@ -10,7 +10,15 @@ from benchmarks.training import MAIN_JOB, MATMUL_SHAPES, PRECISIONS
 TRAIN_TARGET = 3.0  # the main job against TRL's faster mode (issue 17; 2.0 before)
 DECODING_TARGET = 3.0  # constrained scoring against generate-based evaluation
 REFERENCE_SHAPE = next(iter(MATMUL_SHAPES))  # the model-shaped product
-COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "8bit": "bfloat16"}
+COMPUTE_DTYPE = {"fp32": "float32", "bf16": "bfloat16", "8bit": "bfloat16", "8bit-bf16": "bfloat16"}
+
+
+def compute_dtype(result: dict[str, Any]) -> str:
+    """The dtype a training configuration's matmuls ran in: bf16 under bf16 autocast or with bf16 weights,
+    else float32 (results from before ``bf16_autocast`` was recorded: by their precision mode)."""
+    if "bf16_autocast" not in result:
+        return COMPUTE_DTYPE[result["precision"]]
+    return "bfloat16" if result["bf16_autocast"] or result.get("dtype") == "bfloat16" else "float32"
 
 
 def _ok(result: dict[str, Any] | None) -> bool:
@@ -27,9 +35,7 @@ def matmul_shares(report: dict[str, Any]) -> dict[str, float]:
     if not rates:
         return {}
     return {
-        name: round(
-            r["estimated_gflops_per_second"] / rates[COMPUTE_DTYPE[r["precision"]]][REFERENCE_SHAPE], 3
-        )
+        name: round(r["estimated_gflops_per_second"] / rates[compute_dtype(r)][REFERENCE_SHAPE], 3)
         for name, r in report["training"].items()
         if _ok(r)
     }

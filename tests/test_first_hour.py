@@ -247,18 +247,62 @@ def test_predict_asks_a_base_model_for_labels(capsys):
     assert args.labels == ["sport", "politics"] and texts == ["a text", "another"]
 
 
-@pytest.mark.parametrize(
-    ("bf16", "native", "hinted"), [("true", False, True), ("true", True, False), ("false", False, False)]
-)
-def test_bf16_on_a_cpu_without_native_bf16_gets_the_fp32_hint(monkeypatch, caplog, bf16, native, hinted):
+# (CPU, bf16 value) -> bf16 autocast, and the line logged before training: "auto" when auto chose float32,
+# "slow" for bf16 forced on a CPU whose bf16 runs in a slow fallback, "hint" for bf16 converted with AVX-512.
+CPU_PRECISION_CASES = [
+    ("native", "auto", True, None),
+    ("native", "true", True, None),
+    ("avx512", "auto", True, "hint"),
+    ("avx512", "true", True, "hint"),
+    ("avx512", "false", False, None),
+    ("avx2", "auto", False, "auto"),
+    ("avx2", "AUTO", False, "auto"),
+    ("avx2", "true", True, "slow"),
+    ("avx2", "false", False, None),
+]
+LOGGED = {
+    "auto": "bf16: auto -> false",
+    "slow": "bf16 autocast on a CPU without native bf16 or AVX-512",
+    "hint": "--bf16 false --dtype float32 trained the main job 1.4x faster",
+}
+
+
+@pytest.mark.parametrize(("cpu", "bf16", "autocast", "logged"), CPU_PRECISION_CASES)
+def test_bf16_auto_follows_the_cpu_and_bf16_says_when_it_is_slow(
+    monkeypatch, caplog, cpu, bf16, autocast, logged
+):
     import logging
 
-    from trainer_ext.modeling import loading
+    import torch
+
+    from trainer_ext.modeling import cpu_features, loading
     from trainer_ext.training.pipeline import _hint_cpu_precision
     from trainer_ext.training.recipe import parse_recipe
 
-    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: native)
-    recipe = parse_recipe(["--output_dir", "run", "--use_cpu", "true", "--bf16", bf16])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for module in (cpu_features, loading):
+        monkeypatch.setattr(module, "cpu_supports_bf16", lambda: cpu == "native")
+        monkeypatch.setattr(module, "cpu_bf16_is_slow", lambda: cpu == "avx2")
+    recipe = parse_recipe(["--output_dir", "run", "--use_cpu", "true", f"--bf16={bf16}"])
+    assert recipe.training.bf16 is autocast
+    assert recipe.bf16_auto is (bf16.lower() == "auto")
     with caplog.at_level(logging.INFO, logger="trainer_ext"):
         _hint_cpu_precision(recipe)
-    assert ("--bf16 false --dtype float32" in caplog.text) is hinted
+    for key, line in LOGGED.items():
+        assert (line in caplog.text) is (key == logged), (key, caplog.text)
+
+
+def test_bf16_auto_in_a_recipe_file_and_the_command_line_wins(monkeypatch, tmp_path):
+    from trainer_ext.modeling import cpu_features
+    from trainer_ext.training.recipe import RecipeError, parse_recipe
+
+    monkeypatch.setattr(cpu_features, "cpu_bf16_is_slow", lambda: True)
+    config = tmp_path / "recipe.yaml"
+    config.write_text("output_dir: run\nuse_cpu: true\nbf16: auto\n", encoding="utf-8")
+    recipe = parse_recipe(["--config", str(config)])
+    assert recipe.training.bf16 is False and recipe.bf16_auto
+    assert recipe.to_dict().get("bf16", False) is False  # what the run records: the value chosen
+    recipe = parse_recipe(["--config", str(config), "--bf16", "true"])
+    assert recipe.training.bf16 is True and not recipe.bf16_auto
+    with pytest.raises(RecipeError, match="bf16"):
+        parse_recipe(["--config", str(config), "--bf16", "sometimes"])

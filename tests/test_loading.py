@@ -40,13 +40,20 @@ def test_explicit_dtypes(name, expected):
     assert resolve_dtype(expected) is expected
 
 
-@pytest.mark.parametrize("native_bf16", [True, False])
-def test_auto_dtype_on_cpu(monkeypatch, native_bf16):
+@pytest.mark.parametrize(
+    ("native_bf16", "bf16_is_slow"),
+    [(True, False), (False, False), (False, True)],
+    ids=["native", "avx512", "avx2"],
+)
+def test_auto_dtype_on_cpu(monkeypatch, native_bf16, bf16_is_slow):
     monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: native_bf16)
+    monkeypatch.setattr(loading, "cpu_bf16_is_slow", lambda: bf16_is_slow)
     fast = torch.bfloat16 if native_bf16 else torch.float32
     assert resolve_dtype("auto", "none", "cpu", "lora-all") is fast
     assert resolve_dtype("auto", "4bit", "cpu", "lora-attention") is fast
-    assert resolve_dtype("auto", "8bit", "cpu", "lora-all") is getattr(torch, CPU_8BIT_DTYPE)
+    # 8-bit computes in bf16 for its memory unless bf16 matmuls are slow here (no AVX-512)
+    expected_8bit = torch.float32 if bf16_is_slow else getattr(torch, CPU_8BIT_DTYPE)
+    assert resolve_dtype("auto", "8bit", "cpu", "lora-all") is expected_8bit
     # trained base weights keep fp32 master copies
     assert resolve_dtype("auto", "none", "cpu", "full") is torch.float32
     assert resolve_dtype("auto", "none", "cpu", "norms") is torch.float32

@@ -20,7 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from trainer_ext.modeling.cpu_features import cpu_supports_bf16
+from trainer_ext.modeling.cpu_features import cpu_bf16_is_slow, cpu_supports_bf16
 from trainer_ext.modeling.embedded import EMBEDDED_MODELS, EmbeddedModelError, resolve_model_path
 from trainer_ext.modeling.methods import apply_method, count_parameters
 from trainer_ext.modeling.settings import LoadedModel, LoraSettings, ModelLoadError
@@ -57,8 +57,9 @@ def resolve_dtype(
     - `float32` when base weights are trained without quantization (`full`, `norms`): Adam updates of
       bf16 weights lose most small steps; the Trainer can still compute in bf16 with autocast.
     - on CUDA: `bfloat16` where the GPU supports it, else `float16`;
-    - on the CPU: `CPU_8BIT_DTYPE` for 8-bit (see ``benchmarks/loading.py``), `bfloat16` where the CPU
-      has native bf16 (AVX-512 BF16, AMX), else `float32`.
+    - on the CPU: `float32` where bf16 matmuls are slow (no AVX-512, see `cpu_bf16_is_slow`); else
+      `CPU_8BIT_DTYPE` for 8-bit (see ``benchmarks/loading.py``), `bfloat16` where the CPU has native
+      bf16 (AVX-512 BF16, AMX), else `float32`.
 
     Args:
         dtype (`str` or `torch.dtype`, *optional*, defaults to `"auto"`): A `DTYPE_NAMES` key or a dtype.
@@ -82,6 +83,8 @@ def resolve_dtype(
     device_type = torch.device(device).type
     if device_type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device_type == "cpu" and cpu_bf16_is_slow():
+        return torch.float32
     if device_type == "cpu" and quantization == "8bit":
         return getattr(torch, CPU_8BIT_DTYPE)
     if device_type == "cpu":

@@ -215,10 +215,24 @@ def build(recipe: Recipe, data: PreparedData | None = None):
 
 
 def _hint_cpu_precision(recipe: Recipe) -> None:
-    """Say when bf16 autocast runs on a CPU that only emulates it, and what trades speed for memory."""
-    from trainer_ext.modeling.loading import cpu_supports_bf16
+    """Say what ``bf16: auto`` chose, and when bf16 autocast runs on a CPU that only emulates it."""
+    from trainer_ext.modeling.loading import cpu_bf16_is_slow, cpu_supports_bf16
 
-    if recipe.training.bf16 and recipe.training.device.type == "cpu" and not cpu_supports_bf16():
+    training = recipe.training
+    if training.device.type != "cpu":
+        return
+    if recipe.bf16_auto and not training.bf16:
+        logger.info(
+            "bf16: auto -> false: this CPU has neither native bf16 nor AVX-512, so bf16 matmuls would run "
+            "in a slow fallback; training computes in float32 (README, 'Precision on CPUs without AVX-512')."
+        )
+    elif training.bf16 and cpu_bf16_is_slow():
+        logger.warning(
+            "bf16 autocast on a CPU without native bf16 or AVX-512: bf16 matmuls run in a slow fallback here "
+            "(a step of the main job took about 14x as long as in float32). Use --bf16 auto (or false) "
+            "--dtype auto (README, 'Precision on CPUs without AVX-512')."
+        )
+    elif training.bf16 and not cpu_supports_bf16():
         logger.info(
             "This CPU has no native bf16 (AVX-512 BF16 or AMX), so bf16 autocast is converted in software: "
             "--bf16 false --dtype float32 trained the main job 1.4x faster on such a CPU, at a peak of "

@@ -48,6 +48,7 @@ class Recipe:
     data: DataSettings
     task: TaskSettings
     training: LabelTrainingArguments  # noqa: F821 (imported on first use, see settings_classes)
+    bf16_auto: bool = False  # `bf16: auto` chose `training.bf16` for this machine (see `resolve_auto_bf16`)
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as flat YAML-ready values (the training arguments that differ from their defaults)."""
@@ -138,6 +139,7 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
         del argv[at : at + 2]
     flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")]
     _check_keys(flags, "Command line")
+    bf16_auto = resolve_auto_bf16(file_values, argv)
     parser = _parser()
     parser.set_defaults(**{k: _as_flag_value(v) for k, v in file_values.items()})
     try:
@@ -148,9 +150,56 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
         raise RecipeError(
             f"The launch configuration needs a package that is not installed: {error}"
         ) from None
-    recipe = Recipe(*parts)
+    recipe = Recipe(*parts, bf16_auto=bf16_auto)
     check_launch(recipe)
     return recipe
+
+
+def resolve_auto_bf16(file_values: dict[str, Any], argv: list[str]) -> bool:
+    """Replace a ``bf16`` value of ``auto`` (``bf16: auto`` in the file, ``--bf16 auto`` or ``--bf16=auto``)
+    by ``True`` or ``False`` for this machine, in place; the command line's value wins, as for any key.
+
+    ``auto`` turns bf16 autocast on where the device computes bf16 well: on a CUDA GPU that supports it
+    (`torch.cuda.is_bf16_supported`), and on a CPU (no CUDA, or ``use_cpu``) unless
+    `trainer_ext.modeling.cpu_features.cpu_bf16_is_slow` (no native bf16 and no AVX-512).
+
+    Args:
+        file_values (`dict[str, Any]`): The recipe file's values, changed in place.
+        argv (`list[str]`): The command line (without ``--config``), changed in place.
+
+    Returns:
+        `bool`: Whether the value that applies was ``auto``.
+    """
+    bf16_at, bf16 = _flag(argv, "bf16", file_values.get("bf16"))
+    if str(bf16).strip().lower() != "auto":
+        return False
+    import torch
+
+    from trainer_ext.modeling.cpu_features import cpu_bf16_is_slow
+
+    _, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu", False))
+    if torch.cuda.is_available() and str(use_cpu).strip().lower() not in ("true", "1", "yes", "y"):
+        chosen = torch.cuda.is_bf16_supported()
+    else:
+        chosen = not cpu_bf16_is_slow()
+    if "bf16" in file_values:
+        file_values["bf16"] = chosen
+    if bf16_at is not None:
+        argv[bf16_at : bf16_at + (1 if "=" in argv[bf16_at] else 2)] = ["--bf16", str(chosen)]
+    return True
+
+
+def _flag(argv: list[str], key: str, default: Any) -> tuple[int | None, Any]:
+    """Where ``--key`` last is in `argv` and its value (``--key value``, ``--key=value``, or a bare
+    ``--key``, which argparse reads as true), else ``(None, default)``."""
+    places = [i for i, a in enumerate(argv) if a == f"--{key}" or a.startswith(f"--{key}=")]
+    if not places:
+        return None, default
+    at = places[-1]
+    if "=" in argv[at]:
+        return at, argv[at].split("=", 1)[1]
+    following = argv[at + 1] if at + 1 < len(argv) else "--"
+    return at, "true" if following.startswith("--") else following
 
 
 def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
