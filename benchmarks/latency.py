@@ -3,12 +3,12 @@
     python -m benchmarks.latency                                   # runs/moderation-lora-all, every setting
     python -m benchmarks.latency --run runs/imbalanced/plain-seed42 --messages 60
 
-For each weight setting (`8bit`: the run's 8-bit base weights with bf16 autocast, as it was evaluated;
-`8bit-fp32`: the same int8 weights computing in fp32; `bf16`, `fp32`: the unquantized model in that dtype;
-`fp32-merged`, `bf16-merged`: the same with the LoRA adapter merged into the base weights (bf16 is the
-faster of the two on a CPU with native bf16: AVX-512 BF16 or AMX); `fp32-merged-dynamic-int8` and
-`-per-channel`: that model through PyTorch's dynamic int8 quantization, not a library option)
-it times, on the same tweets of the study's eval split:
+For each weight setting (`8bit`: the run's 8-bit base weights as it was evaluated, with bf16 autocast where
+it trained with it; `8bit-fp32`, `8bit-bf16`: the same int8 weights computing in fp32 or bf16; `bf16`,
+`fp32`: the unquantized model in that dtype; `fp32-merged`, `bf16-merged`: the same with the LoRA adapter
+merged into the base weights (bf16 is the faster of the two on a CPU with native bf16: AVX-512 BF16 or AMX);
+`fp32-merged-dynamic-int8` and `-per-channel`: that model through PyTorch's dynamic int8 quantization, not a
+library option) it times, on the same tweets of the study's eval split:
 
 - `forward`: one bare forward pass of each message's whole prompt through the same PEFT model (no cache,
   last position's logits only): the anchor, what "one forward pass" costs;
@@ -51,8 +51,9 @@ from benchmarks.common import (
 )
 
 SETTINGS = {
-    "8bit": {},  # as the run was evaluated: int8 base weights, bf16 autocast
+    "8bit": {},  # as the run was evaluated: int8 base weights, its dtype and autocast
     "8bit-fp32": {"dtype": "float32"},  # int8 base weights, fp32 compute
+    "8bit-bf16": {"dtype": "bfloat16"},  # int8 base weights, bf16 compute (dtype auto's choice with AVX-512)
     "bf16": {"quantization": "none", "dtype": "bfloat16"},
     "fp32": {"quantization": "none", "dtype": "float32"},
     "fp32-merged": {"quantization": "none", "dtype": "float32", "merge_adapter": True},

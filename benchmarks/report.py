@@ -152,7 +152,10 @@ def _training_table(report: dict[str, Any], shares: dict[str, float]) -> list[st
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["training"].items():
-        head = f"| {name} | {r['trainer']} | {r['precision']} | {r['sampling']} |"
+        precision = r["precision"]
+        if _ok(r) and compute_dtype(r) != COMPUTE_DTYPE[precision]:  # `bf16: auto` chose float32
+            precision += f" ({compute_dtype(r)})"
+        head = f"| {name} | {r['trainer']} | {precision} | {r['sampling']} |"
         if not _ok(r):
             rows.append(head + " failed (see speed.json) |" + " |" * 9)
             continue
@@ -253,7 +256,9 @@ How it is measured:
 - Every configuration runs in a fresh process: the model is loaded with
 `trainer_ext.modeling.loading.load_model`
   (fp32: `--quantization none --dtype float32`; bf16: `--quantization none --dtype bfloat16` with bf16
-  autocast; 8bit: the main job's 8-bit weights run as weight-only int8 in bf16, with bf16 autocast).
+  autocast; 8bit: the main job's setting, 8-bit weights run as weight-only int8, in bf16 with bf16
+  autocast where the CPU runs bf16 well (native bf16 or AVX-512: `bf16: auto`), else in float32;
+  8bit-bf16: the same weights in bf16 with bf16 autocast on any CPU, the setting before `bf16: auto`).
   *ours* is `LabelTrainer` exactly as `trainer-ext train` builds it; *trl* is `SFTTrainer` with
   `completion_only_loss=True` on the same loaded (frozen) model, the same LoRA targets, rank, alpha and
   dropout through `peft_config`, the same prompt and completion strings (`task.prompt`, `task.completion`),

@@ -20,8 +20,9 @@ def cpu_bf16_is_slow() -> bool:
 
     True without native bf16 and without AVX-512 (AVX2-only x86 CPUs, which most laptops have, and every
     other architecture): there oneDNN has no vector path for bf16. On a 2-core AMD EPYC with AVX2 only, a
-    512x576 @ 576x1536 matmul took 59 ms in bf16 against 10.6 ms in float32, and a step of the main job
-    about 100 s with bf16 autocast against 7 s in float32 (README, "Precision on CPUs without AVX-512").
+    2048x576 @ 576x1536 product ran at 13.1 GFLOP/s in bf16 against 113.8 in float32, and a step of the
+    main job took 83.1 s with bf16 autocast against 9.1 s in float32 (``python -m benchmarks.speed --only
+    ours-8bit ours-8bit-bf16``; README, "Precision on CPUs without AVX-512").
     With AVX-512 but no native bf16 the conversion is vectorized: float32 trained 1.4x faster there, but
     bf16 keeps the peak memory lower, so it stays the default.
 

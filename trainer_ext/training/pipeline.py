@@ -229,7 +229,7 @@ def _hint_cpu_precision(recipe: Recipe) -> None:
     elif training.bf16 and cpu_bf16_is_slow():
         logger.warning(
             "bf16 autocast on a CPU without native bf16 or AVX-512: bf16 matmuls run in a slow fallback here "
-            "(a step of the main job took about 14x as long as in float32). Use --bf16 auto (or false) "
+            "(a step of the main job took 9x as long as in float32). Use --bf16 auto (or false) "
             "--dtype auto (README, 'Precision on CPUs without AVX-512')."
         )
     elif training.bf16 and not cpu_supports_bf16():
