@@ -196,6 +196,7 @@ def measure(
     result: dict[str, Any] = {
         "setting": setting,
         "autocast": clf.autocast,
+        "dtype": str(next(clf.model.parameters()).dtype).removeprefix("torch."),
         "prompt_tokens_mean": round(statistics.fmean(len(p) for p in prompts), 1),
         "template_prefix_tokens": len(clf.scorer().prefix_ids),
         "forward": _percentiles(_timed(forward, prompts)),

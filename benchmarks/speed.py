@@ -1,6 +1,6 @@
 """``make bench``: training and label-decoding speed, ours against TRL's `SFTTrainer` and `generate`.
 
-    python -m benchmarks.speed                         # everything (about 15 minutes on 2 cores)
+    python -m benchmarks.speed                         # all but ours-8bit-bf16 (about 15 minutes, 2 cores)
     python -m benchmarks.speed --only ours-8bit trl-bf16 decoding --steps 10
     python -m benchmarks.speed --lora_r 4              # any recipe key overrides the recipe
 
@@ -8,8 +8,9 @@ Measured pair by pair, each configuration in a fresh process (see `benchmarks.tr
 
 - training steps of the main job's recipe with `LabelTrainer` and with TRL's `SFTTrainer`
   (``completion_only_loss``) on the same model, data, LoRA settings, batch size, optimizer and precision
-  (fp32, bf16, and the main job's 8-bit weights with bf16 compute): samples/s, real tokens/s, peak memory,
-  and the share of the machine's measured matmul rate the steps reach;
+  (fp32, bf16, and the main job's 8-bit weights computing in bf16, or in float32 on a CPU without native
+  bf16 or AVX-512): samples/s, real tokens/s, peak memory, and the share of the machine's measured matmul
+  rate the steps reach; ``ours-8bit-bf16`` (the main job in bf16 on any CPU) only when ``--only`` names it;
 - label decoding on the eval prompts: constrained scoring, batched greedy generation and a plain
   one-prompt-at-a-time `model.generate` loop: samples/s and accuracy (see `benchmarks.decoding`).
 
@@ -148,13 +149,15 @@ def _command(argv: list[str]) -> str:
 
 
 def _plan(args) -> tuple[list[str], bool]:
-    from benchmarks.training import TRAIN_CONFIGS
+    from benchmarks.training import OPT_IN_CONFIGS, TRAIN_CONFIGS
 
-    only = args.only or [*TRAIN_CONFIGS, "decoding"]
+    only = args.only or [*(name for name in TRAIN_CONFIGS if name not in OPT_IN_CONFIGS), "decoding"]
     return [name for name in TRAIN_CONFIGS if name in only], "decoding" in only
 
 
 def _report_header(args, argv: list[str], recipe, recipe_args: list[str], load: float) -> dict[str, Any]:
+    import torch
+
     from trainer_ext.modeling.loading import cpu_supports_bf16
     from trainer_ext.runs.info import cpu_model
 
@@ -162,7 +165,12 @@ def _report_header(args, argv: list[str], recipe, recipe_args: list[str], load: 
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": _command(argv),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "native_bf16": cpu_supports_bf16()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "native_bf16": cpu_supports_bf16(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
+        },
         "versions": _versions(),
         "recipe": args.config,
         "recipe_overrides": recipe_args,

@@ -67,6 +67,7 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
     "ours-8bit-unshared": TrainConfig("ours", "8bit", "group_by_length", ("--share_prompt_prefix", "false")),
 }
 MAIN_JOB = "ours-8bit"
+OPT_IN_CONFIGS = ("ours-8bit-bf16",)  # measured only when `--only` names them
 
 
 # The machine
@@ -112,8 +113,9 @@ def matmul_rate(m: int, k: int, n: int, dtype: Any, min_seconds: float = 1.0) ->
     """GFLOP/s of `(m, k) @ (k, n)` products in `dtype` on the CPU with the threads torch uses, computed as
     a linear layer computes them (``F.linear`` with an `(n, k)` weight).
 
-    The layout matters where bf16 is not native: on a 2-core AVX2-only CPU, bf16 reached 12-15 GFLOP/s
-    through ``F.linear`` but about 1.2 through ``torch.mm`` of an `(k, n)` matrix (float32: about 100).
+    The layout matters where bf16 is not native: on a 2-core AVX2-only CPU, bf16 reached 13.1 and 16.5
+    GFLOP/s through ``F.linear`` (float32: 113.8 and 76.6; docs/benchmarks/speed_avx2_precision), while a
+    ``torch.mm`` of a `(k, n)` bf16 matrix took minutes at these shapes (about 1.2 GFLOP/s in a probe).
 
     Args:
         m (`int`), k (`int`), n (`int`): The shapes.

@@ -28,7 +28,8 @@ peak so far (VmHWM, from /proc/self/status) after each stage. The batches come l
 - `unpadded`: batches padded to their longest sample only (``pad_to_multiple_of: 1``), the threshold kept
   fixed as the recipe has it;
 - `fp32`: float32 compute instead of bf16 autocast, the non-quantized weights in float32 (``bf16: false,
-  dtype: float32``): faster on CPUs without native bf16, at a memory cost;
+  dtype: float32``): faster on CPUs without native bf16, at a memory cost (on a CPU without AVX-512 the
+  recipe's ``bf16: auto`` already computes in float32, and the two configurations are the same);
 - `arena2`: glibc's malloc limited to two arenas (``MALLOC_ARENA_MAX=2``);
 - `mmap`: glibc's malloc serving every block over 64 KiB with its own mapping, returned on free
   (``MALLOC_MMAP_THRESHOLD_=65536``), to show how much of the resident memory is freed memory the allocator

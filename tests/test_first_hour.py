@@ -247,29 +247,32 @@ def test_predict_asks_a_base_model_for_labels(capsys):
     assert args.labels == ["sport", "politics"] and texts == ["a text", "another"]
 
 
-# (CPU, bf16 value) -> bf16 autocast, and the line logged before training: "auto" when auto chose float32,
-# "slow" for bf16 forced on a CPU whose bf16 runs in a slow fallback, "hint" for bf16 converted with AVX-512.
+# (CPU, bf16 value, weights' dtype) -> bf16 autocast, and the line logged before training: "auto" when auto
+# chose float32, "slow" for bf16 (autocast or weights) on a CPU whose bf16 runs in a slow fallback, "hint"
+# for bf16 autocast converted with AVX-512.
 CPU_PRECISION_CASES = [
-    ("native", "auto", True, None),
-    ("native", "true", True, None),
-    ("avx512", "auto", True, "hint"),
-    ("avx512", "true", True, "hint"),
-    ("avx512", "false", False, None),
-    ("avx2", "auto", False, "auto"),
-    ("avx2", "AUTO", False, "auto"),
-    ("avx2", "true", True, "slow"),
-    ("avx2", "false", False, None),
+    ("native", "auto", "bfloat16", True, None),
+    ("native", "true", "bfloat16", True, None),
+    ("avx512", "auto", "bfloat16", True, "hint"),
+    ("avx512", "true", "bfloat16", True, "hint"),
+    ("avx512", "false", "float32", False, None),
+    ("avx2", "auto", "float32", False, "auto"),
+    ("avx2", "AUTO", "float32", False, "auto"),
+    ("avx2", "auto", "bfloat16", False, "slow"),
+    ("avx2", "true", "float32", True, "slow"),
+    ("avx2", "false", "bfloat16", False, "slow"),
+    ("avx2", "false", "float32", False, None),
 ]
 LOGGED = {
     "auto": "bf16: auto -> false",
-    "slow": "bf16 autocast on a CPU without native bf16 or AVX-512",
+    "slow": "on a CPU without native bf16 or AVX-512, where bf16 matmuls run in a slow fallback",
     "hint": "--bf16 false --dtype float32 trained the main job 1.4x faster",
 }
 
 
-@pytest.mark.parametrize(("cpu", "bf16", "autocast", "logged"), CPU_PRECISION_CASES)
+@pytest.mark.parametrize(("cpu", "bf16", "dtype", "autocast", "logged"), CPU_PRECISION_CASES)
 def test_bf16_auto_follows_the_cpu_and_bf16_says_when_it_is_slow(
-    monkeypatch, caplog, cpu, bf16, autocast, logged
+    monkeypatch, caplog, cpu, bf16, dtype, autocast, logged
 ):
     import logging
 
@@ -287,9 +290,59 @@ def test_bf16_auto_follows_the_cpu_and_bf16_says_when_it_is_slow(
     assert recipe.training.bf16 is autocast
     assert recipe.bf16_auto is (bf16.lower() == "auto")
     with caplog.at_level(logging.INFO, logger="trainer_ext"):
-        _hint_cpu_precision(recipe)
+        _hint_cpu_precision(recipe, getattr(torch, dtype))
     for key, line in LOGGED.items():
         assert (line in caplog.text) is (key == logged), (key, caplog.text)
+
+
+# (file's bf16, command line, CUDA: None or whether it has bf16 natively, environment) -> the bf16 that
+# applies, the use_cpu default set (None: none), whether auto applied. The CPU here has AVX2 only.
+RESOLVE_CASES = [
+    (None, ["--bf16", "auto"], None, {}, False, True, True),  # float32, and the CPU is used
+    (None, ["--bf16=auto"], None, {}, False, True, True),
+    ("auto", [], None, {}, False, True, True),
+    ("auto", ["--bf16", "true"], None, {}, True, None, False),  # the command line wins
+    ("true", ["--bf16", "auto"], None, {}, False, True, True),
+    (None, ["--bf16", "auto", "--lora_r", "4", "--bf16", "false"], None, {}, False, None, False),
+    (None, ["--bf16", "false", "--bf16=auto"], None, {}, False, True, True),
+    (None, ["--bf16", "auto"], True, {}, True, None, True),  # an Ampere GPU
+    (None, ["--bf16", "auto"], False, {}, False, None, True),  # a T4 / V100: emulated bf16 is not enough
+    (None, ["--bf16", "auto", "--use-cpu", "t"], True, {}, False, None, True),  # the GPU is not used
+    (None, ["--bf16", "auto"], True, {"ACCELERATE_USE_CPU": "true"}, False, None, True),
+    ("auto", ["--use_cpu"], None, {}, False, None, True),  # a bare flag is true
+]
+
+
+@pytest.mark.parametrize(
+    ("file_bf16", "argv", "cuda_bf16", "environ", "bf16", "use_cpu", "auto"), RESOLVE_CASES
+)
+def test_resolve_auto_bf16(monkeypatch, file_bf16, argv, cuda_bf16, environ, bf16, use_cpu, auto):
+    import torch
+    from transformers.hf_argparser import string_to_bool
+
+    from trainer_ext.modeling import cpu_features
+    from trainer_ext.training.recipe import resolve_auto_bf16
+
+    monkeypatch.setattr(cpu_features, "cpu_bf16_is_slow", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_bf16 is not None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bool(cuda_bf16))
+    file_values = {} if file_bf16 is None else {"bf16": file_bf16}
+    argv = list(argv)
+    assert resolve_auto_bf16(file_values, argv, environ) is auto
+    values = [argv[i + 1] for i, a in enumerate(argv) if a == "--bf16"]
+    values += [a.split("=", 1)[1] for a in argv if a.startswith("--bf16=")]
+    values += [str(file_values["bf16"])] if "bf16" in file_values else []
+    assert not any(value.lower() == "auto" for value in values)  # every occurrence replaced
+    last = next((argv[i + 1] for i in reversed(range(len(argv))) if argv[i] == "--bf16"), None)
+    assert string_to_bool(last if last is not None else file_values["bf16"]) is bf16
+    assert file_values.get("use_cpu") is use_cpu
+
+
+def test_a_bad_bf16_value_names_its_choices():
+    from trainer_ext.training.recipe import RecipeError, parse_recipe
+
+    with pytest.raises(RecipeError, match="bf16: expected true, false or auto, got 'sometimes'"):
+        parse_recipe(["--output_dir", "run", "--bf16", "sometimes"])
 
 
 def test_bf16_auto_in_a_recipe_file_and_the_command_line_wins(monkeypatch, tmp_path):

@@ -349,7 +349,9 @@ def test_quantized_lora_trains_on_cuda(tiny_model_dir, quantization):
     path = str(tiny_model_dir("llama"))
     loaded = load_model(path, quantization=quantization, method="lora-all", device="cuda")
     assert loaded.device == "cuda"
-    assert loaded.dtype is (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert loaded.dtype is (
+        torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+    )
     layer = loaded.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
     assert isinstance(layer, Linear8bitLt if quantization == "8bit" else Linear4bit)
     assert layer.weight.device.type == "cuda"

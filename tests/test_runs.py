@@ -159,19 +159,21 @@ def test_a_run_saved_over_an_earlier_one_leaves_no_stale_weights(trained, tmp_pa
 
 
 def test_a_run_in_bf16_warns_on_a_cpu_whose_bf16_is_slow(trained, monkeypatch, caplog):
-    """Reloaded as evaluated, a bf16-autocast run computes in bf16; on a CPU without native bf16 or AVX-512
-    that is a slow fallback, and the warning says how to predict in float32 instead."""
+    """Reloaded as evaluated, a run in bf16 (autocast or weights) computes in bf16; on a CPU without native
+    bf16 or AVX-512 that is a slow fallback, and the warning says the faster way. A dtype asked for is
+    what the caller chose: no warning."""
     import logging
 
     from trainer_ext.modeling import cpu_features
 
     _, run = trained
     monkeypatch.setattr(cpu_features, "cpu_bf16_is_slow", lambda: True)
-    in_bf16 = RunInfo.load(run).autocast == "bfloat16"
+    info = RunInfo.load(run)
+    in_bf16 = "bfloat16" in (info.autocast, info.dtype)
     with caplog.at_level(logging.WARNING, logger="trainer_ext"):
-        Classifier.from_pretrained(run)
+        Classifier.from_pretrained(run, device="cpu")
     assert ("Float32 is faster here" in caplog.text) is in_bf16
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="trainer_ext"):
-        Classifier.from_pretrained(run, dtype="float32")
+        Classifier.from_pretrained(run, device="cpu", dtype="bfloat16")
     assert "Float32 is faster here" not in caplog.text

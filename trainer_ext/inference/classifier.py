@@ -35,23 +35,6 @@ logger = logging.getLogger(__name__)
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 
 
-def _warn_if_bf16_is_slow(loaded: Any, autocast: str | None) -> None:
-    """Warn when a run reloaded as evaluated computes in bf16 on a CPU that runs bf16 in a slow fallback."""
-    import torch
-
-    from trainer_ext.modeling.cpu_features import cpu_bf16_is_slow
-
-    in_bf16 = loaded.dtype is torch.bfloat16 or autocast == "bfloat16"
-    if in_bf16 and torch.device(loaded.device).type == "cpu" and cpu_bf16_is_slow():
-        logger.warning(
-            "This run was evaluated in bf16, which this CPU (no native bf16, no AVX-512) computes in a slow "
-            "fallback. Float32 is faster here: quantization='none', dtype='auto', merge_adapter=True "
-            "(trainer-ext predict --quantization none --dtype auto --merge_adapter true) answered batches 2x "
-            "as fast as an 8-bit run in bf16 on such a CPU (README, 'Precision on CPUs without AVX-512'), "
-            "with probabilities that may differ in the last digits."
-        )
-
-
 def _lay_out_for_prediction(loaded) -> None:
     """Lays out the unquantized linear weights of a `LoadedModel` for few-row CPU products (see
     `trainer_ext.modeling.cpu_layout`). Quantized models are left as they are: their point is memory, and a
@@ -196,7 +179,6 @@ class Classifier:
         truncation_side = str(info.task.get("truncation_side", "right"))
         # As evaluated: under the run's autocast too, unless another dtype was asked for.
         autocast = info.autocast if dtype is None else None
-        _warn_if_bf16_is_slow(loaded, autocast)
         return cls(
             loaded.model,
             loaded.tokenizer,

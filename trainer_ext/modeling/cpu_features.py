@@ -18,8 +18,9 @@ def cpu_supports_bf16() -> bool:
 def cpu_bf16_is_slow() -> bool:
     """Whether bf16 matmuls on this CPU are so slow that float32 should be computed instead.
 
-    True without native bf16 and without AVX-512 (AVX2-only x86 CPUs, which most laptops have, and every
-    other architecture): there oneDNN has no vector path for bf16. On a 2-core AMD EPYC with AVX2 only, a
+    True without native bf16 and without AVX-512: AVX2-only x86 CPUs, which most laptops have, where
+    PyTorch 2.13 has no fast bf16 matmul, and CPUs of other architectures (ARM), which were not measured and
+    get float32 as the safe choice. On a 2-core AMD EPYC with AVX2 only, a
     2048x576 @ 576x1536 product ran at 13.1 GFLOP/s in bf16 against 113.8 in float32, and a step of the
     main job took 83.1 s with bf16 autocast against 9.1 s in float32 (``python -m benchmarks.speed --only
     ours-8bit ours-8bit-bf16``; README, "Precision on CPUs without AVX-512").

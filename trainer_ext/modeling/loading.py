@@ -82,7 +82,7 @@ def resolve_dtype(
         return torch.float32
     device_type = torch.device(device).type
     if device_type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     if device_type == "cpu" and cpu_bf16_is_slow():
         return torch.float32
     if device_type == "cpu" and quantization == "8bit":

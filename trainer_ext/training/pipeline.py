@@ -191,7 +191,7 @@ def build(recipe: Recipe, data: PreparedData | None = None):
         logger.info("Class weights of the loss (mean 1 over the training rows): %s", weights)
     if data.task.training_variation.active:
         logger.info("Training prompts vary per sample: %s", data.task.training_variation.to_dict())
-    _hint_cpu_precision(recipe)
+    _hint_cpu_precision(recipe, loaded.dtype)
     train = LabelDataset(
         data.train,
         loaded.tokenizer,
@@ -214,23 +214,27 @@ def build(recipe: Recipe, data: PreparedData | None = None):
     return loaded, data.task, trainer
 
 
-def _hint_cpu_precision(recipe: Recipe) -> None:
-    """Say what ``bf16: auto`` chose, and when bf16 autocast runs on a CPU that only emulates it."""
+def _hint_cpu_precision(recipe: Recipe, dtype: Any) -> None:
+    """Say what ``bf16: auto`` chose, and when the model computes in bf16 (autocast or bf16 weights `dtype`)
+    on a CPU that only emulates it: slowly without AVX-512, at 1/1.4 of float32's speed with it."""
+    import torch
+
     from trainer_ext.modeling.loading import cpu_bf16_is_slow, cpu_supports_bf16
 
     training = recipe.training
     if training.device.type != "cpu":
         return
-    if recipe.bf16_auto and not training.bf16:
+    in_bf16 = training.bf16 or dtype is torch.bfloat16
+    if recipe.bf16_auto and not in_bf16:
         logger.info(
             "bf16: auto -> false: this CPU has neither native bf16 nor AVX-512, so bf16 matmuls would run "
             "in a slow fallback; training computes in float32 (README, 'Precision on CPUs without AVX-512')."
         )
-    elif training.bf16 and cpu_bf16_is_slow():
+    elif in_bf16 and cpu_bf16_is_slow():
         logger.warning(
-            "bf16 autocast on a CPU without native bf16 or AVX-512: bf16 matmuls run in a slow fallback here "
-            "(a step of the main job took 9x as long as in float32). Use --bf16 auto (or false) "
-            "--dtype auto (README, 'Precision on CPUs without AVX-512')."
+            "Training computes in bf16 (bf16 autocast or --dtype bfloat16) on a CPU without native bf16 or "
+            "AVX-512, where bf16 matmuls run in a slow fallback: a step of the main job took 9x as long as "
+            "in float32. Use --bf16 auto --dtype auto (README, 'Precision on CPUs without AVX-512')."
         )
     elif training.bf16 and not cpu_supports_bf16():
         logger.info(

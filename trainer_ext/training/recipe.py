@@ -155,51 +155,99 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
     return recipe
 
 
-def resolve_auto_bf16(file_values: dict[str, Any], argv: list[str]) -> bool:
-    """Replace a ``bf16`` value of ``auto`` (``bf16: auto`` in the file, ``--bf16 auto`` or ``--bf16=auto``)
-    by ``True`` or ``False`` for this machine, in place; the command line's value wins, as for any key.
+def resolve_auto_bf16(
+    file_values: dict[str, Any], argv: list[str], environ: dict[str, str] | None = None
+) -> bool:
+    """Replace a ``bf16`` value of ``auto`` (``bf16: auto`` in the file, ``--bf16 auto`` or ``--bf16=auto``
+    on the command line, every occurrence) by ``True`` or ``False`` for this machine, in place; the command
+    line's last value wins, as for any key.
 
-    ``auto`` turns bf16 autocast on where the device computes bf16 well: on a CUDA GPU that supports it
-    (`torch.cuda.is_bf16_supported`), and on a CPU (no CUDA, or ``use_cpu``) unless
-    `trainer_ext.modeling.cpu_features.cpu_bf16_is_slow` (no native bf16 and no AVX-512).
+    ``auto`` turns bf16 autocast on where the device computes bf16 natively: on a CUDA GPU with bf16
+    (`torch.cuda.is_bf16_supported` without emulation: not the T4, V100 or GTX 10xx), and on a CPU (no
+    CUDA, ``use_cpu``, or an ``accelerate launch`` on the CPU) unless
+    `trainer_ext.modeling.cpu_features.cpu_bf16_is_slow` (no native bf16 and no AVX-512). Without CUDA it
+    also sets ``use_cpu`` unless the recipe gives it, as ``bf16: true`` always did there: the models load on
+    the CPU (`trainer_ext.modeling.loading.default_device`), so the Trainer must not pick MPS or XPU.
 
     Args:
         file_values (`dict[str, Any]`): The recipe file's values, changed in place.
         argv (`list[str]`): The command line (without ``--config``), changed in place.
+        environ (`dict[str, str]`, *optional*): The environment (defaults to `os.environ`).
 
     Returns:
         `bool`: Whether the value that applies was ``auto``.
+
+    Raises:
+        `RecipeError`: for a ``bf16`` value that is none of true, false or auto.
     """
-    bf16_at, bf16 = _flag(argv, "bf16", file_values.get("bf16"))
-    if str(bf16).strip().lower() != "auto":
+    import os
+
+    from transformers.hf_argparser import string_to_bool
+
+    places, bf16 = _flag(argv, "bf16", file_values.get("bf16"))
+    if not _is_auto(bf16):
+        _check_bool("bf16", bf16)
+        _replace_auto(file_values, argv, places, bf16)  # an earlier `auto` the last value overrides
         return False
     import torch
 
     from trainer_ext.modeling.cpu_features import cpu_bf16_is_slow
 
-    _, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu", False))
-    if torch.cuda.is_available() and str(use_cpu).strip().lower() not in ("true", "1", "yes", "y"):
-        chosen = torch.cuda.is_bf16_supported()
+    environ = os.environ if environ is None else environ
+    cpu_places, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu"))
+    _check_bool("use_cpu", use_cpu)
+    on_cpu = string_to_bool(use_cpu) if use_cpu is not None else False
+    on_cpu = on_cpu or environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
+    if torch.cuda.is_available() and not on_cpu:
+        chosen = torch.cuda.is_bf16_supported(including_emulation=False)
     else:
         chosen = not cpu_bf16_is_slow()
-    if "bf16" in file_values:
-        file_values["bf16"] = chosen
-    if bf16_at is not None:
-        argv[bf16_at : bf16_at + (1 if "=" in argv[bf16_at] else 2)] = ["--bf16", str(chosen)]
+        if not torch.cuda.is_available() and use_cpu is None:
+            file_values["use_cpu"] = True
+    _replace_auto(file_values, argv, places, chosen)
     return True
 
 
-def _flag(argv: list[str], key: str, default: Any) -> tuple[int | None, Any]:
-    """Where ``--key`` last is in `argv` and its value (``--key value``, ``--key=value``, or a bare
-    ``--key``, which argparse reads as true), else ``(None, default)``."""
-    places = [i for i, a in enumerate(argv) if a == f"--{key}" or a.startswith(f"--{key}=")]
+def _replace_auto(file_values: dict[str, Any], argv: list[str], places: list[int], value: Any) -> None:
+    """Put `value` in place of every ``auto`` of ``bf16`` (argparse converts every occurrence it reads)."""
+    if _is_auto(file_values.get("bf16")):
+        file_values["bf16"] = value
+    for at in reversed(places):
+        given = argv[at].split("=", 1)[1] if "=" in argv[at] else argv[at + 1] if at + 1 < len(argv) else ""
+        if _is_auto(given):
+            argv[at : at + (1 if "=" in argv[at] else 2)] = ["--bf16", str(value)]
+
+
+def _flag(argv: list[str], key: str, default: Any) -> tuple[list[int], Any]:
+    """Where ``--key`` (or ``--key`` with dashes) is in `argv`, and the value its last occurrence gives
+    (``--key value``, ``--key=value``, or a bare ``--key``, which argparse reads as true); `default` when
+    absent."""
+    names = {f"--{key}", f"--{key.replace('_', '-')}"}
+    places = [i for i, a in enumerate(argv) if a.split("=", 1)[0] in names]
     if not places:
-        return None, default
+        return [], default
     at = places[-1]
     if "=" in argv[at]:
-        return at, argv[at].split("=", 1)[1]
+        return places, argv[at].split("=", 1)[1]
     following = argv[at + 1] if at + 1 < len(argv) else "--"
-    return at, "true" if following.startswith("--") else following
+    return places, "true" if following.startswith("--") else following
+
+
+def _is_auto(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == "auto"
+
+
+def _check_bool(key: str, value: Any) -> None:
+    """Refuse a value of `key` that is neither a bool nor what the parser reads as one."""
+    from transformers.hf_argparser import string_to_bool
+
+    if value is None or isinstance(value, bool):
+        return
+    try:
+        string_to_bool(str(value).strip())
+    except Exception:  # argparse's own error would not name `auto`
+        choices = "true, false or auto" if key == "bf16" else "true or false"
+        raise RecipeError(f"{key}: expected {choices}, got {value!r}.") from None
 
 
 def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
