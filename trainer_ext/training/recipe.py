@@ -194,7 +194,7 @@ def resolve_auto_bf16(
     from trainer_ext.modeling.cpu_features import cpu_bf16_is_slow
 
     environ = os.environ if environ is None else environ
-    cpu_places, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu"))
+    _, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu"))
     _check_bool("use_cpu", use_cpu)
     on_cpu = string_to_bool(use_cpu) if use_cpu is not None else False
     on_cpu = on_cpu or environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
