@@ -247,32 +247,34 @@ def test_predict_asks_a_base_model_for_labels(capsys):
     assert args.labels == ["sport", "politics"] and texts == ["a text", "another"]
 
 
-# (CPU, bf16 value, weights' dtype) -> bf16 autocast, and the line logged before training: "auto" when auto
-# chose float32, "slow" for bf16 (autocast or weights) on a CPU whose bf16 runs in a slow fallback, "hint"
-# for bf16 autocast converted with AVX-512.
+# (CPU, bf16 value, fp16, weights' dtype) -> bf16 autocast, and the lines logged before training: "auto"
+# when auto chose false, "slow" for half precision (autocast or weights) whose matmuls are slow on this CPU,
+# "hint" for bf16 autocast converted with AVX-512.
 CPU_PRECISION_CASES = [
-    ("native", "auto", "bfloat16", True, None),
-    ("native", "true", "bfloat16", True, None),
-    ("avx512", "auto", "bfloat16", True, "hint"),
-    ("avx512", "true", "bfloat16", True, "hint"),
-    ("avx512", "false", "float32", False, None),
-    ("avx2", "auto", "float32", False, "auto"),
-    ("avx2", "AUTO", "float32", False, "auto"),
-    ("avx2", "auto", "bfloat16", False, "slow"),
-    ("avx2", "true", "float32", True, "slow"),
-    ("avx2", "false", "bfloat16", False, "slow"),
-    ("avx2", "false", "float32", False, None),
+    ("native", "auto", False, "bfloat16", True, ()),
+    ("native", "true", False, "bfloat16", True, ()),
+    ("avx512", "auto", False, "bfloat16", True, ("hint",)),
+    ("avx512", "true", False, "bfloat16", True, ("hint",)),
+    ("avx512", "false", False, "float32", False, ()),
+    ("avx512", "false", True, "float32", False, ("slow",)),  # fp16 is slow on any CPU
+    ("avx2", "auto", False, "float32", False, ("auto",)),
+    ("avx2", "AUTO", False, "float32", False, ("auto",)),
+    ("avx2", "auto", False, "bfloat16", False, ("auto", "slow")),
+    ("avx2", "auto", True, "float32", False, ("auto", "slow")),
+    ("avx2", "true", False, "float32", True, ("slow",)),
+    ("avx2", "false", False, "bfloat16", False, ("slow",)),
+    ("avx2", "false", False, "float32", False, ()),
 ]
 LOGGED = {
     "auto": "bf16: auto -> false",
-    "slow": "on a CPU without native bf16 or AVX-512, where bf16 matmuls run in a slow fallback",
+    "slow": "on a CPU where its matmuls run in a slow fallback",
     "hint": "--bf16 false --dtype float32 trained the main job 1.4x faster",
 }
 
 
-@pytest.mark.parametrize(("cpu", "bf16", "dtype", "autocast", "logged"), CPU_PRECISION_CASES)
-def test_bf16_auto_follows_the_cpu_and_bf16_says_when_it_is_slow(
-    monkeypatch, caplog, cpu, bf16, dtype, autocast, logged
+@pytest.mark.parametrize(("cpu", "bf16", "fp16", "dtype", "autocast", "logged"), CPU_PRECISION_CASES)
+def test_bf16_auto_follows_the_cpu_and_half_precision_says_when_it_is_slow(
+    monkeypatch, caplog, cpu, bf16, fp16, dtype, autocast, logged
 ):
     import logging
 
@@ -286,13 +288,17 @@ def test_bf16_auto_follows_the_cpu_and_bf16_says_when_it_is_slow(
     for module in (cpu_features, loading):
         monkeypatch.setattr(module, "cpu_supports_bf16", lambda: cpu == "native")
         monkeypatch.setattr(module, "cpu_bf16_is_slow", lambda: cpu == "avx2")
-    recipe = parse_recipe(["--output_dir", "run", "--use_cpu", "true", f"--bf16={bf16}"])
-    assert recipe.training.bf16 is autocast
+    argv = ["--output_dir", "run", "--use_cpu", "true", f"--bf16={bf16}", "--fp16", str(fp16)]
+    recipe = parse_recipe(argv)
+    assert recipe.training.bf16 is autocast and recipe.training.fp16 is fp16
     assert recipe.bf16_auto is (bf16.lower() == "auto")
     with caplog.at_level(logging.INFO, logger="trainer_ext"):
         _hint_cpu_precision(recipe, getattr(torch, dtype))
     for key, line in LOGGED.items():
-        assert (line in caplog.text) is (key == logged), (key, caplog.text)
+        assert (line in caplog.text) is (key in logged), (key, caplog.text)
+    if "auto" in logged:
+        computes = "computes in half precision" if "slow" in logged else "training computes in float32"
+        assert computes in caplog.text
 
 
 # (file's bf16, command line, CUDA: None or whether it has bf16 natively, environment) -> the bf16 that
@@ -341,7 +347,7 @@ def test_resolve_auto_bf16(monkeypatch, file_bf16, argv, cuda_bf16, environ, bf1
 def test_a_bad_bf16_value_names_its_choices():
     from trainer_ext.training.recipe import RecipeError, parse_recipe
 
-    with pytest.raises(RecipeError, match="bf16: expected true, false or auto, got 'sometimes'"):
+    with pytest.raises(RecipeError, match="Command line: bf16 is 'sometimes'; give true, false or auto"):
         parse_recipe(["--output_dir", "run", "--bf16", "sometimes"])
 
 
@@ -357,5 +363,9 @@ def test_bf16_auto_in_a_recipe_file_and_the_command_line_wins(monkeypatch, tmp_p
     assert recipe.to_dict().get("bf16", False) is False  # what the run records: the value chosen
     recipe = parse_recipe(["--config", str(config), "--bf16", "true"])
     assert recipe.training.bf16 is True and not recipe.bf16_auto
-    with pytest.raises(RecipeError, match="bf16"):
+    with pytest.raises(RecipeError, match="Command line: bf16 is 'sometimes'"):
         parse_recipe(["--config", str(config), "--bf16", "sometimes"])
+    config.write_text("output_dir: run\nbf16: maybe\n", encoding="utf-8")
+    expected = re.escape(f"Recipe file '{config}': bf16 is 'maybe'; give true, false or auto")
+    with pytest.raises(RecipeError, match=expected):
+        parse_recipe(["--config", str(config)])

@@ -57,7 +57,8 @@ def print_help(full: bool) -> None:
     print(
         "\nEvery TrainingArguments key is a recipe key too (num_train_epochs, per_device_train_batch_size, "
         "bf16, seed, ...): `trainer-ext train --help-all` lists them. bf16 also takes `auto`: bf16 autocast "
-        "where the machine computes bf16 well (a GPU with bf16, a CPU with AVX-512), float32 elsewhere."
+        "where the machine computes bf16 well (a GPU with native bf16, a CPU with native bf16 or AVX-512), "
+        "float32 elsewhere."
     )
 
 

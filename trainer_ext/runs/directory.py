@@ -142,7 +142,7 @@ def _run_dtype(info: RunInfo, device: str | None, dtype: Any) -> Any:
     if "bfloat16" in (info.dtype, info.autocast) and not on_cuda and cpu_bf16_is_slow():
         logger.warning(
             "This run was evaluated in bf16, which this CPU (no native bf16, no AVX-512) computes in a slow "
-            "fallback; it is reloaded so all the same. Float32 is faster here: quantization='none', "
+            "fallback; it is reloaded in bf16 as evaluated. Float32 is faster here: quantization='none', "
             "dtype='auto', merge_adapter=True (trainer-ext predict --quantization none --dtype auto "
             "--merge_adapter true) answered batches 2x as fast as an 8-bit run in bf16 on such a CPU "
             "(README, 'Precision on CPUs without AVX-512'), with probabilities that may differ a little."

@@ -215,8 +215,9 @@ def build(recipe: Recipe, data: PreparedData | None = None):
 
 
 def _hint_cpu_precision(recipe: Recipe, dtype: Any) -> None:
-    """Say what ``bf16: auto`` chose, and when the model computes in bf16 (autocast or bf16 weights `dtype`)
-    on a CPU that only emulates it: slowly without AVX-512, at 1/1.4 of float32's speed with it."""
+    """Say what ``bf16: auto`` chose, and when the model computes in bf16 or fp16 (autocast, or weights of
+    that `dtype`) on a CPU that only emulates it: slowly without AVX-512 (bf16) or on any CPU (fp16), at
+    1/1.4 of float32's speed with AVX-512 (bf16)."""
     import torch
 
     from trainer_ext.modeling.loading import cpu_bf16_is_slow, cpu_supports_bf16
@@ -224,17 +225,33 @@ def _hint_cpu_precision(recipe: Recipe, dtype: Any) -> None:
     training = recipe.training
     if training.device.type != "cpu":
         return
-    in_bf16 = training.bf16 or dtype is torch.bfloat16
-    if recipe.bf16_auto and not in_bf16:
+    bf16 = [
+        name
+        for name, on in (("bf16 autocast", training.bf16), ("--dtype bfloat16", dtype is torch.bfloat16))
+        if on
+    ]
+    fp16 = [
+        name
+        for name, on in (("fp16 autocast", training.fp16), ("--dtype float16", dtype is torch.float16))
+        if on
+    ]
+    if recipe.bf16_auto and not training.bf16:
+        computes = (
+            f"but {' and '.join(bf16 + fp16)} computes in half precision"
+            if bf16 + fp16
+            else "computes in float32"
+        )
         logger.info(
             "bf16: auto -> false: this CPU has neither native bf16 nor AVX-512, so bf16 matmuls would run "
-            "in a slow fallback; training computes in float32 (README, 'Precision on CPUs without AVX-512')."
+            f"in a slow fallback; training {computes} (README, 'Precision on CPUs without AVX-512')."
         )
-    elif in_bf16 and cpu_bf16_is_slow():
+    slow = fp16 + (bf16 if cpu_bf16_is_slow() else [])
+    if slow:
         logger.warning(
-            "Training computes in bf16 (bf16 autocast or --dtype bfloat16) on a CPU without native bf16 or "
-            "AVX-512, where bf16 matmuls run in a slow fallback: a step of the main job took 9x as long as "
-            "in float32. Use --bf16 auto --dtype auto (README, 'Precision on CPUs without AVX-512')."
+            f"Training computes in half precision ({' and '.join(slow)}) on a CPU where its matmuls run in a "
+            "slow fallback: a step of the main job took 9x as long in bf16 as in float32 on a CPU without "
+            "native bf16 or AVX-512, and an 8-bit LoRA step 10-20x as long in fp16 as in bf16. Use "
+            "--bf16 auto --fp16 false --dtype auto (README, 'Precision on CPUs without AVX-512')."
         )
     elif training.bf16 and not cpu_supports_bf16():
         logger.info(

@@ -131,15 +131,17 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     file_values: dict[str, Any] = {}
+    config = None
     if "--config" in argv:
         at = argv.index("--config")
         if at + 1 >= len(argv):
             raise RecipeError("--config needs a YAML file path.")
-        file_values = load_yaml(argv[at + 1])
+        config = argv[at + 1]
+        file_values = load_yaml(config)
         del argv[at : at + 2]
     flags = [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--")]
     _check_keys(flags, "Command line")
-    bf16_auto = resolve_auto_bf16(file_values, argv)
+    bf16_auto = resolve_auto_bf16(file_values, argv, recipe_file=config)
     parser = _parser()
     parser.set_defaults(**{k: _as_flag_value(v) for k, v in file_values.items()})
     try:
@@ -156,7 +158,10 @@ def parse_recipe(argv: list[str] | None = None) -> Recipe:
 
 
 def resolve_auto_bf16(
-    file_values: dict[str, Any], argv: list[str], environ: dict[str, str] | None = None
+    file_values: dict[str, Any],
+    argv: list[str],
+    environ: dict[str, str] | None = None,
+    recipe_file: str | None = None,
 ) -> bool:
     """Replace a ``bf16`` value of ``auto`` (``bf16: auto`` in the file, ``--bf16 auto`` or ``--bf16=auto``
     on the command line, every occurrence) by ``True`` or ``False`` for this machine, in place; the command
@@ -173,6 +178,7 @@ def resolve_auto_bf16(
         file_values (`dict[str, Any]`): The recipe file's values, changed in place.
         argv (`list[str]`): The command line (without ``--config``), changed in place.
         environ (`dict[str, str]`, *optional*): The environment (defaults to `os.environ`).
+        recipe_file (`str`, *optional*): The recipe file the values come from, named in errors.
 
     Returns:
         `bool`: Whether the value that applies was ``auto``.
@@ -185,8 +191,9 @@ def resolve_auto_bf16(
     from transformers.hf_argparser import string_to_bool
 
     places, bf16 = _flag(argv, "bf16", file_values.get("bf16"))
+    file_named = f"recipe file {recipe_file!r}" if recipe_file else "recipe file"
     if not _is_auto(bf16):
-        _check_bool("bf16", bf16)
+        _check_bool("bf16", bf16, "command line" if places else file_named)
         _replace_auto(file_values, argv, places, bf16)  # an earlier `auto` the last value overrides
         return False
     import torch
@@ -194,8 +201,8 @@ def resolve_auto_bf16(
     from trainer_ext.modeling.cpu_features import cpu_bf16_is_slow
 
     environ = os.environ if environ is None else environ
-    _, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu"))
-    _check_bool("use_cpu", use_cpu)
+    cpu_places, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu"))
+    _check_bool("use_cpu", use_cpu, "command line" if cpu_places else file_named)
     on_cpu = string_to_bool(use_cpu) if use_cpu is not None else False
     on_cpu = on_cpu or environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
     if torch.cuda.is_available() and not on_cpu:
@@ -237,8 +244,8 @@ def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
-def _check_bool(key: str, value: Any) -> None:
-    """Refuse a value of `key` that is neither a bool nor what the parser reads as one."""
+def _check_bool(key: str, value: Any, where: str) -> None:
+    """Refuse a value of `key` (given in `where`) that is neither a bool nor what the parser reads as one."""
     from transformers.hf_argparser import string_to_bool
 
     if value is None or isinstance(value, bool):
@@ -247,7 +254,7 @@ def _check_bool(key: str, value: Any) -> None:
         string_to_bool(str(value).strip())
     except Exception:  # argparse's own error would not name `auto`
         choices = "true, false or auto" if key == "bf16" else "true or false"
-        raise RecipeError(f"{key}: expected {choices}, got {value!r}.") from None
+        raise RecipeError(f"{where.capitalize()}: {key} is {value!r}; give {choices}.") from None
 
 
 def check_launch(recipe: Recipe, environ: dict[str, str] | None = None) -> None:
