@@ -188,12 +188,10 @@ def resolve_auto_bf16(
     """
     import os
 
-    from transformers.hf_argparser import string_to_bool
-
     places, bf16 = _flag(argv, "bf16", file_values.get("bf16"))
     file_named = f"recipe file {recipe_file!r}" if recipe_file else "recipe file"
     if not _is_auto(bf16):
-        _check_bool("bf16", bf16, "command line" if places else file_named)
+        _as_bool("bf16", bf16, "command line" if places else file_named)
         _replace_auto(file_values, argv, places, bf16)  # an earlier `auto` the last value overrides
         return False
     import torch
@@ -202,8 +200,7 @@ def resolve_auto_bf16(
 
     environ = os.environ if environ is None else environ
     cpu_places, use_cpu = _flag(argv, "use_cpu", file_values.get("use_cpu"))
-    _check_bool("use_cpu", use_cpu, "command line" if cpu_places else file_named)
-    on_cpu = string_to_bool(use_cpu) if use_cpu is not None else False
+    on_cpu = bool(_as_bool("use_cpu", use_cpu, "command line" if cpu_places else file_named))
     on_cpu = on_cpu or environ.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
     if torch.cuda.is_available() and not on_cpu:
         chosen = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -220,8 +217,7 @@ def _replace_auto(file_values: dict[str, Any], argv: list[str], places: list[int
     if _is_auto(file_values.get("bf16")):
         file_values["bf16"] = value
     for at in reversed(places):
-        given = argv[at].split("=", 1)[1] if "=" in argv[at] else argv[at + 1] if at + 1 < len(argv) else ""
-        if _is_auto(given):
+        if _is_auto(_value_at(argv, at)):
             argv[at : at + (1 if "=" in argv[at] else 2)] = ["--bf16", str(value)]
 
 
@@ -231,27 +227,33 @@ def _flag(argv: list[str], key: str, default: Any) -> tuple[list[int], Any]:
     absent."""
     names = {f"--{key}", f"--{key.replace('_', '-')}"}
     places = [i for i, a in enumerate(argv) if a.split("=", 1)[0] in names]
-    if not places:
-        return [], default
-    at = places[-1]
+    return places, _value_at(argv, places[-1]) if places else default
+
+
+def _value_at(argv: list[str], at: int) -> str:
+    """The value of the flag at `argv[at]`: ``--key=value``, ``--key value``, ``"true"`` for a bare flag."""
     if "=" in argv[at]:
-        return places, argv[at].split("=", 1)[1]
+        return argv[at].split("=", 1)[1]
     following = argv[at + 1] if at + 1 < len(argv) else "--"
-    return places, "true" if following.startswith("--") else following
+    return "true" if following.startswith("--") else following
 
 
 def _is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
-def _check_bool(key: str, value: Any, where: str) -> None:
-    """Refuse a value of `key` (given in `where`) that is neither a bool nor what the parser reads as one."""
+def _as_bool(key: str, value: Any, where: str) -> bool | None:
+    """`value` of `key` (given in `where`) read as the parser reads a bool; `None` stays `None`.
+
+    Raises:
+        `RecipeError`: for a value that is no bool, naming where it was given and what to give.
+    """
     from transformers.hf_argparser import string_to_bool
 
     if value is None or isinstance(value, bool):
-        return
+        return value
     try:
-        string_to_bool(str(value).strip())
+        return string_to_bool(str(value).strip())
     except Exception:  # argparse's own error would not name `auto`
         choices = "true, false or auto" if key == "bf16" else "true or false"
         raise RecipeError(f"{where.capitalize()}: {key} is {value!r}; give {choices}.") from None
