@@ -49,6 +49,17 @@ def refuse_busy_machine(max_load: float, force: bool) -> bool:
     return False
 
 
+def refuse_missing_run(run: str | Path) -> bool:
+    """Print why and return True when `run` is not a run directory (no ``task.json``)."""
+    import sys
+
+    if (Path(run) / "task.json").is_file():
+        return False
+    print(f"error: {run} is not a run directory (no task.json); train one with `make train`, "
+          "or point --run at one.", file=sys.stderr)  # fmt: skip
+    return True
+
+
 def write_report(out_dir: str | Path, stem: str, report: dict, markdown: str) -> None:
     """Write `report` as `OUT_DIR/stem.json` and `markdown` as `OUT_DIR/stem.md`, and print the Markdown."""
     import json

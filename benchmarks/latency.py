@@ -38,7 +38,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
@@ -46,6 +45,7 @@ from benchmarks.common import (
     count_type,
     eval_split_examples,
     refuse_busy_machine,
+    refuse_missing_run,
     report_header,
     write_report,
 )
@@ -279,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if refuse_busy_machine(args.max_load, args.force):
         return 2
-    if not (Path(args.run) / "task.json").is_file():
-        print(f"error: {args.run} is not a run directory (no task.json); train one with `make train` "
-              "or pass --run.", file=sys.stderr)  # fmt: skip
+    if refuse_missing_run(args.run):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

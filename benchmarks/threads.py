@@ -25,13 +25,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
     count_type,
     eval_split_examples,
     refuse_busy_machine,
+    refuse_missing_run,
     report_header,
     write_report,
 )
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.way:  # the child: one way, its p50 on stdout
         print(json.dumps({"p50_ms": measure_way(args.way, args.run, args.messages)}))
         return 0
-    if not (Path(args.run) / "task.json").is_file():
-        print(f"error: {args.run} is not a run directory (no task.json); train one with `make train`, "
-              "or point --run at one.", file=sys.stderr)  # fmt: skip
+    if refuse_missing_run(args.run):
         return 2
     available = len(eval_split_examples())
     if args.messages > available:

@@ -272,3 +272,25 @@ def test_threads_benchmark_times_a_worker_thread_and_refuses_a_missing_run(tiny_
     assert main(["--run", str(run), "--messages", "100000", "--out_dir", str(tmp_path / "out")]) == 2
     assert "--messages 100000: the eval split has only" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_layout_benchmark_times_every_layout_and_whole_messages(tiny_model_dir, tmp_path, capsys):
+    from benchmarks.linear_layout import LAYOUTS, main
+    from trainer_ext.modeling.loading import load_model
+    from trainer_ext.runs.directory import save_run
+    from trainer_ext.runs.info import RunInfo
+    from trainer_ext.tasks import moderation_task
+
+    assert main(["--run", str(tmp_path / "nope"), "--force", "--out_dir", str(tmp_path / "out")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    base = str(tiny_model_dir("llama"))
+    loaded = load_model(base, quantization="none", method="lora-all", dtype="float32")
+    info = RunInfo(base_model=base, quantization="none", method="lora-all", dtype="float32")
+    run = save_run(tmp_path / "run", loaded.model, loaded.tokenizer, moderation_task(), info)
+    args = ["--rows", "3", "--rounds", "1", "--calls", "2", "--layers", "2", "--head_copies", "1", "--force"]
+    assert main([*args, "--run", str(run), "--messages", "2", "--out_dir", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "linear_layout.json").read_text())
+    assert {r["layer"] for r in report["results"]} >= {"down_proj", "lm_head"}
+    assert all(set(r["us"]) == set(LAYOUTS) and min(r["us"].values()) > 0 for r in report["results"])
+    assert set(report["messages"]) == {"row-major", "column-major", "weight-first head"}
+    assert "| weight-first head |" in (tmp_path / "out" / "linear_layout.md").read_text()

@@ -139,3 +139,77 @@ def test_prepacking_leaves_other_dtypes_and_cpus_without_native_bf16_alone(monke
     monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: False)
     layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
     assert cpu_layout.use_prepacked_weights(layer) == 0 and type(layer) is torch.nn.Linear
+
+
+@pytest.mark.parametrize("rows", [1, 3, 64, 200])  # 1 and 200: outside the weight-first range
+@pytest.mark.parametrize("bias", [False, True])
+def test_weight_first_layer_gives_nn_linear_results(rows, bias, monkeypatch):
+    from trainer_ext.modeling.cpu_layout import WEIGHT_FIRST_ROWS, WeightFirstLinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(48, 300, bias=bias)
+    plain = torch.nn.Linear(48, 300, bias=bias)
+    plain.load_state_dict(layer.state_dict())
+    layer.__class__ = WeightFirstLinear
+    products = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *a: products.append(a) or real_mm(*a))
+    x = torch.randn(1, rows, 48)  # (B, S, in): rows of one pass, as a model feeds its head
+    with torch.no_grad():
+        out, expected = layer(x), plain(x)
+    assert out.shape == expected.shape == (1, rows, 300) and out.is_contiguous()
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+    assert len(products) == (rows in WEIGHT_FIRST_ROWS)  # its own product only where it was measured faster
+    assert list(layer.state_dict()) == list(plain.state_dict())
+
+
+def test_weight_first_layer_trains_as_nn_linear():
+    from trainer_ext.modeling.cpu_layout import WeightFirstLinear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 40)
+    plain = torch.nn.Linear(16, 40)
+    plain.load_state_dict(layer.state_dict())
+    layer.__class__ = WeightFirstLinear
+    x = torch.randn(5, 16, requires_grad=True)
+    layer(x).square().sum().backward()
+    plain(x.detach()).square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, plain.weight.grad)
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_weight_first_head_gives_the_same_logits(tiny_model, arch):
+    from trainer_ext.modeling.cpu_layout import WeightFirstLinear, use_weight_first_head
+
+    model, _ = tiny_model(arch)
+    ids = torch.randint(0, 500, (2, 12))  # (B, S): 24 rows through the head
+    head = model.get_output_embeddings()
+    weight = head.weight
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    assert use_weight_first_head(model) == 1
+    assert type(model.get_output_embeddings()) is WeightFirstLinear and head.weight is weight
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+    model.to(torch.bfloat16)  # a cast keeps the class; bf16 runs nn.Linear's own product
+    with torch.no_grad():
+        switched = model(input_ids=ids).logits
+        head.__class__ = torch.nn.Linear
+        assert torch.equal(model(input_ids=ids).logits, switched)
+    assert use_weight_first_head(model) == 0  # a bf16 head is not switched
+
+
+@pytest.mark.parametrize("avx512", [True, False])
+def test_prediction_layout_follows_the_cpu_class(tiny_model, monkeypatch, avx512):
+    """Column-major decoder weights where the CPU has AVX-512, a weight-first LM head where it has not."""
+    from trainer_ext.modeling import cpu_layout
+
+    monkeypatch.setattr(cpu_layout, "cpu_supports_avx512", lambda: avx512)
+    model, _ = tiny_model("llama")
+    cpu_layout.lay_out_for_prediction(model, prepack=False)
+    head = model.get_output_embeddings()
+    decoder = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    assert decoder and all(m.weight.is_contiguous() != avx512 for m in decoder)
+    assert (type(head) is cpu_layout.WeightFirstLinear) != avx512

@@ -25,7 +25,7 @@ from trainer_ext.inference.scoring import (
     generate_labels,
     shared_prefix_length,
 )
-from trainer_ext.modeling.cpu_layout import use_column_major_weights, use_prepacked_weights
+from trainer_ext.modeling.cpu_layout import lay_out_for_prediction
 from trainer_ext.tasks import LabelTask
 from trainer_ext.training.tokenization import PromptEncoder
 from trainer_ext.vocabulary import DECODINGS, is_local_path
@@ -36,12 +36,10 @@ CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 
 
 def _lay_out_for_prediction(loaded) -> None:
-    """Lays out the unquantized linear weights of a `LoadedModel` for few-row CPU products (see
-    `trainer_ext.modeling.cpu_layout`). Quantized models are left as they are: their point is memory, and a
-    prepacked copy of the bf16 layers they keep (the LM head) would add to it."""
-    use_column_major_weights(loaded.model)
-    if loaded.quantization == "none":
-        use_prepacked_weights(loaded.model)
+    """Lays out the linear weights of a `LoadedModel` for few-row CPU products (see
+    `trainer_ext.modeling.cpu_layout`). Quantized models get no prepacked copies: their point is memory, and
+    a prepacked copy of the bf16 layers they keep (the LM head) would add to it."""
+    lay_out_for_prediction(loaded.model, prepack=loaded.quantization == "none")
 
 
 @dataclass

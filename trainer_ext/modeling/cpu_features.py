@@ -15,6 +15,13 @@ def cpu_supports_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def cpu_supports_avx512() -> bool:
+    """Whether this CPU has AVX-512 (as PyTorch's CPU dispatch sees it)."""
+    import torch
+
+    return getattr(torch.cpu, "_is_avx512_supported", lambda: False)()
+
+
 def cpu_bf16_is_slow() -> bool:
     """Whether bf16 matmuls on this CPU are so slow that float32 should be computed instead.
 
@@ -30,7 +37,4 @@ def cpu_bf16_is_slow() -> bool:
     Returns:
         `bool`: True where neither `cpu_supports_bf16` nor AVX-512 is available.
     """
-    import torch
-
-    avx512 = getattr(torch.cpu, "_is_avx512_supported", lambda: False)()
-    return not (cpu_supports_bf16() or avx512)
+    return not (cpu_supports_bf16() or cpu_supports_avx512())

@@ -1,8 +1,9 @@
-"""Weight layout of linear layers for prediction on the CPU: float32 column-major, bf16 prepacked.
+"""Weight layout of linear layers for prediction on the CPU: float32 column-major or a weight-first LM head,
+bf16 prepacked.
 
-`nn.Linear` keeps its weight as a contiguous `(out, in)` matrix and computes ``x @ weight.T``. On the
-CPU, for the rows of one short prompt (8 to 48 tokens), that product runs 1.6-2.7x slower than the same
-product with the weight stored the other way round, as the transpose of a contiguous `(in, out)` matrix
+`nn.Linear` keeps its weight as a contiguous `(out, in)` matrix and computes ``x @ weight.T``. On a CPU
+with AVX-512, for the rows of one short prompt (8 to 48 tokens), that product runs 1.6-2.7x slower than the
+same product with the weight stored the other way round, as the transpose of a contiguous `(in, out)` matrix
 (column-major): 577 against 1,083 microseconds for 28 rows of SmolLM2-135M's `gate_proj` in float32 on a
 2-core AVX-512 CPU, weights read from memory (``python -m benchmarks.linear_layout``,
 docs/benchmarks/linear_layout.md). From 64 rows on the two layouts are within a few percent of each
@@ -18,6 +19,15 @@ embeddings) are left alone: their product over one or a few rows is not faster t
 A model is re-laid for prediction only (`Classifier` does it when it loads one). Greedy generation,
 which feeds one row per new token after the prompt, runs those steps 0.64-0.93x as fast; the prompt's
 own pass gains more than that for short answers such as labels, not for long free continuations.
+
+On a CPU with AVX2 but no AVX-512 (most laptops) the same benchmark gives the opposite: column-major
+decoder products ran 0.65-0.99x as fast as row-major ones for 8 to 64 rows on a 2-core AMD EPYC
+(docs/benchmarks/linear_layout_avx2/linear_layout.md), so the weights stay as they are there. The LM head
+is what gains there: its product over the few rows of the label tokens (a 49,152 x 576 weight, 113 MB in
+float32) ran 1.4-3.3x faster for 3 to 64 rows computed weight first, as ``(weight @ x.T).T`` (14.3
+against 47.7 ms for 3 rows), about as fast for 1 row and 128 rows, and slower for 448. `WeightFirstLinear`
+computes it that way for 2 to 128 rows; on CPUs with AVX-512 that was not measured, and the head is left
+alone there.
 
 bf16 products go through oneDNN, which reorders a plain `(out, in)` weight into its own blocked layout on
 every call. `use_prepacked_weights` does that reorder once, when a model is loaded for prediction, and
@@ -41,7 +51,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer_ext.modeling.cpu_features import cpu_supports_bf16
+from trainer_ext.modeling.cpu_features import cpu_supports_avx512, cpu_supports_bf16
 
 
 def use_column_major_weights(model: nn.Module) -> int:
@@ -76,6 +86,61 @@ def use_column_major_weights(model: nn.Module) -> int:
             weight.data = weight.data.t().contiguous().t()  # (out, in) values, strides (1, out)
         relaid += 1
     return relaid
+
+
+# Rows of one product for which the weight-first LM head was measured faster (see the module docstring).
+WEIGHT_FIRST_ROWS = range(2, 129)
+
+
+class WeightFirstLinear(nn.Linear):
+    """An `nn.Linear` that computes a float32 product of 2 to 128 rows on the CPU without gradients as
+    ``(weight @ x.T).T``, made contiguous: the same values up to float rounding (another summation order),
+    faster for the few rows of an LM head on AVX2 CPUs (see the module docstring). Everything else (other
+    row counts, dtypes and devices, gradients) runs `nn.Linear`. The class holds no state of its own.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+        if (
+            rows not in WEIGHT_FIRST_ROWS
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or weight.dtype != torch.float32
+            or weight.device.type != "cpu"
+            or (bias is not None and bias.dtype != torch.float32)
+            or (
+                torch.is_grad_enabled()
+                and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+            )
+        ):
+            return super().forward(x)
+        flat = x.reshape(rows, x.shape[-1])  # (rows, in)
+        out = torch.mm(weight, flat.t()).t().contiguous()  # (out, rows) -> (rows, out)
+        if bias is not None:
+            out += bias
+        return out.reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
+
+
+def use_weight_first_head(model: nn.Module) -> int:
+    """Switches the output embeddings (the LM head) of `model` to `WeightFirstLinear`, in place, where it
+    is a float32 `nn.Linear` on the CPU. Only the class changes: the parameters (and their tying to the
+    input embeddings) stay as they are, and `nn.Linear` checks still see the layer as one.
+
+    Args:
+        model (`torch.nn.Module`): A model with ``get_output_embeddings``, on the CPU, used for prediction.
+
+    Returns:
+        `int`: 1 when the head was switched (or already was), else 0.
+    """
+    get_output = getattr(model, "get_output_embeddings", None)
+    head = get_output() if callable(get_output) else None
+    if type(head) not in (nn.Linear, WeightFirstLinear):
+        return 0
+    if head.weight.device.type != "cpu" or head.weight.dtype != torch.float32:
+        return 0
+    head.__class__ = WeightFirstLinear
+    return 1
 
 
 # One availability guard for oneDNN's linear ops (absent from builds without oneDNN).
@@ -179,3 +244,21 @@ def use_prepacked_weights(model: nn.Module) -> int:
         module._pack()  # packs the detached weight: nothing for autograd to record
         packed += 1
     return packed
+
+
+def lay_out_for_prediction(model: nn.Module, *, prepack: bool) -> None:
+    """Lays out `model`'s linear layers for few-row products on this CPU, as measured fastest: float32
+    decoder weights column-major where the CPU has AVX-512, else a weight-first float32 LM head; with
+    `prepack`, bf16 weights prepacked for oneDNN where the CPU computes bf16 natively (a second copy of
+    them). Nothing changes for layers on another device or in a dtype without a faster layout.
+
+    Args:
+        model (`torch.nn.Module`): A model used for prediction.
+        prepack (`bool`): Whether to prepack bf16 weights (`use_prepacked_weights`).
+    """
+    if cpu_supports_avx512():
+        use_column_major_weights(model)
+    else:
+        use_weight_first_head(model)
+    if prepack:
+        use_prepacked_weights(model)
