@@ -1,4 +1,4 @@
-"""Time float32 linear layers on the CPU with row-major and column-major weights, by number of rows.
+"""Time float32 linear layers on the CPU with their weights laid out four ways, by number of rows.
 
     python -m benchmarks.linear_layout            # a few minutes on 2 cores; writes linear_layout.md
     python -m benchmarks.linear_layout --rounds 3 --no_write
@@ -12,13 +12,17 @@ of one message, one tweet's own tokens, a batch of 16 tweets), the median micros
 - ``column-major``: the same values stored as the transpose of a contiguous `(in, out)` matrix, as
   `trainer_ext.modeling.cpu_layout.use_column_major_weights` lays them out for prediction;
 - ``weight-first``: the row-major weight as the left operand, ``(weight @ x.T).T`` made contiguous, as
-  `trainer_ext.modeling.cpu_layout.WeightFirstLinear` computes the LM head's few rows.
+  `trainer_ext.modeling.cpu_layout.WeightFirstLinear` computes the LM head's few rows;
+- ``prepacked``: oneDNN's product with the weight reordered once into its blocked layout, as
+  `trainer_ext.modeling.cpu_layout.PrepackedLinear` computes it (bf16 with native bf16, float32 on AVX2).
 
 With ``--run`` (a run directory), it also times whole messages: `Classifier.predict` of one tweet of the
 study's eval split per call, the run loaded unquantized in float32 with its adapter merged, with the model's
 linear layers laid out each way in turn (``row-major``: as `nn.Linear` keeps them; ``column-major``: every
-decoder weight, as on CPUs with AVX-512; ``weight-first head``: only the LM head, as on CPUs without), in
-interleaved rounds, and reports each layout's median and mean milliseconds per message.
+decoder weight, as on CPUs with AVX-512; ``weight-first head``: only the LM head, as on CPUs with AVX2
+for quantized weights; ``prepacked, weight-first head``: that and every decoder weight prepacked for
+oneDNN, as on CPUs with AVX2 for unquantized weights), in interleaved rounds, and reports each layout's
+median and mean milliseconds per message.
 
 The shapes are those of SmolLM2-135M's decoder layers and its LM head (576 -> 49,152, tied to the input
 embeddings); each head weight is 113 MB, so only ``--head_copies`` distinct ones are cycled through.
@@ -51,7 +55,7 @@ from benchmarks.int8_matmul import LAYER_SHAPES
 from trainer_ext.runs.info import cpu_model
 
 ROWS = [1, 3, 8, 16, 28, 48, 64, 128, 448]
-LAYOUTS = ("row-major", "column-major", "weight-first")
+LAYOUTS = ("row-major", "column-major", "weight-first", "prepacked")
 HEAD_SHAPE = ("lm_head", 576, 49152)
 
 
@@ -77,6 +81,10 @@ def _weight_first(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(weight, x.t()).t().contiguous()  # (out, rows) -> (rows, out)
 
 
+def _prepacked(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # (rows, out)
+
+
 def time_shape(in_features: int, out_features: int, rows: int, args, copies: int, calls: int):
     """Median microseconds per call of each layout for `rows` rows, cycling through `copies` weights."""
     scale = in_features**-0.5
@@ -85,8 +93,14 @@ def time_shape(in_features: int, out_features: int, rows: int, args, copies: int
         "row-major": row_major,
         "column-major": [w.t().contiguous().t() for w in row_major],
         "weight-first": row_major,
+        "prepacked": [torch.ops.mkldnn._reorder_linear_weight(w) for w in row_major],
     }
-    products = {"row-major": F.linear, "column-major": F.linear, "weight-first": _weight_first}
+    products = {
+        "row-major": F.linear,
+        "column-major": F.linear,
+        "weight-first": _weight_first,
+        "prepacked": _prepacked,
+    }
     x = torch.randn(rows, in_features)  # (rows, in)
     for layout in LAYOUTS:  # same results, and a warm-up
         torch.testing.assert_close(
@@ -104,26 +118,48 @@ def time_shape(in_features: int, out_features: int, rows: int, args, copies: int
 
 
 def _plain_layout(model) -> None:
-    """Back to `nn.Linear` as it is: contiguous `(out, in)` weights, the plain class for the head."""
-    from trainer_ext.modeling.cpu_layout import WeightFirstLinear
+    """Back to `nn.Linear` as it is: contiguous `(out, in)` weights, the plain class, no packed copies."""
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, WeightFirstLinear
 
     for module in model.modules():
-        if type(module) is WeightFirstLinear:
+        if type(module) is PrepackedLinear:
+            module._drop_packed()
+        if type(module) in (WeightFirstLinear, PrepackedLinear):
             module.__class__ = torch.nn.Linear
         if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
             with torch.no_grad():
                 module.weight.data = module.weight.data.contiguous()
 
 
+def _prepacked_layout(model) -> None:
+    """The LM head weight first and every other float32 layer a float32 `PrepackedLinear`, as
+    `lay_out_for_prediction` lays out an unquantized model on CPUs with AVX2 (here on any CPU)."""
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_weight_first_head
+
+    _plain_layout(model)
+    use_weight_first_head(model)
+    for module in model.modules():
+        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
+            module.__class__ = PrepackedLinear
+            module._packed_dtype = torch.float32
+            module._pack()
+
+
 def time_messages(run: str, messages: int, rounds: int) -> dict[str, dict[str, float]]:
-    """Median and mean milliseconds of `Classifier.predict` of one message, per whole-model layout."""
+    """Median and mean milliseconds of `Classifier.predict` of one message, per whole-model layout, and the
+    size of the prepacked layout's packed copies (float32 weights, in MB)."""
     from trainer_ext.inference.classifier import Classifier
-    from trainer_ext.modeling.cpu_layout import use_column_major_weights, use_weight_first_head
+    from trainer_ext.modeling.cpu_layout import (
+        PrepackedLinear,
+        use_column_major_weights,
+        use_weight_first_head,
+    )
 
     layouts = {
         "row-major": _plain_layout,
         "column-major": lambda model: (_plain_layout(model), use_column_major_weights(model)),
         "weight-first head": lambda model: (_plain_layout(model), use_weight_first_head(model)),
+        "prepacked, weight-first head": _prepacked_layout,
     }
     clf = Classifier.from_pretrained(run, quantization="none", dtype="float32", merge_adapter=True)
     texts = [example.text for example in eval_split_examples()[:messages]]
@@ -136,10 +172,13 @@ def time_messages(run: str, messages: int, rounds: int) -> dict[str, dict[str, f
                 start = time.perf_counter()
                 clf.predict(text)
                 seconds[layout].append(time.perf_counter() - start)
-    return {
+    packed_mb = sum(m.weight.numel() * 4 for m in clf.model.modules() if type(m) is PrepackedLinear) / 1e6
+    report = {
         layout: {"p50_ms": statistics.median(values) * 1e3, "mean_ms": statistics.fmean(values) * 1e3}
         for layout, values in seconds.items()
     }
+    report["prepacked, weight-first head"]["packed_copies_mb"] = round(packed_mb)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     report = report_header("linear_layout", argv)
     report.update(cpu=cpu_model(), torch_threads=torch.get_num_threads(), results=[])
     lines = [
-        "# float32 linear layers on the CPU: row-major, column-major and weight-first products",
+        "# float32 linear layers on the CPU: row-major, column-major, weight-first and prepacked products",
         "",
         f"Rerun: `{report['command']}` ({report['date']}; {report['machine']}, {report['cpu']}; torch "
         f"threads {report['torch_threads']}; 1-minute load average at start {report['load_average']:.2f}).",
@@ -158,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({args.head_copies} for the LM head). Speed-ups: row-major time / that layout's time (above 1: "
         "faster than `nn.Linear` as it is).",
         "",
-        "| layer (in -> out) | rows | row-major us | column-major us | weight-first us | column-major "
-        "speed-up | weight-first speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| layer (in -> out) | rows | "
+        + " | ".join(f"{layout} us" for layout in LAYOUTS)
+        + " | "
+        + " | ".join(f"{layout} speed-up" for layout in LAYOUTS[1:])
+        + " |",
+        "|---|" + "---:|" * (2 * len(LAYOUTS)),
     ]
     shapes = [(name, n_in, n_out, args.layers, args.calls) for name, n_in, n_out, _ in LAYER_SHAPES]
     shapes.append((*HEAD_SHAPE, args.head_copies, max(args.calls // 10, 2)))
@@ -170,11 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             report["results"].append(
                 {"layer": name, "in": in_features, "out": out_features, "rows": rows, "us": us}
             )
-            lines.append(
-                f"| {name} ({in_features} -> {out_features}) | {rows} | {us['row-major']:.0f} | "
-                f"{us['column-major']:.0f} | {us['weight-first']:.0f} | "
-                f"{us['row-major'] / us['column-major']:.2f}x | {us['row-major'] / us['weight-first']:.2f}x |"
-            )
+            times = " | ".join(f"{us[layout]:.0f}" for layout in LAYOUTS)
+            ratios = " | ".join(f"{us['row-major'] / us[layout]:.2f}x" for layout in LAYOUTS[1:])
+            lines.append(f"| {name} ({in_features} -> {out_features}) | {rows} | {times} | {ratios} |")
     if args.run:
         report["messages"] = time_messages(args.run, args.messages, args.rounds)
         plain = report["messages"]["row-major"]["p50_ms"]
@@ -191,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(
                 f"| {layout} | {ms['p50_ms']:.1f} | {ms['mean_ms']:.1f} | {plain / ms['p50_ms']:.2f}x |"
             )
+        packed_mb = report["messages"]["prepacked, weight-first head"]["packed_copies_mb"]
+        lines += ["", f"The prepacked layout keeps a second copy of the decoder weights: {packed_mb} MB."]
     markdown = "\n".join(lines) + "\n"
     if args.no_write:
         print(markdown)

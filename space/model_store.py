@@ -94,8 +94,10 @@ class SpaceSettings:
             (about 270 MB more for the embedded model in bf16, plus the untied copy of its output layer
             that merging an adapter of tied embeddings makes, about 57 MB). On a CPU with native bf16 each
             of the two models also keeps its linear weights prepacked for oneDNN (about 270 MB more each;
-            see `trainer_ext.modeling.cpu_layout.use_prepacked_weights`). With `False` it is the trained
-            model with its adapter switched off. Quantized weights always keep the adapter separate.
+            see `trainer_ext.modeling.cpu_layout.use_prepacked_weights`), and on a CPU with AVX2 but no
+            AVX-512, where they are float32, its decoder weights (about 425 MB more each). With `False` it
+            is the trained model with its adapter switched off. Quantized weights always keep the adapter
+            separate.
     """
 
     adapter: str | None = None

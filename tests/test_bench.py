@@ -292,5 +292,10 @@ def test_layout_benchmark_times_every_layout_and_whole_messages(tiny_model_dir, 
     report = json.loads((tmp_path / "out" / "linear_layout.json").read_text())
     assert {r["layer"] for r in report["results"]} >= {"down_proj", "lm_head"}
     assert all(set(r["us"]) == set(LAYOUTS) and min(r["us"].values()) > 0 for r in report["results"])
-    assert set(report["messages"]) == {"row-major", "column-major", "weight-first head"}
+    assert set(report["messages"]) == {
+        "row-major",
+        "column-major",
+        "weight-first head",
+        "prepacked, weight-first head",
+    }
     assert "| weight-first head |" in (tmp_path / "out" / "linear_layout.md").read_text()

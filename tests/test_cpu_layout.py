@@ -135,10 +135,59 @@ def test_adapter_layers_are_not_packed_and_merging_reaches_the_output(tiny_model
 def test_prepacking_leaves_other_dtypes_and_cpus_without_native_bf16_alone(monkeypatch):
     from trainer_ext.modeling import cpu_layout
 
-    assert cpu_layout.use_prepacked_weights(torch.nn.Linear(8, 4)) == 0  # float32
+    monkeypatch.setattr(cpu_layout, "cpu_capability", lambda: "AVX512")
+    assert cpu_layout.use_prepacked_weights(torch.nn.Linear(8, 4)) == 0  # float32 is packed on AVX2 only
     monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: False)
     layer = torch.nn.Linear(8, 4).to(torch.bfloat16)
     assert cpu_layout.use_prepacked_weights(layer) == 0 and type(layer) is torch.nn.Linear
+
+
+@pytest.fixture
+def avx2(monkeypatch):
+    """Lay out as on a CPU with AVX2 and no AVX-512, whatever this machine has (results do not depend on
+    it)."""
+    from trainer_ext.modeling import cpu_layout
+
+    if not cpu_layout._PACKING:
+        pytest.skip("oneDNN's linear ops need PyTorch with oneDNN")
+    monkeypatch.setattr(cpu_layout, "cpu_capability", lambda: "AVX2")
+    monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: False)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
+def test_prepacked_float32_weights_give_the_same_logits(tiny_model, avx2, arch):
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
+
+    model, _ = tiny_model(arch)
+    ids = torch.randint(0, 500, (2, 28))  # (B, S)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    keys = list(model.state_dict())
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert use_prepacked_weights(model) == len(linears) > 0
+    assert all(type(m) is PrepackedLinear and "_packed_weight" in m.__dict__ for m in linears)
+    with torch.no_grad():
+        after = model(input_ids=ids).logits
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)  # oneDNN's summation order, not MKL's
+    assert list(model.state_dict()) == keys
+
+
+def test_prepacked_float32_layer_trains_and_casts_as_nn_linear(avx2):
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
+
+    torch.manual_seed(0)
+    layer, plain = torch.nn.Linear(32, 16), torch.nn.Linear(32, 16)
+    plain.load_state_dict(layer.state_dict())
+    assert use_prepacked_weights(layer) == 1
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    layer(x).square().sum().backward()  # with gradients it is nn.Linear's own product
+    plain(x.detach()).square().sum().backward()
+    torch.testing.assert_close(layer.weight.grad, plain.weight.grad)
+    layer.to(torch.bfloat16)  # packed for float32: in bf16 it runs nn.Linear's product
+    with torch.no_grad():
+        out = layer(x.detach().bfloat16())
+    assert type(layer) is PrepackedLinear and "_packed_weight" not in layer.__dict__
+    assert torch.equal(out, torch.nn.functional.linear(x.detach().bfloat16(), layer.weight, layer.bias))
 
 
 @pytest.mark.parametrize("rows", [1, 3, 64, 200])  # 1 and 200: outside the weight-first range
@@ -201,15 +250,18 @@ def test_weight_first_head_gives_the_same_logits(tiny_model, arch):
     assert use_weight_first_head(model) == 0  # a bf16 head is not switched
 
 
-@pytest.mark.parametrize("avx512", [True, False])
-def test_prediction_layout_follows_the_cpu_class(tiny_model, monkeypatch, avx512):
-    """Column-major decoder weights where the CPU has AVX-512, a weight-first LM head where it has not."""
+@pytest.mark.parametrize("capability", ["AVX512", "AVX2", "DEFAULT"])
+def test_prediction_layout_follows_the_cpu_class(tiny_model, monkeypatch, capability):
+    """AVX-512: column-major float32 weights. AVX2: prepacked float32 decoder weights and a weight-first LM
+    head. Other CPUs (not measured): float32 layers left as they are."""
     from trainer_ext.modeling import cpu_layout
 
-    monkeypatch.setattr(cpu_layout, "cpu_supports_avx512", lambda: avx512)
+    monkeypatch.setattr(cpu_layout, "cpu_capability", lambda: capability)
     model, _ = tiny_model("llama")
-    cpu_layout.lay_out_for_prediction(model, prepack=False)
+    cpu_layout.lay_out_for_prediction(model, prepack=True)
     head = model.get_output_embeddings()
     decoder = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
-    assert decoder and all(m.weight.is_contiguous() != avx512 for m in decoder)
-    assert (type(head) is cpu_layout.WeightFirstLinear) != avx512
+    assert decoder and all(m.weight.is_contiguous() == (capability != "AVX512") for m in decoder)
+    packed = capability == "AVX2" and cpu_layout._PACKING
+    assert all((type(m) is cpu_layout.PrepackedLinear) == packed for m in decoder)
+    assert (type(head) is cpu_layout.WeightFirstLinear) == (capability == "AVX2")

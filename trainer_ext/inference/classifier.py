@@ -126,9 +126,11 @@ class Classifier:
         so that its predictions reproduce the run's `predictions.csv`. For the fastest predictions on a
         CPU, load it unquantized with the adapter merged in the fastest dtype the CPU computes
         (``quantization="none", dtype="auto", merge_adapter=True``): bf16 where the CPU has native bf16
-        (AVX-512 BF16 or AMX), else float32. Unquantized linear weights are laid out for few-row products
-        on the CPU: float32 ones column-major, bf16 ones prepacked for oneDNN, which costs a second copy of
-        them in memory (see `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures
+        (AVX-512 BF16 or AMX), else float32. Linear weights are laid out for few-row products on the CPU,
+        by CPU class: float32 ones column-major with AVX-512; with AVX2 a float32 LM head computed weight
+        first and, unquantized, the other float32 weights prepacked for oneDNN; bf16 ones prepacked where
+        the CPU has native bf16. Prepacking costs a second copy of those weights in memory (see
+        `trainer_ext.modeling.cpu_layout`). ``python -m benchmarks.latency`` measures
         each setting.
 
         Args:

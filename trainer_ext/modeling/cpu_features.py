@@ -15,6 +15,14 @@ def cpu_supports_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def cpu_capability() -> str:
+    """The vector instruction set PyTorch's CPU kernels dispatch to here: ``"AVX512"``, ``"AVX2"``, or
+    another name on other CPUs (`torch.backends.cpu.get_cpu_capability`)."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def cpu_supports_avx512() -> bool:
     """Whether this CPU has AVX-512 (as PyTorch's CPU dispatch sees it)."""
     import torch

@@ -1,5 +1,5 @@
-"""Weight layout of linear layers for prediction on the CPU: float32 column-major or a weight-first LM head,
-bf16 prepacked.
+"""Weight layout of linear layers for prediction on the CPU, by CPU class: float32 column-major (AVX-512),
+a weight-first LM head and float32 prepacked for oneDNN (AVX2), bf16 prepacked (native bf16).
 
 `nn.Linear` keeps its weight as a contiguous `(out, in)` matrix and computes ``x @ weight.T``. On a CPU
 with AVX-512, for the rows of one short prompt (8 to 48 tokens), that product runs 1.6-2.7x slower than the
@@ -21,21 +21,30 @@ which feeds one row per new token after the prompt, runs those steps 0.64-0.93x 
 own pass gains more than that for short answers such as labels, not for long free continuations.
 
 On a CPU with AVX2 but no AVX-512 (most laptops) the same benchmark gives the opposite: column-major
-decoder products ran 0.65-0.99x as fast as row-major ones for 8 to 64 rows on a 2-core AMD EPYC
-(docs/benchmarks/linear_layout_avx2/linear_layout.md), so the weights stay as they are there. The LM head
-is what gains there: its product over the few rows of the label tokens (a 49,152 x 576 weight, 113 MB in
-float32) ran 1.4-3.3x faster for 3 to 64 rows computed weight first, as ``(weight @ x.T).T`` (14.3
-against 47.7 ms for 3 rows), about as fast for 1 row and 128 rows, and slower for 448. `WeightFirstLinear`
-computes it that way for 2 to 128 rows; on CPUs with AVX-512 that was not measured, and the head is left
-alone there.
+decoder products ran 0.73-1.12x as fast as row-major ones for 16 to 48 rows on a 2-core AMD EPYC, slower
+in most cases (``python -m benchmarks.linear_layout --run runs/moderation-lora-all``,
+docs/benchmarks/linear_layout_avx2/ and linear_layout_avx2_rerun/). What gains there is, first, the LM head:
+its product over the few rows of the label tokens (a 49,152 x 576 weight, 113 MB in float32) ran 1.9-3.6x
+faster for 3 to 8 rows and 1.2-1.5x for 16 to 64 computed weight first, as ``(weight @ x.T).T``, about as
+fast for 1 and 128 rows and slower for 448; `WeightFirstLinear` computes it that way for 2 to 128 rows,
+which costs no memory. Second, float32 weights prepacked for oneDNN (below), at the price of a second copy.
+Whole messages of the main job's run (unquantized, adapter merged, layouts interleaved in one process) took
+1.11-1.13x less time than with row-major weights with the weight-first head alone, 1.26-1.28x with the
+decoder weights prepacked as well, and 1.34-1.40x less than with the column-major weights used before;
+in probes while the machine ran faster overall the prepacking gained only 1.04-1.08x over the weight-first
+head. So on such CPUs `lay_out_for_prediction` keeps row-major weights, computes the head weight first and,
+for unquantized models, prepacks the decoder's float32 weights. On CPUs with AVX-512 none of that was
+measured, and on other CPUs (ARM) nothing was: float32 layers stay as they were there.
 
 bf16 products go through oneDNN, which reorders a plain `(out, in)` weight into its own blocked layout on
-every call. `use_prepacked_weights` does that reorder once, when a model is loaded for prediction, and
-keeps the blocked copy beside the weight (``torch.ops.mkldnn._reorder_linear_weight``, the weight packing
-that PyTorch's Inductor compiler does for CPU linear layers when it freezes a model). The results are
-bit-identical to `nn.Linear`'s; SmolLM2-135M's 210 decoder products over the 28 rows of one message took
-23.0 instead of 35.8 ms, weights read from memory, on a 2-core AMD EPYC with native bf16. The price is a
-second copy of those weights (about 270 MB for SmolLM2-135M, its tied LM head included).
+every call (float32 ones go through MKL's sgemm instead). `use_prepacked_weights` does that reorder once,
+when a model is loaded for prediction, and keeps the blocked copy beside the weight
+(``torch.ops.mkldnn._reorder_linear_weight``, the weight packing that PyTorch's Inductor compiler does for
+CPU linear layers when it freezes a model). In bf16 the results are bit-identical to `nn.Linear`'s;
+SmolLM2-135M's 210 decoder products over the 28 rows of one message took 23.0 instead of 35.8 ms, weights
+read from memory, on a 2-core AMD EPYC with native bf16. The price is a second copy of those weights (about
+270 MB for SmolLM2-135M, its tied LM head included). In float32, on AVX2, oneDNN's results differ from MKL's
+by float rounding, and the copy is 425 MB (the head excluded).
 
 >>> import torch
 >>> layer = torch.nn.Linear(4, 3)
@@ -51,7 +60,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainer_ext.modeling.cpu_features import cpu_supports_avx512, cpu_supports_bf16
+from trainer_ext.modeling.cpu_features import cpu_capability, cpu_supports_bf16
 
 
 def use_column_major_weights(model: nn.Module) -> int:
@@ -153,13 +162,15 @@ _PACKING = (
 
 
 class PrepackedLinear(nn.Linear):
-    """An `nn.Linear` that, for bf16 inference on the CPU, multiplies by a copy of its weight prepacked in
-    oneDNN's blocked layout; everything else (gradients, other dtypes and devices) runs `nn.Linear`.
+    """An `nn.Linear` that, for inference on the CPU in the dtype it was packed in (bf16, or float32 on AVX2
+    CPUs), multiplies by a copy of its weight prepacked in oneDNN's blocked layout; everything else
+    (gradients, other dtypes and devices) runs `nn.Linear`.
 
     The packed copy is made again when the weight tensor is replaced or changed in place by an operation
     autograd sees (its version counter). A change made through ``weight.data`` is not seen: call
     `use_prepacked_weights` again after one. Moving or casting the layer (``.to()``, ``.float()``) drops the
-    copy, and copying or pickling the layer leaves it out; it is made again at the next bf16 CPU call.
+    copy, and copying or pickling the layer leaves it out; it is made again at the next CPU call in the
+    packed dtype.
     """
 
     _PACKED_ATTRIBUTES = ("_packed_weight", "_packed_from")
@@ -186,12 +197,13 @@ class PrepackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
+        dtype = getattr(self, "_packed_dtype", torch.bfloat16)  # kept through casts and copies
         if (
             x.device.type != "cpu"
-            or x.dtype != torch.bfloat16
-            or weight.dtype != torch.bfloat16
+            or x.dtype != dtype
+            or weight.dtype != dtype
             or weight.device.type != "cpu"
-            or (bias is not None and bias.dtype != torch.bfloat16)
+            or (bias is not None and bias.dtype != dtype)
             or (
                 torch.is_grad_enabled()
                 and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
@@ -213,16 +225,29 @@ def _inside_adapters(model: nn.Module) -> set[int]:
     return inside
 
 
+def packed_dtypes() -> tuple[torch.dtype, ...]:
+    """The dtypes whose oneDNN-prepacked products were measured faster than `nn.Linear`'s on this CPU: bf16
+    where it computes bf16 natively (AVX-512 BF16 or AMX), float32 where PyTorch dispatches to AVX2 (no
+    AVX-512; see the module docstring); none where PyTorch has no oneDNN."""
+    if not _PACKING:
+        return ()
+    dtypes = [torch.bfloat16] if cpu_supports_bf16() else []
+    if cpu_capability() == "AVX2":
+        dtypes.append(torch.float32)
+    return tuple(dtypes)
+
+
 def use_prepacked_weights(model: nn.Module) -> int:
-    """Switches every bf16 `nn.Linear` of `model` on the CPU to `PrepackedLinear` and packs its weight, in
-    place, where the CPU computes bf16 natively (AVX-512 BF16 or AMX) and PyTorch has oneDNN. Layers that
-    are already `PrepackedLinear` are packed again (after a change through ``weight.data``).
+    """Switches every `nn.Linear` of `model` on the CPU whose dtype is one of `packed_dtypes` to
+    `PrepackedLinear` and packs its weight, in place. Layers that are already `PrepackedLinear` are packed
+    again (after a change through ``weight.data``).
 
     Only the class changes (the modules stay `nn.Linear` instances with the same parameters, so PEFT and
-    `state_dict` see them as before); each packed copy adds the weight's size in memory (about 270 MB for
-    SmolLM2-135M, its LM head included). Layers inside PEFT adapter layers are left alone: merge an adapter
-    first (``merge_adapter=True``). Where the CPU lacks native bf16 the products were not measured faster
-    this way, and nothing changes.
+    `state_dict` see them as before); each packed copy adds the weight's size in memory (for SmolLM2-135M
+    about 270 MB in bf16, its LM head included; 425 MB in float32, without the LM head, which
+    `lay_out_for_prediction` computes weight first instead). Layers inside PEFT adapter layers are left
+    alone: merge an adapter first (``merge_adapter=True``). Where no dtype was measured faster this way,
+    nothing changes.
 
     Args:
         model (`torch.nn.Module`): A model (or a layer) on the CPU, used for prediction.
@@ -230,7 +255,8 @@ def use_prepacked_weights(model: nn.Module) -> int:
     Returns:
         `int`: the number of layers packed.
     """
-    if not (_PACKING and cpu_supports_bf16()):
+    dtypes = packed_dtypes()
+    if not dtypes:
         return 0
     inside = _inside_adapters(model)
     packed = 0
@@ -238,27 +264,30 @@ def use_prepacked_weights(model: nn.Module) -> int:
         if type(module) not in (nn.Linear, PrepackedLinear) or id(module) in inside:
             continue
         weight = module.weight
-        if weight.device.type != "cpu" or weight.dtype != torch.bfloat16:
+        if weight.device.type != "cpu" or weight.dtype not in dtypes:
             continue
         module.__class__ = PrepackedLinear
+        module._packed_dtype = weight.dtype
         module._pack()  # packs the detached weight: nothing for autograd to record
         packed += 1
     return packed
 
 
 def lay_out_for_prediction(model: nn.Module, *, prepack: bool) -> None:
-    """Lays out `model`'s linear layers for few-row products on this CPU, as measured fastest: float32
-    decoder weights column-major where the CPU has AVX-512, else a weight-first float32 LM head; with
-    `prepack`, bf16 weights prepacked for oneDNN where the CPU computes bf16 natively (a second copy of
-    them). Nothing changes for layers on another device or in a dtype without a faster layout.
+    """Lays out `model`'s linear layers for few-row products on this CPU, as measured fastest (see the module
+    docstring): where PyTorch dispatches to AVX-512, float32 weights column-major; to AVX2, a weight-first
+    float32 LM head; on other CPUs (ARM, not measured) float32 layers stay as they are. With `prepack`, the
+    weights of each dtype in `packed_dtypes` are prepacked for oneDNN (bf16 where the CPU computes it
+    natively, float32 with AVX2): a second copy of them. Layers on another device are left alone.
 
     Args:
         model (`torch.nn.Module`): A model used for prediction.
-        prepack (`bool`): Whether to prepack bf16 weights (`use_prepacked_weights`).
+        prepack (`bool`): Whether to prepack weights (`use_prepacked_weights`).
     """
-    if cpu_supports_avx512():
+    capability = cpu_capability()
+    if capability == "AVX512":
         use_column_major_weights(model)
-    else:
-        use_weight_first_head(model)
+    elif capability == "AVX2":
+        use_weight_first_head(model)  # before packing, which leaves the switched head alone
     if prepack:
         use_prepacked_weights(model)
