@@ -5,8 +5,8 @@
     python -m benchmarks.linear_layout --run runs/moderation-lora-all   # and whole messages of a run
 
 For each linear shape of SmolLM2-135M and each number of rows (tokens of one forward pass: the label pass
-of one message, one tweet's own tokens, a batch of 16 tweets), the median microseconds of
-``F.linear(x, weight)`` with
+of one message, one tweet's own tokens, a batch of 16 tweets), the median microseconds of one product
+``x @ weight.T`` computed with
 
 - ``row-major``: the weight as `nn.Linear` keeps it, a contiguous `(out, in)` matrix;
 - ``column-major``: the same values stored as the transpose of a contiguous `(in, out)` matrix, as
@@ -28,7 +28,7 @@ The shapes are those of SmolLM2-135M's decoder layers and its LM head (576 -> 49
 embeddings); each head weight is 113 MB, so only ``--head_copies`` distinct ones are cycled through.
 
 Each call reads the next of ``--layers`` distinct weights (30, one per SmolLM2 layer), so that the weights
-come from memory as in a real forward pass instead of staying in the CPU's caches. The two layouts are
+come from memory as in a real forward pass instead of staying in the CPU's caches. The layouts are
 timed in interleaved rounds; the run is refused above a 1-minute load average of ``--max_load`` unless
 ``--force``. Writes `OUT_DIR/linear_layout.json` and `linear_layout.md`.
 """
@@ -134,15 +134,11 @@ def _plain_layout(model) -> None:
 def _prepacked_layout(model) -> None:
     """The LM head weight first and every other float32 layer a float32 `PrepackedLinear`, as
     `lay_out_for_prediction` lays out an unquantized model on CPUs with AVX2 (here on any CPU)."""
-    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_weight_first_head
+    from trainer_ext.modeling.cpu_layout import use_prepacked_weights, use_weight_first_head
 
     _plain_layout(model)
     use_weight_first_head(model)
-    for module in model.modules():
-        if type(module) is torch.nn.Linear and module.weight.dtype == torch.float32:
-            module.__class__ = PrepackedLinear
-            module._packed_dtype = torch.float32
-            module._pack()
+    use_prepacked_weights(model, dtypes=(torch.float32,))
 
 
 def time_messages(run: str, messages: int, rounds: int) -> dict[str, dict[str, float]]:

@@ -92,11 +92,12 @@ class SpaceSettings:
             `bf16-merged` in docs/benchmarks/latency_epyc/latency.md). The base model, which the tabs
             that compare with it use, is then loaded as a second model the first time one asks for it
             (about 270 MB more for the embedded model in bf16, plus the untied copy of its output layer
-            that merging an adapter of tied embeddings makes, about 57 MB). On a CPU with native bf16 each
-            of the two models also keeps its linear weights prepacked for oneDNN (about 270 MB more each;
-            see `trainer_ext.modeling.cpu_layout.use_prepacked_weights`), and on a CPU with AVX2 but no
-            AVX-512, where they are float32, its decoder weights (about 425 MB more each). With `False` it
-            is the trained model with its adapter switched off. Quantized weights always keep the adapter
+            that merging an adapter of tied embeddings makes, about 57 MB; twice that in float32). Each of
+            the two models also keeps weights prepacked for oneDNN: on a CPU with native bf16 its linear
+            weights (about 270 MB more each), on a CPU with AVX2 but no AVX-512, where they are float32,
+            its decoder weights (about 425 MB more each; see
+            `trainer_ext.modeling.cpu_layout.use_prepacked_weights`). With `False` it is the trained model
+            with its adapter switched off. Quantized weights always keep the adapter
             separate.
     """
 

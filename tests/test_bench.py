@@ -276,6 +276,10 @@ def test_threads_benchmark_times_a_worker_thread_and_refuses_a_missing_run(tiny_
 
 def test_layout_benchmark_times_every_layout_and_whole_messages(tiny_model_dir, tmp_path, capsys):
     from benchmarks.linear_layout import LAYOUTS, main
+    from trainer_ext.modeling import cpu_layout
+
+    if not cpu_layout._PACKING:
+        pytest.skip("the prepacked layout needs PyTorch with oneDNN")
     from trainer_ext.modeling.loading import load_model
     from trainer_ext.runs.directory import save_run
     from trainer_ext.runs.info import RunInfo

@@ -1,4 +1,5 @@
-"""Column-major float32 linear weights for prediction on the CPU: the same model, laid out differently."""
+"""Linear layers laid out for prediction on the CPU (column-major, weight-first LM head, prepacked for oneDNN,
+chosen by CPU class): the same model, computed differently."""
 
 from __future__ import annotations
 
@@ -183,6 +184,10 @@ def test_prepacked_float32_layer_trains_and_casts_as_nn_linear(avx2):
     layer(x).square().sum().backward()  # with gradients it is nn.Linear's own product
     plain(x.detach()).square().sum().backward()
     torch.testing.assert_close(layer.weight.grad, plain.weight.grad)
+    with torch.no_grad():
+        layer.weight.add_(1.0)  # changed in place: the packed copy is made again
+        plain.weight.add_(1.0)
+        torch.testing.assert_close(layer(x), plain(x), atol=1e-5, rtol=1e-4)
     layer.to(torch.bfloat16)  # packed for float32: in bf16 it runs nn.Linear's product
     with torch.no_grad():
         out = layer(x.detach().bfloat16())
@@ -265,3 +270,23 @@ def test_prediction_layout_follows_the_cpu_class(tiny_model, monkeypatch, capabi
     packed = capability == "AVX2" and cpu_layout._PACKING
     assert all((type(m) is cpu_layout.PrepackedLinear) == packed for m in decoder)
     assert (type(head) is cpu_layout.WeightFirstLinear) == (capability == "AVX2")
+
+
+def test_laid_out_layers_run_nn_linear_under_autocast(avx2):
+    """A run evaluated with bf16 autocast is predicted under it: the laid-out layers must compute exactly as
+    `nn.Linear` does there (autocast does not rewrite oneDNN's op, nor the weight-first bias addition)."""
+    from trainer_ext.modeling.cpu_layout import PrepackedLinear, WeightFirstLinear, use_prepacked_weights
+
+    torch.manual_seed(0)
+    packed, head, plain = torch.nn.Linear(32, 16), torch.nn.Linear(32, 300), torch.nn.Linear(32, 16)
+    plain.load_state_dict(packed.state_dict())
+    plain_head = torch.nn.Linear(32, 300)
+    plain_head.load_state_dict(head.state_dict())
+    use_prepacked_weights(packed)
+    head.__class__ = WeightFirstLinear
+    assert type(packed) is PrepackedLinear
+    x = torch.randn(4, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        pairs = [(packed(x), plain(x)), (head(x), plain_head(x))]
+    for out, expected in pairs:
+        assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)

@@ -20,21 +20,24 @@ A model is re-laid for prediction only (`Classifier` does it when it loads one).
 which feeds one row per new token after the prompt, runs those steps 0.64-0.93x as fast; the prompt's
 own pass gains more than that for short answers such as labels, not for long free continuations.
 
-On a CPU with AVX2 but no AVX-512 (most laptops) the same benchmark gives the opposite: column-major
-decoder products ran 0.73-1.12x as fast as row-major ones for 16 to 48 rows on a 2-core AMD EPYC, slower
-in most cases (``python -m benchmarks.linear_layout --run runs/moderation-lora-all``,
-docs/benchmarks/linear_layout_avx2/ and linear_layout_avx2_rerun/). What gains there is, first, the LM head:
-its product over the few rows of the label tokens (a 49,152 x 576 weight, 113 MB in float32) ran 1.9-3.6x
-faster for 3 to 8 rows and 1.2-1.5x for 16 to 64 computed weight first, as ``(weight @ x.T).T``, about as
-fast for 1 and 128 rows and slower for 448; `WeightFirstLinear` computes it that way for 2 to 128 rows,
-which costs no memory. Second, float32 weights prepacked for oneDNN (below), at the price of a second copy.
-Whole messages of the main job's run (unquantized, adapter merged, layouts interleaved in one process) took
-1.11-1.13x less time than with row-major weights with the weight-first head alone, 1.26-1.28x with the
-decoder weights prepacked as well, and 1.34-1.40x less than with the column-major weights used before;
-in probes while the machine ran faster overall the prepacking gained only 1.04-1.08x over the weight-first
-head. So on such CPUs `lay_out_for_prediction` keeps row-major weights, computes the head weight first and,
-for unquantized models, prepacks the decoder's float32 weights. On CPUs with AVX-512 none of that was
-measured, and on other CPUs (ARM) nothing was: float32 layers stay as they were there.
+On a CPU with AVX2 but no AVX-512, as most laptops have, the same benchmark gave the opposite on the one
+such machine measured, a 2-core AMD EPYC (Intel AVX2 CPUs were not measured; ``python -m
+benchmarks.linear_layout --run runs/moderation-lora-all``, three runs:
+docs/benchmarks/linear_layout_avx2_first/, linear_layout_avx2/ and linear_layout_avx2_rerun/): column-major
+decoder products ran 0.73-1.12x as fast as row-major ones for 16 to 48 rows, slower in 32 of 36 cases. What
+gains there is, first, the LM head: its product over the few rows of the label tokens (a 49,152 x 576
+weight, 113 MB in float32) ran 1.9-3.6x faster for 3 to 8 rows and 1.2-1.6x for 16 to 64 computed weight
+first, as ``(weight @ x.T).T``, 1.1-1.2x for 128 rows, about as fast for 1 row and slower for 448;
+`WeightFirstLinear` computes it that way for 2 to 128 rows, which costs no memory. Second, float32 weights
+prepacked for oneDNN (below), at the price of a second copy. Whole messages of the main job's run
+(unquantized, adapter merged, layouts interleaved in one process) took 1.11-1.13x less time than with
+row-major weights with the weight-first head alone (three runs), 1.26-1.28x with the decoder weights
+prepacked as well, and 1.34-1.40x less than with the column-major weights used before (two runs; in the
+first, column-major was 1.03x faster than row-major). In uncommitted probes while the machine ran faster
+overall, the prepacking gained only 1.04-1.08x over the weight-first head. So on such CPUs
+`lay_out_for_prediction` keeps row-major weights, computes the head weight first and, for unquantized
+models, prepacks the decoder's float32 weights. On CPUs with AVX-512 none of that was measured, and on other
+CPUs (ARM) nothing was: float32 layers stay as they are there.
 
 bf16 products go through oneDNN, which reorders a plain `(out, in)` weight into its own blocked layout on
 every call (float32 ones go through MKL's sgemm instead). `use_prepacked_weights` does that reorder once,
@@ -97,8 +100,27 @@ def use_column_major_weights(model: nn.Module) -> int:
     return relaid
 
 
-# Rows of one product for which the weight-first LM head was measured faster (see the module docstring).
+# Rows of one product the weight-first LM head computes: measured 1.9-3.6x faster for 3-8 rows, 1.2-1.5x
+# for 16-64, 1.1-1.2x for 128, slower for 448 (see the module docstring); 2 rows were not measured.
 WEIGHT_FIRST_ROWS = range(2, 129)
+
+
+def _runs_nn_linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether `layer` should compute `x` as `nn.Linear` does: anywhere but a CPU product of `dtype` inputs,
+    weights and bias without gradients and outside autocast (which only rewrites PyTorch's own ops)."""
+    weight, bias = layer.weight, layer.bias
+    return (
+        x.device.type != "cpu"
+        or weight.device.type != "cpu"
+        or x.dtype != dtype
+        or weight.dtype != dtype
+        or (bias is not None and bias.dtype != dtype)
+        or torch.is_autocast_enabled("cpu")
+        or (
+            torch.is_grad_enabled()
+            and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
+        )
+    )
 
 
 class WeightFirstLinear(nn.Linear):
@@ -111,18 +133,7 @@ class WeightFirstLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-        if (
-            rows not in WEIGHT_FIRST_ROWS
-            or x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or weight.dtype != torch.float32
-            or weight.device.type != "cpu"
-            or (bias is not None and bias.dtype != torch.float32)
-            or (
-                torch.is_grad_enabled()
-                and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-            )
-        ):
+        if rows not in WEIGHT_FIRST_ROWS or _runs_nn_linear(self, x, torch.float32):
             return super().forward(x)
         flat = x.reshape(rows, x.shape[-1])  # (rows, in)
         out = torch.mm(weight, flat.t()).t().contiguous()  # (out, rows) -> (rows, out)
@@ -197,18 +208,7 @@ class PrepackedLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
-        dtype = getattr(self, "_packed_dtype", torch.bfloat16)  # kept through casts and copies
-        if (
-            x.device.type != "cpu"
-            or x.dtype != dtype
-            or weight.dtype != dtype
-            or weight.device.type != "cpu"
-            or (bias is not None and bias.dtype != dtype)
-            or (
-                torch.is_grad_enabled()
-                and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
-            )
-        ):
+        if _runs_nn_linear(self, x, getattr(self, "_packed_dtype", torch.bfloat16)):  # dtype kept by casts
             return super().forward(x)
         if getattr(self, "_packed_from", None) != (weight.data_ptr(), weight._version):
             self._pack()
@@ -237,9 +237,9 @@ def packed_dtypes() -> tuple[torch.dtype, ...]:
     return tuple(dtypes)
 
 
-def use_prepacked_weights(model: nn.Module) -> int:
-    """Switches every `nn.Linear` of `model` on the CPU whose dtype is one of `packed_dtypes` to
-    `PrepackedLinear` and packs its weight, in place. Layers that are already `PrepackedLinear` are packed
+def use_prepacked_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] | None = None) -> int:
+    """Switches every `nn.Linear` of `model` on the CPU whose dtype is one of `dtypes` to `PrepackedLinear`
+    and packs its weight, in place. Layers that are already `PrepackedLinear` are packed
     again (after a change through ``weight.data``).
 
     Only the class changes (the modules stay `nn.Linear` instances with the same parameters, so PEFT and
@@ -249,14 +249,19 @@ def use_prepacked_weights(model: nn.Module) -> int:
     alone: merge an adapter first (``merge_adapter=True``). Where no dtype was measured faster this way,
     nothing changes.
 
+    A packed layer does not see a change made through ``weight.data`` (PEFT merges adapters that way): lay a
+    model out after merging, not before, and call this again after such a change.
+
     Args:
         model (`torch.nn.Module`): A model (or a layer) on the CPU, used for prediction.
+        dtypes (`tuple[torch.dtype, ...]`, *optional*): The dtypes to pack; defaults to `packed_dtypes()`,
+            those measured faster on this CPU (PyTorch must have oneDNN for any).
 
     Returns:
         `int`: the number of layers packed.
     """
-    dtypes = packed_dtypes()
-    if not dtypes:
+    dtypes = packed_dtypes() if dtypes is None else dtypes
+    if not (dtypes and _PACKING):
         return 0
     inside = _inside_adapters(model)
     packed = 0
@@ -279,6 +284,11 @@ def lay_out_for_prediction(model: nn.Module, *, prepack: bool) -> None:
     float32 LM head; on other CPUs (ARM, not measured) float32 layers stay as they are. With `prepack`, the
     weights of each dtype in `packed_dtypes` are prepacked for oneDNN (bf16 where the CPU computes it
     natively, float32 with AVX2): a second copy of them. Layers on another device are left alone.
+
+    The CPU class is PyTorch's dispatch capability, which the ``ATEN_CPU_CAPABILITY`` environment variable
+    can lower (say to ``avx2`` on an AVX-512 CPU). The float32 LM head is not packed even where packing
+    ran faster for it (1.26-1.36x the weight-first product for 3-8 rows in the committed reports): its copy
+    would add 113 MB to the 425 MB of the decoder's, for a few milliseconds per message.
 
     Args:
         model (`torch.nn.Module`): A model used for prediction.
