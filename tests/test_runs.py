@@ -177,3 +177,32 @@ def test_a_run_in_bf16_warns_on_a_cpu_whose_bf16_is_slow(trained, monkeypatch, c
     with caplog.at_level(logging.WARNING, logger="trainer_ext"):
         Classifier.from_pretrained(run, device="cpu", dtype="bfloat16")
     assert "Float32 is faster here" not in caplog.text
+
+
+def test_the_avx2_layout_predicts_what_nn_linear_does(trained, monkeypatch):
+    """On an AVX2 CPU a `Classifier` computes its LM head weight first and, unquantized, prepacks the other
+    float32 layers; it predicts what plain `nn.Linear` layers do (up to float rounding; bit for bit under
+    the run's bf16 autocast, where both layouts step aside). Quantized weights get the head only."""
+    from trainer_ext.modeling import cpu_layout
+
+    _, run = trained
+    texts = ["what a lovely day", "worst service ever, I hate waiting", "such a kind neighbour"]
+    monkeypatch.setattr(cpu_layout, "cpu_capability", lambda: "DEFAULT")  # not measured: left as it is
+    plain = Classifier.from_pretrained(run, quantization="none", merge_adapter=True)
+    monkeypatch.setattr(cpu_layout, "cpu_capability", lambda: "AVX2")
+    laid = Classifier.from_pretrained(run, quantization="none", merge_adapter=True)
+    quantized = Classifier.from_pretrained(run, quantization="8bit")
+    assert not {cpu_layout.WeightFirstLinear, cpu_layout.PrepackedLinear} & {
+        type(m) for m in plain.model.modules()
+    }
+    kinds = [type(m) for m in laid.model.modules()]
+    assert cpu_layout.WeightFirstLinear in kinds
+    assert (cpu_layout.PrepackedLinear in kinds) == cpu_layout._PACKING
+    kinds = [type(m) for m in quantized.model.modules()]
+    assert cpu_layout.WeightFirstLinear in kinds and cpu_layout.PrepackedLinear not in kinds
+    for a, b in zip(plain.predict(texts), laid.predict(texts), strict=True):
+        assert a.label == b.label
+        if laid.autocast:
+            assert a.probs == b.probs
+        else:
+            assert a.probs == pytest.approx(b.probs, abs=1e-5)
