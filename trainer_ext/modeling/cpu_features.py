@@ -24,7 +24,7 @@ def cpu_capability() -> str:
 
 
 def cpu_supports_avx512() -> bool:
-    """Whether this CPU has AVX-512 (as PyTorch's CPU dispatch sees it)."""
+    """Whether this CPU has AVX-512 (PyTorch's check of the hardware, `torch.cpu._is_avx512_supported`)."""
     import torch
 
     return getattr(torch.cpu, "_is_avx512_supported", lambda: False)()

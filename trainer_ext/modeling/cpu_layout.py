@@ -100,7 +100,7 @@ def use_column_major_weights(model: nn.Module) -> int:
     return relaid
 
 
-# Rows of one product the weight-first LM head computes: measured 1.9-3.6x faster for 3-8 rows, 1.2-1.5x
+# Rows of one product the weight-first LM head computes: measured 1.9-3.6x faster for 3-8 rows, 1.2-1.6x
 # for 16-64, 1.1-1.2x for 128, slower for 448 (see the module docstring); 2 rows were not measured.
 WEIGHT_FIRST_ROWS = range(2, 129)
 
@@ -239,8 +239,9 @@ def packed_dtypes() -> tuple[torch.dtype, ...]:
 
 def use_prepacked_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] | None = None) -> int:
     """Switches every `nn.Linear` of `model` on the CPU whose dtype is one of `dtypes` to `PrepackedLinear`
-    and packs its weight, in place. Layers that are already `PrepackedLinear` are packed
-    again (after a change through ``weight.data``).
+    and packs its weight, in place. Layers that are already `PrepackedLinear` are packed again: call this
+    after a change through ``weight.data``, which a packed layer does not see (PEFT merges adapters that
+    way: lay a model out after merging, not before).
 
     Only the class changes (the modules stay `nn.Linear` instances with the same parameters, so PEFT and
     `state_dict` see them as before); each packed copy adds the weight's size in memory (for SmolLM2-135M
@@ -248,9 +249,6 @@ def use_prepacked_weights(model: nn.Module, dtypes: tuple[torch.dtype, ...] | No
     `lay_out_for_prediction` computes weight first instead). Layers inside PEFT adapter layers are left
     alone: merge an adapter first (``merge_adapter=True``). Where no dtype was measured faster this way,
     nothing changes.
-
-    A packed layer does not see a change made through ``weight.data`` (PEFT merges adapters that way): lay a
-    model out after merging, not before, and call this again after such a change.
 
     Args:
         model (`torch.nn.Module`): A model (or a layer) on the CPU, used for prediction.
