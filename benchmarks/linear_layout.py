@@ -45,6 +45,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import (
     REPO_ROOT,
+    count_type,
     eval_split_examples,
     refuse_busy_machine,
     refuse_missing_run,
@@ -61,19 +62,35 @@ HEAD_SHAPE = ("lm_head", 576, 49152)
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=ROWS)
-    parser.add_argument("--layers", type=int, default=30, help="distinct weights cycled through")
-    parser.add_argument("--head_copies", type=int, default=2, help="distinct LM head weights cycled through")
     parser.add_argument(
-        "--calls", type=int, default=60, help="calls per layout and round (a tenth for the head)"
+        "--rows", type=count_type(1, "rows"), nargs="+", default=ROWS, help="rows per product"
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--layers", type=count_type(1, "weights"), default=30, help="distinct weights cycled through"
+    )
+    parser.add_argument(
+        "--head_copies",
+        type=count_type(1, "weights"),
+        default=2,
+        help="distinct LM head weights cycled through",
+    )
+    parser.add_argument(
+        "--calls",
+        type=count_type(1, "calls"),
+        default=60,
+        help="calls per layout and round (a tenth for the LM head, at least 2)",
+    )
+    parser.add_argument("--rounds", type=count_type(1, "rounds"), default=5, help="interleaved rounds")
     parser.add_argument("--run", help="also time whole messages of this run directory, per layout")
-    parser.add_argument("--messages", type=int, default=12, help="messages per layout and round (--run)")
-    parser.add_argument("--max_load", type=float, default=0.5)
-    parser.add_argument("--force", action="store_true")
-    parser.add_argument("--no_write", action="store_true")
-    parser.add_argument("--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"))
+    parser.add_argument(
+        "--messages", type=count_type(1), default=12, help="messages per layout and round (--run)"
+    )
+    parser.add_argument("--max_load", type=float, default=0.5, help="refuse above this 1-minute load average")
+    parser.add_argument("--force", action="store_true", help="time even on a busy machine")
+    parser.add_argument("--no_write", action="store_true", help="print the report instead of writing it")
+    parser.add_argument(
+        "--out_dir", default=str(REPO_ROOT / "docs" / "benchmarks"), help="where the report is written"
+    )
     return parser
 
 
@@ -186,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# float32 linear layers on the CPU: row-major, column-major, weight-first and prepacked products",
         "",
-        f"Rerun: `{report['command']}` ({report['date']}; {report['machine']}, {report['cpu']}; torch "
+        f"Rerun: `{report['command']}` ({report['date']}; {report['machine']}; torch "
         f"threads {report['torch_threads']}; 1-minute load average at start {report['load_average']:.2f}).",
         "",
         f"Median microseconds of one product, cycling through {args.layers} distinct weights "

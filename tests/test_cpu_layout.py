@@ -290,3 +290,25 @@ def test_laid_out_layers_run_nn_linear_under_autocast(avx2):
         pairs = [(packed(x), plain(x)), (head(x), plain_head(x))]
     for out, expected in pairs:
         assert out.dtype == expected.dtype == torch.bfloat16 and torch.equal(out, expected)
+
+
+def test_laid_out_layers_compile_and_take_weights_made_in_inference_mode(avx2):
+    """Under `torch.compile` both layers trace as `nn.Linear` (Inductor cannot lower a prepacked weight);
+    a weight made under `torch.inference_mode` has no version counter and is packed all the same."""
+    from trainer_ext.modeling.cpu_layout import WeightFirstLinear, use_prepacked_weights
+
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        packed = torch.nn.Linear(32, 16)
+    assert use_prepacked_weights(packed) == 1
+    head, plain_head = torch.nn.Linear(32, 300), torch.nn.Linear(32, 300)
+    plain_head.load_state_dict(head.state_dict())
+    head.__class__ = WeightFirstLinear
+    x = torch.randn(4, 32)
+    with torch.inference_mode():
+        expected = torch.nn.functional.linear(x, packed.weight, packed.bias)
+        torch.testing.assert_close(packed(x), expected, atol=1e-5, rtol=1e-4)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(head, backend="aot_eager")(x), plain_head(x))
+        torch.testing.assert_close(torch.compile(packed)(x), expected)  # Inductor, where it failed

@@ -148,3 +148,10 @@ def test_labels_too_long_for_max_length_fail_before_anything_is_written(base, tm
     assert out.read_text(encoding="utf-8") == "kept\n", "the file it would have replaced is untouched"
     assert predict.main([*argv, "shares fall"]) == 2
     assert capsys.readouterr().out == "", "no CSV header on standard output either"
+
+
+def test_an_unknown_dtype_names_the_values_to_give(capsys):
+    """The choices listed are those a user can type: no ``None`` (the option left out)."""
+    assert predict.main(["--model", "any-run", "--dtype", "bogus", "a text"]) == 2
+    err = capsys.readouterr().err
+    assert "--dtype: unknown value 'bogus'; choose one of auto, float32" in err and "None" not in err

@@ -43,7 +43,8 @@ def choice_error(option: str, value: object, allowed) -> str | None:
     """The message for a value outside `allowed`, or `None` when it is one of them."""
     if value in allowed:
         return None
-    return f"{option}: unknown value {value!r}; choose one of {', '.join(map(str, allowed))}."
+    named = ", ".join(str(choice) for choice in allowed if choice is not None)  # None: the option left out
+    return f"{option}: unknown value {value!r}; choose one of {named}."
 
 
 def method_quantization_error(method: str, quantization: str) -> str | None:

@@ -107,7 +107,8 @@ WEIGHT_FIRST_ROWS = range(2, 129)
 
 def _runs_nn_linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> bool:
     """Whether `layer` should compute `x` as `nn.Linear` does: anywhere but a CPU product of `dtype` inputs,
-    weights and bias without gradients and outside autocast (which only rewrites PyTorch's own ops)."""
+    weights and bias without gradients, outside autocast (which only rewrites PyTorch's own ops) and outside
+    `torch.compile` (whose Inductor cannot lower a product with a prepacked weight)."""
     weight, bias = layer.weight, layer.bias
     return (
         x.device.type != "cpu"
@@ -116,6 +117,7 @@ def _runs_nn_linear(layer: nn.Linear, x: torch.Tensor, dtype: torch.dtype) -> bo
         or weight.dtype != dtype
         or (bias is not None and bias.dtype != dtype)
         or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()  # a compiler traces nn.Linear, not oneDNN's packed tensors
         or (
             torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad))
@@ -172,6 +174,12 @@ _PACKING = (
 )
 
 
+def _identity(weight: torch.Tensor) -> tuple[int, int]:
+    """Where a weight's data lives and its version counter (0 for a tensor made under
+    `torch.inference_mode`, which has none and cannot change outside it)."""
+    return weight.data_ptr(), 0 if weight.is_inference() else weight._version
+
+
 class PrepackedLinear(nn.Linear):
     """An `nn.Linear` that, for inference on the CPU in the dtype it was packed in (bf16, or float32 on AVX2
     CPUs), multiplies by a copy of its weight prepacked in oneDNN's blocked layout; everything else
@@ -189,7 +197,7 @@ class PrepackedLinear(nn.Linear):
     def _pack(self) -> None:
         weight = self.weight.detach()
         self._packed_weight = _MKLDNN._reorder_linear_weight(weight)  # (out, in), oneDNN's layout
-        self._packed_from = (weight.data_ptr(), self.weight._version)
+        self._packed_from = _identity(weight)
 
     def _drop_packed(self) -> None:
         for name in self._PACKED_ATTRIBUTES:
@@ -210,7 +218,7 @@ class PrepackedLinear(nn.Linear):
         weight, bias = self.weight, self.bias
         if _runs_nn_linear(self, x, getattr(self, "_packed_dtype", torch.bfloat16)):  # dtype kept by casts
             return super().forward(x)
-        if getattr(self, "_packed_from", None) != (weight.data_ptr(), weight._version):
+        if getattr(self, "_packed_from", None) != _identity(weight):
             self._pack()
         return _MKLDNN._linear_pointwise(x, self._packed_weight, bias, "none", [], "")  # (..., out)
 
