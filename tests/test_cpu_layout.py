@@ -47,22 +47,30 @@ def native_bf16(monkeypatch):
     monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: True)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
-def test_prepacked_bf16_weights_give_identical_logits(tiny_model, native_bf16, arch):
+def test_prepacked_weights_give_the_same_logits(tiny_model, request, dtype, arch):
+    """bf16 as on a CPU with native bf16: bit-identical (nn.Linear runs the same oneDNN product, packing
+    it on every call). float32 as on an AVX2 CPU: up to float rounding (oneDNN's summation order, not MKL's).
+    """
     from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
 
+    request.getfixturevalue("native_bf16" if dtype == torch.bfloat16 else "avx2")
     model, _ = tiny_model(arch)
-    model.to(torch.bfloat16)
+    model.to(dtype)
     ids = torch.randint(0, 500, (2, 28))  # (B, S)
     with torch.no_grad():
         before = model(input_ids=ids).logits
     keys = list(model.state_dict())
     linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
     assert use_prepacked_weights(model) == len(linears) > 0
-    assert all(type(m) is PrepackedLinear for m in linears)
+    assert all(type(m) is PrepackedLinear and "_packed_weight" in m.__dict__ for m in linears)
     with torch.no_grad():
         after = model(input_ids=ids).logits
-    assert torch.equal(after, before)  # the same oneDNN product, only packed once
+    if dtype == torch.bfloat16:
+        assert torch.equal(after, before)
+    else:
+        torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
     assert list(model.state_dict()) == keys  # the packed copies are not part of the model's state
 
 
@@ -153,24 +161,6 @@ def avx2(monkeypatch):
         pytest.skip("oneDNN's linear ops need PyTorch with oneDNN")
     monkeypatch.setattr(cpu_layout, "cpu_capability", lambda: "AVX2")
     monkeypatch.setattr(cpu_layout, "cpu_supports_bf16", lambda: False)
-
-
-@pytest.mark.parametrize("arch", ["gpt2", "gptj", "gpt_neox", "llama"])
-def test_prepacked_float32_weights_give_the_same_logits(tiny_model, avx2, arch):
-    from trainer_ext.modeling.cpu_layout import PrepackedLinear, use_prepacked_weights
-
-    model, _ = tiny_model(arch)
-    ids = torch.randint(0, 500, (2, 28))  # (B, S)
-    with torch.no_grad():
-        before = model(input_ids=ids).logits
-    keys = list(model.state_dict())
-    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
-    assert use_prepacked_weights(model) == len(linears) > 0
-    assert all(type(m) is PrepackedLinear and "_packed_weight" in m.__dict__ for m in linears)
-    with torch.no_grad():
-        after = model(input_ids=ids).logits
-    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)  # oneDNN's summation order, not MKL's
-    assert list(model.state_dict()) == keys
 
 
 def test_prepacked_float32_layer_trains_and_casts_as_nn_linear(avx2):
