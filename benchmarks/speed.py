@@ -156,9 +156,7 @@ def _plan(args) -> tuple[list[str], bool]:
 
 
 def _report_header(args, argv: list[str], recipe, recipe_args: list[str], load: float) -> dict[str, Any]:
-    import torch
-
-    from trainer_ext.modeling.loading import cpu_supports_bf16
+    from trainer_ext.modeling.cpu_features import cpu_capability, cpu_supports_bf16
     from trainer_ext.runs.info import cpu_model
 
     training = recipe.training
@@ -169,7 +167,7 @@ def _report_header(args, argv: list[str], recipe, recipe_args: list[str], load: 
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "native_bf16": cpu_supports_bf16(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
+            "cpu_capability": cpu_capability(),  # AVX2, AVX512, ...
         },
         "versions": _versions(),
         "recipe": args.config,

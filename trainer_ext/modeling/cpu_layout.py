@@ -66,6 +66,12 @@ from torch import nn
 from trainer_ext.modeling.cpu_features import cpu_capability, cpu_supports_bf16
 
 
+def _output_embeddings(model: nn.Module) -> nn.Module | None:
+    """The model's LM head (``get_output_embeddings``), or `None` for a model or layer without one."""
+    get_output = getattr(model, "get_output_embeddings", None)
+    return get_output() if callable(get_output) else None
+
+
 def use_column_major_weights(model: nn.Module) -> int:
     """Stores every float32 `nn.Linear` weight of `model` as the transpose of a contiguous matrix.
 
@@ -77,8 +83,7 @@ def use_column_major_weights(model: nn.Module) -> int:
         dtype, or the output embeddings are skipped).
     """
     skip = set()
-    get_output = getattr(model, "get_output_embeddings", None)
-    output = get_output() if callable(get_output) else None
+    output = _output_embeddings(model)
     if output is not None:
         skip.add(id(output.weight))
     relaid = 0
@@ -155,8 +160,7 @@ def use_weight_first_head(model: nn.Module) -> int:
     Returns:
         `int`: 1 when the head was switched (or already was), else 0.
     """
-    get_output = getattr(model, "get_output_embeddings", None)
-    head = get_output() if callable(get_output) else None
+    head = _output_embeddings(model)
     if type(head) not in (nn.Linear, WeightFirstLinear):
         return 0
     if head.weight.device.type != "cpu" or head.weight.dtype != torch.float32:
